@@ -1,0 +1,73 @@
+"""WikiText-2 test perplexity of SmolLM2 under sequential Wanda: dense, uniform and OWL at several targets,
+and a check of dsa_core's Wanda against a straightforward transcription of the published loop.
+
+    python bench/quality.py                       # GPU: seqlen 2048, 128 calibration windows, whole test split
+    python bench/quality.py --nsamples 8 --seqlen 512 --eval-windows 8 --targets 0.5   # CPU quick run
+
+Prints a table; every row carries the same protocol (printed once above the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dsa_core.allocation import allocate  # noqa: E402
+from dsa_core.config import EvalConfig  # noqa: E402
+from dsa_core.pipeline import open_session  # noqa: E402
+from tests.reference_wanda import prune_wanda  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--eval-windows", type=int, default=None)
+    ap.add_argument("--targets", default="0.5,0.6,0.7")
+    ap.add_argument("--allocations", default="uniform,owl")
+    ap.add_argument("--reference", default="0.5,0.7", help="targets at which to run the reference transcription")
+    ap.add_argument("--dtype", default=None)
+    args = ap.parse_args()
+
+    cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
+                     dtype=args.dtype, data_source="local")
+    s = open_session(cfg)
+    n = len(s.lm.blocks)
+    ppl = lambda: s.perplexity("wikitext2", "test", args.seqlen, args.eval_windows)  # noqa: E731
+    windows, origin = s.eval_windows("wikitext2", "test", args.seqlen, args.eval_windows)
+    rows = [("dense", "-", ppl(), 0.0)]
+    stats = s.stats("wanda")
+    for target in [float(t) for t in args.targets.split(",") if t]:
+        for spec in args.allocations.split(","):
+            t = time.perf_counter()
+            ratios = allocate(stats, spec, target).ratios
+            s.prune_sequential(ratios, "wanda")
+            rows.append((spec, f"{target:.0%}", ppl(), time.perf_counter() - t))
+    for target in [float(t) for t in args.reference.split(",") if t]:
+        s.restore()
+        t = time.perf_counter()
+        ours = None
+        s.prune_sequential(np.full(n, target), "wanda")
+        ours = ppl()
+        s.restore()
+        prune_wanda(s.lm.model, s.calibration_windows().to(s.lm.device), target)
+        ref = ppl()
+        rows.append((f"reference Wanda (ours {ours:.3f}, diff {100 * (ours / ref - 1):+.2f}%)", f"{target:.0%}", ref,
+                     time.perf_counter() - t))
+    s.restore()
+    print(f"\nprotocol: WikiText-2 test ({origin}), seqlen {args.seqlen}, {windows.shape[0]} windows; calibration "
+          f"{args.nsamples} windows from {s.calib_origin}, seed 0; {s.lm.device} {s.lm.dtype}")
+    print(f"{'allocation':<60}{'target':>8}{'ppl':>12}{'seconds':>10}")
+    for name, target, p, sec in rows:
+        print(f"{name:<60}{target:>8}{p:>12.3f}{sec:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

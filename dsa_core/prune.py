@@ -1,0 +1,229 @@
+"""Walk a model's blocks to score and prune it, in two modes.
+
+Fast mode (`score_model`): one pass through the dense model computes every layer's scores, the block
+statistics allocations need (BlockStats), and a `MaskCache` of each weight's rank in its comparison group;
+any allocation is then applied by `MaskCache.apply` without recomputing scores.
+Sequential mode (`prune_sequential`): the faithful protocol of Wanda and SparseGPT; calibration inputs
+propagate block by block through the already-pruned earlier blocks, and each block is scored on them.
+Both keep the dense weights (`DenseWeights`) so that a model can be restored and pruned again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsa_core import scores as S
+from dsa_core.calibration import ActivationStats, BlockInputs, capture_block_inputs, run_block
+from dsa_core.models import LoadedModel
+from dsa_core.stats import OUTLIER_MULTIPLIERS, BlockStats
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def _silent(phase: str, done: int, total: int) -> None:
+    pass
+
+
+class DenseWeights:
+    """A copy of every prunable weight as loaded, so that pruning can be undone and redone."""
+
+    def __init__(self, lm: LoadedModel):
+        self.layers: list[list[tuple[nn.Linear, torch.Tensor]]] = [
+            [(m, m.weight.detach().clone()) for m in lm.linear_layers(i).values()] for i in range(len(lm.blocks))
+        ]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for block in self.layers:
+            for module, dense in block:
+                module.weight.copy_(dense)
+
+
+@dataclass
+class MaskCache:
+    """Per layer, the rank of each weight in its comparison group (row or layer; or its n:m group)."""
+
+    dense: DenseWeights
+    ranks: list[list[torch.Tensor]]
+    group: str
+    nm: tuple[int, int] | None
+
+    @torch.no_grad()
+    def apply(self, ratios: np.ndarray) -> None:
+        """Prune every block to its ratio (ignored for n:m patterns, whose ratio is n/m) from the dense weights."""
+        for b, block in enumerate(self.dense.layers):
+            for (module, dense), rank in zip(block, self.ranks[b]):
+                if self.nm is not None:
+                    keep = rank >= self.nm[0]
+                else:
+                    keep = S.keep_mask_from_rank(rank, float(ratios[b]), self.group)
+                torch.mul(dense, keep, out=module.weight)
+
+
+def achieved_sparsity(lm: LoadedModel) -> tuple[float, list[float]]:
+    """Overall and per-block share of zero weights, counted from the prunable weights themselves."""
+    per_block, zeros, total = [], 0, 0
+    for i in range(len(lm.blocks)):
+        z = n = 0
+        for m in lm.linear_layers(i).values():
+            z += int((m.weight == 0).sum())
+            n += m.weight.numel()
+        per_block.append(z / n)
+        zeros, total = zeros + z, total + n
+    return zeros / total, per_block
+
+
+def alpha_hill(weight: torch.Tensor) -> float:
+    """PL_Alpha_Hill of a weight's empirical spectral density (AlphaPruning's 'xmin_mid' estimator):
+    Hill estimate over the upper half of the eigenvalues of WᵀW."""
+    eigs = torch.linalg.svdvals(weight.float()).pow(2).sort().values
+    eigs = eigs[eigs > 1e-5]
+    i = len(eigs) // 2
+    n = len(eigs) - i
+    logs = eigs.log()
+    return float(1 + n / (logs[i:].sum() - n * logs[i]))
+
+
+class _StatsBuilder:
+    """Accumulates BlockStats block by block from the allocation scores (Wanda's, or |W| without data)."""
+
+    def __init__(self, metric: str, sample_size: int, seed: int, with_alpha: bool):
+        self.metric, self.sample_size, self.with_alpha = metric, sample_size, with_alpha
+        self.gen = torch.Generator().manual_seed(seed)
+        self.params, self.shapes, self.samples, self.alpha = [], [], [], []
+        self.outliers: dict[float, list[float]] = {m: [] for m in OUTLIER_MULTIPLIERS}
+
+    def add(self, layer_scores: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+        numel = sum(s.numel() for s in layer_scores)
+        mean = sum(float(s.sum(dtype=torch.float64)) for s in layer_scores) / numel
+        for m in OUTLIER_MULTIPLIERS:
+            self.outliers[m].append(sum(int((s > m * mean).sum()) for s in layer_scores) / numel)
+        # A sample of the block's scores, each layer contributing in proportion to its size.
+        parts = []
+        for s in layer_scores:
+            k = max(1, round(self.sample_size * s.numel() / numel))
+            idx = torch.randint(s.numel(), (k,), generator=self.gen).to(s.device)
+            parts.append(s.flatten()[idx].cpu())
+        self.samples.append(torch.cat(parts).numpy().astype(np.float32))
+        self.params.append(numel)
+        self.shapes.append([tuple(w.shape) for w in weights])
+        if self.with_alpha:
+            self.alpha.append(float(np.mean([alpha_hill(w) for w in weights])))
+
+    def build(self) -> BlockStats:
+        return BlockStats(
+            params=np.asarray(self.params, dtype=np.int64),
+            layer_shapes=self.shapes,
+            score_samples=self.samples,
+            outlier_ratios={m: np.asarray(v) for m, v in self.outliers.items()},
+            alpha_hill=np.asarray(self.alpha) if self.with_alpha else None,
+            metric=self.metric,
+        )
+
+
+def _metric_scores(metric: str, weight: torch.Tensor, acts: ActivationStats | None, name: str) -> torch.Tensor:
+    if metric == "magnitude":
+        return S.magnitude(weight)
+    if metric == "wanda":
+        return S.wanda(weight, acts.column_sqnorm(name))
+    factor, _ = S.inverse_hessian_factor(acts.hessian_of(name))
+    return S.sparsegpt_saliency(weight, factor)
+
+
+@torch.no_grad()
+def score_model(
+    lm: LoadedModel,
+    dense: DenseWeights,
+    windows: torch.Tensor | None,
+    metric: str,
+    pattern: str = "unstructured",
+    batch_size: int = 8,
+    sample_size: int = 2**18,
+    seed: int = 0,
+    with_alpha: bool = True,
+    progress: Progress = _silent,
+    inputs: BlockInputs | None = None,
+) -> tuple[MaskCache, BlockStats]:
+    """Fast mode: one pass through the dense model; scores of every layer become ranks and BlockStats."""
+    S.check_metric(metric)
+    nm = S.parse_pattern(pattern)
+    group = S.comparison_group(metric)
+    builder = _StatsBuilder("magnitude" if metric == "magnitude" else "wanda", sample_size, seed, with_alpha)
+    if metric != "magnitude" and inputs is None:
+        inputs = capture_block_inputs(lm, windows, batch_size)
+    if metric == "magnitude":
+        inputs = None
+    ranks = []
+    n = len(lm.blocks)
+    for i in range(n):
+        layers = lm.linear_layers(i)
+        acts = None
+        if inputs is not None:
+            with ActivationStats(layers, hessian=metric == "sparsegpt") as acts:
+                inputs = run_block(lm.blocks[i], inputs)
+        block_ranks, alloc_scores = [], []
+        for name, module in layers.items():
+            score = _metric_scores(metric, module.weight, acts, name)
+            block_ranks.append(S.nm_rank(score, nm[1]) if nm else S.rank_in_group(score, group))
+            # Allocation statistics use Wanda's scores whenever activations exist (as OWL and DSA do).
+            alloc_scores.append(S.wanda(module.weight, acts.column_sqnorm(name)) if acts else score)
+        builder.add(alloc_scores, [m.weight for m in layers.values()])
+        ranks.append(block_ranks)
+        del acts, alloc_scores
+        progress("scoring", i + 1, n)
+    return MaskCache(dense, ranks, group, nm), builder.build()
+
+
+@torch.no_grad()
+def _prune_layer(metric: str, module: nn.Linear, acts: ActivationStats | None, name: str, ratio: float,
+                 nm: tuple[int, int] | None) -> None:
+    if metric == "sparsegpt":
+        S.sparsegpt_prune_(module.weight, acts.hessian_of(name), ratio, nm)
+        return
+    score = _metric_scores(metric, module.weight, acts, name)
+    if nm is not None:
+        keep = S.nm_rank(score, nm[1]) >= nm[0]
+    else:
+        keep = S.keep_mask_from_rank(S.rank_in_group(score, S.comparison_group(metric)), ratio,
+                                     S.comparison_group(metric))
+    module.weight.mul_(keep)
+
+
+@torch.no_grad()
+def prune_sequential(
+    lm: LoadedModel,
+    windows: torch.Tensor | None,
+    metric: str,
+    ratios: np.ndarray,
+    pattern: str = "unstructured",
+    batch_size: int = 8,
+    progress: Progress = _silent,
+    inputs: BlockInputs | None = None,
+) -> None:
+    """Faithful mode: block by block, gather statistics on inputs that went through the pruned earlier
+    blocks, prune the block to its ratio, and recompute its outputs for the next block."""
+    S.check_metric(metric)
+    nm = S.parse_pattern(pattern)
+    n = len(lm.blocks)
+    if metric != "magnitude" and inputs is None:
+        inputs = capture_block_inputs(lm, windows, batch_size)
+    for i in range(n):
+        layers = lm.linear_layers(i)
+        acts = None
+        if metric != "magnitude":
+            with ActivationStats(layers, hessian=metric == "sparsegpt") as acts:
+                run_block(lm.blocks[i], inputs)
+        for name, module in layers.items():
+            _prune_layer(metric, module, acts, name, float(ratios[i]), nm)
+        del acts
+        if metric != "magnitude" and i + 1 < n:
+            inputs = run_block(lm.blocks[i], inputs)
+        progress("pruning", i + 1, n)

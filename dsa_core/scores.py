@@ -1,0 +1,158 @@
+"""Element-wise pruning scores and the masks they induce: Magnitude, Wanda, SparseGPT.
+
+Scores are compared within a group: Wanda and SparseGPT per output row, Magnitude per layer (as in the
+reference implementations). A score's order inside its group is all that re-masking needs, so it is kept
+as a rank tensor (`rank_in_group`) and a new ratio becomes one comparison. SparseGPT's OBS weight update
+lives here too. Operates on single weight tensors; walking the model is dsa_core.prune's job.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from dsa_core.errors import ConfigError
+
+METRICS = ("magnitude", "wanda", "sparsegpt")
+PATTERNS = ("unstructured", "2:4", "4:8")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """None for unstructured, else (n, m): prune n of every m consecutive weights along the input dim."""
+    if pattern == "unstructured":
+        return None
+    match = re.fullmatch(r"(\d+):(\d+)", pattern or "")
+    if not match or not 0 < int(match[1]) < int(match[2]):
+        raise ConfigError(f"Unknown pattern '{pattern}'; use unstructured or N:M such as 2:4 or 4:8.")
+    return int(match[1]), int(match[2])
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ConfigError(f"Unknown metric '{metric}'; choose one of {', '.join(METRICS)}.")
+    return metric
+
+
+def comparison_group(metric: str) -> str:
+    return "layer" if metric == "magnitude" else "row"
+
+
+def wanda(weight: torch.Tensor, col_sqnorm: torch.Tensor) -> torch.Tensor:
+    """|W_ij| · ‖X_j‖₂ (float32)."""
+    return weight.float().abs() * col_sqnorm.sqrt().unsqueeze(0)
+
+
+def magnitude(weight: torch.Tensor) -> torch.Tensor:
+    return weight.float().abs()
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's preparation: dead inputs get H_jj=1, dampening adds percdamp·mean(diag H), and the
+    upper Cholesky factor of H⁻¹ is returned with the mask of dead inputs."""
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], device=H.device)
+    try:
+        L = torch.linalg.cholesky(H)
+    except torch.linalg.LinAlgError:
+        # Rounding can leave a near-singular H; more damping is what the reference does by hand.
+        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], device=H.device)
+        L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(Hinv, upper=True), dead
+
+
+def sparsegpt_saliency(weight: torch.Tensor, Hinv_factor: torch.Tensor) -> torch.Tensor:
+    """w² / [H⁻¹]²_jj, the OBS error of removing each weight; SparseGPT's pruning score."""
+    return weight.float().pow(2) / torch.diag(Hinv_factor).pow(2).unsqueeze(0)
+
+
+def rank_in_group(scores: torch.Tensor, group: str) -> torch.Tensor:
+    """Each element's position in ascending score order within its row or its layer (0 = pruned first).
+    Stored as int16 where the group fits, int32 otherwise, since the cache holds one per weight."""
+    if group == "row":
+        n = scores.shape[1]
+        order = scores.argsort(dim=1)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(n, device=scores.device).expand_as(order))
+    else:
+        n = scores.numel()
+        order = scores.flatten().argsort()
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=scores.device)
+        rank = rank.view_as(scores)
+    return rank.to(torch.int16 if n <= torch.iinfo(torch.int16).max + 1 else torch.int32)
+
+
+def pruned_count(rank: torch.Tensor, ratio: float, group: str) -> int:
+    """How many of a group's weights a ratio removes: floor(group size × ratio), as the references do."""
+    size = rank.shape[1] if group == "row" else rank.numel()
+    return int(size * ratio)
+
+
+def keep_mask_from_rank(rank: torch.Tensor, ratio: float, group: str) -> torch.Tensor:
+    return rank >= pruned_count(rank, ratio, group)
+
+
+def nm_rank(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """Rank of each weight within its group of m consecutive inputs (int8); keep where rank >= n."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ConfigError(f"An N:{m} pattern needs input widths divisible by {m}; a layer has {cols}.")
+    grouped = scores.view(rows, cols // m, m)
+    order = grouped.argsort(dim=2)
+    rank = torch.empty_like(order)
+    rank.scatter_(2, order, torch.arange(m, device=scores.device).expand_as(order))
+    return rank.view(rows, cols).to(torch.int8)
+
+
+@torch.no_grad()
+def sparsegpt_prune_(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    ratio: float,
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> None:
+    """Prune `weight` in place with SparseGPT (Frantar & Alistarh, 2023): masks chosen per 128-column block
+    by w²/[H⁻¹]²_jj (or per n:m group), and the OBS update spreads each removed weight's error over the
+    columns not yet processed. A transcription of the reference `fasterprune`, without quantisation."""
+    W = weight.float().clone()
+    Hinv, dead = inverse_hessian_factor(H, percdamp)
+    W[:, dead] = 0
+    rows, cols = W.shape
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        k = int(W1.numel() * ratio)
+        if nm is None and k > 0:
+            # The reference prunes `tmp <= sorted[k]`, one weight more than asked; we prune exactly k.
+            tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, -1).pow(2)
+            mask1 = tmp <= torch.kthvalue(tmp.flatten(), k).values
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                tmp = W1[:, i : i + m].pow(2) / torch.diag(Hinv1)[i : i + m].reshape(1, -1).pow(2)
+                mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    if not math.isfinite(W.abs().max().item()):
+        raise FloatingPointError("SparseGPT produced non-finite weights; the Hessian is ill-conditioned.")
+    weight.copy_(W.to(weight.dtype))

@@ -1,0 +1,113 @@
+"""Command line of the search: `python -m dsa_core search ...` and `python -m dsa_core worker ...`.
+
+`search` creates (or resumes) a study, runs it, re-evaluates the best functions faithfully and prints the
+table; `worker` joins an existing study by name and storage URL and evaluates candidates until its budget
+is spent. Both are thin wrappers over dsa_core.search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from dsa_core.search import SAMPLERS, SearchConfig
+
+
+def default_storage() -> str:
+    """The history database's URL: searches and experiments live side by side."""
+    from storage.db import default_url
+
+    return default_url()
+
+
+def add_search_parsers(sub, add_model_options) -> None:
+    s = sub.add_parser("search", help="evolutionary search for an allocation function")
+    add_model_options(s)
+    s.add_argument("--sparsity", type=float, default=0.7)
+    s.add_argument("--budget-candidates", type=int, default=None)
+    s.add_argument("--budget-seconds", type=float, default=None)
+    s.add_argument("--sampler", choices=SAMPLERS, default="ga")
+    s.add_argument("--population", type=int, default=24)
+    s.add_argument("--fitness-windows", type=int, default=8, help="WikiText-2 validation windows of the proxy")
+    s.add_argument("--top-k", type=int, default=3, help="candidates re-evaluated faithfully at the end")
+    s.add_argument("--final-eval-windows", type=int, default=None, help="cap on test windows (quick runs)")
+    s.add_argument("--no-final", action="store_true", help="skip the faithful re-evaluation")
+    s.add_argument("--study", default=None, help="name; an existing study of that name is resumed")
+    s.add_argument("--storage", default=None, help="SQLAlchemy URL (default: the history database)")
+    s.add_argument("--json", action="store_true")
+    w = sub.add_parser("worker", help="join a search and evaluate its candidates")
+    w.add_argument("--study", required=True)
+    w.add_argument("--storage", required=True)
+    w.add_argument("--device", default=None)
+
+
+def _session(cfg: SearchConfig):
+    from dsa_core.config import EvalConfig
+    from dsa_core.pipeline import open_session
+
+    return open_session(EvalConfig(model=cfg.model, metric=cfg.metric, calib=cfg.calib, nsamples=cfg.nsamples,
+                                   seqlen=cfg.seqlen, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                                   data_source=cfg.data_source))
+
+
+def _progress_printer(quiet: bool):
+    def on_event(e) -> None:
+        if not quiet:
+            print(f"candidate {e.candidate:4d} gen {e.generation:3d}  fitness {e.fitness:10.3f}  best "
+                  f"{e.best_fitness:10.3f}  {e.best_text}", file=sys.stderr)
+    return on_event
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from dsa_core.search import create_study, faithful_table, run_search
+
+    cfg = SearchConfig(
+        model=args.model, metric=args.metric, sparsity=args.sparsity, calib=args.calib, nsamples=args.nsamples,
+        seqlen=args.seqlen, seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
+        sampler=args.sampler, population=args.population, budget_candidates=args.budget_candidates,
+        budget_seconds=args.budget_seconds, fitness_windows=args.fitness_windows, top_k=args.top_k,
+        final_eval_windows=args.final_eval_windows, study=args.study,
+    ).validate()
+    study = create_study(cfg, args.storage or default_storage())
+    session = _session(cfg)
+    started = time.perf_counter()
+    result = run_search(session, cfg, study, on_event=_progress_printer(args.json))
+    search_s = time.perf_counter() - started
+    table = [] if args.no_final else faithful_table(session, cfg, [c.text for c in result.top])
+    out = {
+        "study": result.study,
+        "best": result.best.text,
+        "best_fitness": result.best.fitness,
+        "evaluated": result.evaluated,
+        "candidates_per_second": result.evaluated / max(search_s, 1e-9),
+        "search_seconds": search_s,
+        "generations": result.generations,
+        "table": table,
+        "config": cfg.to_dict(),
+        "timings": session.timings,
+    }
+    if table:
+        out["test_ppl"] = next(r["ppl"] for r in table if r["label"] == "searched #1")
+        out["baselines"] = {r["label"]: r["ppl"] for r in table if not r["label"].startswith("searched")}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"best {result.best.text}  proxy {result.best.fitness:.3f}  ({result.evaluated} evaluated, "
+              f"{out['candidates_per_second']:.2f}/s)")
+        for r in table:
+            print(f"{r['label']:<14}{r['ppl']:>12.3f}  {r['allocation']}")
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from dsa_core.search import load_study, run_search
+
+    study, cfg = load_study(args.study, args.storage)
+    if args.device:
+        cfg.device = args.device
+    result = run_search(_session(cfg), cfg, study, on_event=_progress_printer(False))
+    print(json.dumps({"study": result.study, "evaluated": result.evaluated, "best": result.best.text,
+                      "best_fitness": result.best.fitness}))
+    return 0

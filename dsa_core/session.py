@@ -1,0 +1,146 @@
+"""The one stateful object of the engine: a loaded model with its calibration data and score caches.
+
+Everything expensive (the model, its dense weights, calibration inputs, score ranks, tokenised evaluation
+windows) is computed once here and reused: trying another allocation costs a re-mask and a perplexity,
+not a recalibration. The CLI, the web app and the search all drive a PruningSession.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from dsa_core import data
+from dsa_core.calibration import BlockInputs, capture_block_inputs
+from dsa_core.errors import ConfigError
+from dsa_core.evaluate import perplexity
+from dsa_core.models import LoadedModel
+from dsa_core.prune import DenseWeights, MaskCache, achieved_sparsity, prune_sequential, score_model
+from dsa_core.scores import check_metric, parse_pattern
+from dsa_core.stats import BlockStats
+
+log = logging.getLogger(__name__)
+
+
+class PruningSession:
+    """A model plus calibration settings. Phases' wall-clock seconds accumulate in `timings`."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        calib: str = "wikitext2",
+        nsamples: int = 128,
+        seqlen: int = 2048,
+        seed: int = 0,
+        data_source: str = "auto",
+        batch_size: int | None = None,
+        sample_size: int = 2**18,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        self.lm = lm
+        self.calib, self.nsamples, self.seqlen, self.seed = calib, nsamples, seqlen, seed
+        self.data_source = data_source
+        self.batch_size = batch_size or (8 if lm.device.type == "cuda" else 2)
+        self.sample_size = sample_size
+        self.progress = progress or (lambda phase, done, total: None)
+        self.timings: dict[str, float] = {}
+        self.dense = DenseWeights(lm)
+        self.calib_origin: str | None = None
+        self._windows: torch.Tensor | None = None
+        self._inputs: BlockInputs | None = None
+        self._caches: dict[tuple[str, str], tuple[MaskCache, BlockStats]] = {}
+        self._eval: dict[tuple, tuple[torch.Tensor, str]] = {}
+
+    @contextmanager
+    def _timed(self, phase: str):
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize(self.lm.device)
+        start = time.perf_counter()
+        yield
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize(self.lm.device)
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+    def calibration_windows(self) -> torch.Tensor:
+        if self._windows is None:
+            with self._timed("calibration"):
+                text = data.load_text(self.calib, "train", self.data_source)
+                ids = data.tokenize(self.lm.tokenizer, text.text)
+                self._windows = data.calibration_windows(ids, self.nsamples, self.seqlen, self.seed)
+                self.calib_origin = text.origin
+        return self._windows
+
+    def block_inputs(self) -> BlockInputs:
+        """What enters block 0 for every calibration window, captured once and reused by every pass."""
+        if self._inputs is None:
+            windows = self.calibration_windows()
+            with self._timed("calibration"):
+                self._inputs = capture_block_inputs(self.lm, windows, self.batch_size)
+        return self._inputs
+
+    def scores(self, metric: str, pattern: str = "unstructured") -> tuple[MaskCache, BlockStats]:
+        """Fast-mode score cache and block statistics for a metric and pattern, computed on first use."""
+        check_metric(metric)
+        parse_pattern(pattern)
+        key = (metric, pattern)
+        if key not in self._caches:
+            inputs = None if metric == "magnitude" else self.block_inputs()
+            self.dense.restore()  # scores are always those of the dense model
+            with self._timed("scoring"):
+                cache, stats = score_model(
+                    self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size, self.seed,
+                    progress=self.progress, inputs=inputs,
+                )
+            self._caches[key] = (cache, stats)
+        return self._caches[key]
+
+    def stats(self, metric: str = "wanda") -> BlockStats:
+        """Block statistics (pattern-independent) for allocations."""
+        for (m, _), (_, stats) in self._caches.items():
+            if m == metric:
+                return stats
+        return self.scores(metric)[1]
+
+    def apply(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
+        """Fast mode: re-mask every layer from the cached score order."""
+        cache, _ = self.scores(metric, pattern)
+        with self._timed("masking"):
+            cache.apply(np.asarray(ratios, dtype=np.float64))
+
+    def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
+        """Faithful mode, starting from the dense weights."""
+        inputs = None if metric == "magnitude" else self.block_inputs()
+        self.dense.restore()
+        with self._timed("pruning"):
+            prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
+                             progress=self.progress, inputs=inputs)
+
+    def restore(self) -> None:
+        self.dense.restore()
+
+    def achieved_sparsity(self) -> tuple[float, list[float]]:
+        return achieved_sparsity(self.lm)
+
+    def eval_windows(self, dataset: str = "wikitext2", split: str = "test", seqlen: int | None = None,
+                     limit: int | None = None) -> tuple[torch.Tensor, str]:
+        """Tokenised evaluation windows (tokenised once per dataset and split) and the text's origin."""
+        if split == "test" and dataset == self.calib and self.calib not in ("wikitext2", "c4"):
+            raise ConfigError("The evaluation text must not be the calibration file.")
+        key = (dataset, split, seqlen or self.seqlen)
+        if key not in self._eval:
+            text = data.load_text(dataset, split, self.data_source)
+            self._eval[key] = (data.eval_windows(data.tokenize(self.lm.tokenizer, text.text), key[2]), text.origin)
+        windows, origin = self._eval[key]
+        return (windows if limit is None else data.eval_windows(windows.flatten(), key[2], limit)), origin
+
+    def perplexity(self, dataset: str = "wikitext2", split: str = "test", seqlen: int | None = None,
+                   limit: int | None = None, batch_size: int | None = None) -> float:
+        windows, _ = self.eval_windows(dataset, split, seqlen, limit)
+        bs = batch_size or (8 if self.lm.device.type == "cuda" else 1)
+        with self._timed("perplexity"):
+            return perplexity(self.lm, windows, bs, lambda d, t: self.progress("perplexity", d, t))

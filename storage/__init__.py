@@ -1,0 +1,35 @@
+"""Experiment history and sharing: a SQLAlchemy database of evaluations, searches, structural runs and
+sweeps, with JSON export/import and permalinks.
+
+    from storage import History, open_database
+    history = History(open_database())          # DSA_DATABASE_URL, else ~/.local/share/sparsity-explorer/
+    exp = history.save("evaluation", config.to_dict(), name="OWL 50%")
+    history.update(exp.id, status="done", results={"ppl": 21.3})
+
+Storage never imports torch or a UI toolkit, and hands out detached `ExperimentRecord`s, never ORM objects.
+"""
+
+from storage.db import Database, open_database
+from storage.errors import ExperimentNotFound, ImportRefused, StorageError
+from storage.history import Filters, History
+from storage.records import KINDS, STATUSES, ExperimentRecord, new_record
+from storage.sharing import (
+    FORMAT,
+    MAX_IMPORT_BYTES,
+    SCHEMA,
+    VERSION,
+    experiment_id_from_url,
+    export_experiment,
+    export_to_file,
+    import_experiment,
+    import_file,
+    permalink,
+    read_document,
+)
+
+__all__ = [
+    "Database", "open_database", "StorageError", "ImportRefused", "ExperimentNotFound", "History", "Filters",
+    "ExperimentRecord", "new_record", "KINDS", "STATUSES", "FORMAT", "VERSION", "SCHEMA", "MAX_IMPORT_BYTES",
+    "export_experiment", "export_to_file", "import_experiment", "import_file", "read_document", "permalink",
+    "experiment_id_from_url",
+]

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from dsa_core import data
+from dsa_core.errors import DataError
+
+
+def test_shipped_wikitext2_test_split_is_found_with_provenance():
+    text = data.load_text("wikitext2", "test", "local")
+    assert text.origin.startswith("local:") and "wiki.test.raw" in text.origin and "sha256:4f3e427e4aff" in text.origin
+    assert "\r" not in text.text and text.text.startswith(" = Robert Boulter = ")
+    assert text.text.count("\n\n") == 2890  # 2,891 non-empty rows joined with "\n\n"
+
+
+def test_calibration_never_reads_the_test_split():
+    text = data.load_text("wikitext2", "train", "local")
+    assert "wiki.valid.tokens" in text.origin and not text.text.startswith("\ufeff")
+
+
+def test_c4_offline_is_a_clear_error():
+    with pytest.raises(DataError, match="C4 is only available from the Hugging Face hub"):
+        data.load_text("c4", "train", "local")
+
+
+def test_text_file_by_path_and_missing_file(tmp_path):
+    f = tmp_path / "calib.txt"
+    f.write_text("hello world " * 50)
+    assert data.load_text(str(f)).text.startswith("hello")
+    with pytest.raises(DataError, match="neither a known dataset"):
+        data.load_text(str(tmp_path / "missing.txt"))
+
+
+def test_calibration_windows_are_seeded_and_in_range():
+    ids = torch.arange(1000)
+    a = data.calibration_windows(ids, 5, 100, seed=3)
+    b = data.calibration_windows(ids, 5, 100, seed=3)
+    c = data.calibration_windows(ids, 5, 100, seed=4)
+    assert a.shape == (5, 100) and torch.equal(a, b) and not torch.equal(a, c)
+    assert ((a[:, 1:] - a[:, :-1]) == 1).all()  # contiguous windows
+
+
+def test_calibration_text_too_short_is_refused():
+    with pytest.raises(DataError, match="too short for windows of 512"):
+        data.calibration_windows(torch.arange(300), 4, 512, seed=0)
+
+
+def test_eval_windows_drop_the_tail_and_cap():
+    ids = torch.arange(1050)
+    assert data.eval_windows(ids, 100).shape == (10, 100)
+    assert data.eval_windows(ids, 100, limit=3).shape == (3, 100)
+    with pytest.raises(DataError):
+        data.eval_windows(torch.arange(50), 100)
+
+
+def test_data_dir_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert data.data_dir() == tmp_path
+    with pytest.raises(DataError, match="not found"):
+        data.load_text("wikitext2", "test", "local")

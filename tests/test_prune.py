@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from dsa_core import data
+from dsa_core.prune import DenseWeights, achieved_sparsity, prune_sequential, score_model
+from tests.reference_wanda import prune_wanda
+
+
+@pytest.fixture(scope="module")
+def windows(tiny):
+    ids = data.tokenize(tiny.tokenizer, data.load_text("wikitext2", "train", "local").text[:200_000])
+    return data.calibration_windows(ids, 4, 64, seed=0)
+
+
+def test_fast_mode_masks_each_block_to_its_ratio_and_restores(fresh_tiny, windows):
+    dense = DenseWeights(fresh_tiny)
+    cache, stats = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2, sample_size=1000)
+    assert stats.num_blocks == 4 and len(stats.score_samples[0]) >= 1000
+    ratios = np.array([0.1, 0.3, 0.5, 0.7])
+    cache.apply(ratios)
+    overall, per_block = achieved_sparsity(fresh_tiny)
+    assert per_block == pytest.approx(ratios, abs=0.02)
+    # Re-masking to another allocation starts from the dense weights, not from the last mask.
+    cache.apply(np.full(4, 0.2))
+    assert achieved_sparsity(fresh_tiny)[1] == pytest.approx([0.2] * 4, abs=0.02)
+    dense.restore()
+    assert achieved_sparsity(fresh_tiny)[0] < 0.01
+
+
+def test_sequential_wanda_matches_reference_transcription(windows):
+    from dsa_core.models import load_model
+
+    ours, ref = load_model("random:tiny", device="cpu"), load_model("random:tiny", device="cpu")
+    prune_sequential(ours, windows, "wanda", np.full(4, 0.6), batch_size=2)
+    prune_wanda(ref.model, windows, 0.6)
+    for i in range(4):
+        for (name, a), b in zip(ours.linear_layers(i).items(), ref.linear_layers(i).values()):
+            agree = ((a.weight == 0) == (b.weight == 0)).float().mean().item()
+            assert agree > 0.999, (i, name, agree)
+
+
+def test_fast_and_sequential_agree_on_the_first_block(fresh_tiny, windows):
+    dense = DenseWeights(fresh_tiny)
+    cache, _ = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2, with_alpha=False)
+    cache.apply(np.full(4, 0.5))
+    fast = [m.weight.clone() for m in fresh_tiny.linear_layers(0).values()]
+    dense.restore()
+    prune_sequential(fresh_tiny, windows, "wanda", np.full(4, 0.5), batch_size=2)
+    for a, b in zip(fast, fresh_tiny.linear_layers(0).values()):
+        assert torch.equal(a, b.weight)
+
+
+@pytest.mark.parametrize("metric,pattern,expect", [("sparsegpt", "unstructured", 0.5), ("sparsegpt", "2:4", 0.5),
+                                                   ("magnitude", "unstructured", 0.5), ("wanda", "4:8", 0.5)])
+def test_sequential_metrics_and_patterns_hit_target(fresh_tiny, windows, metric, pattern, expect):
+    prune_sequential(fresh_tiny, windows, metric, np.full(4, expect), pattern=pattern, batch_size=2)
+    assert achieved_sparsity(fresh_tiny)[0] == pytest.approx(expect, abs=0.01)
+
+
+def test_stats_outlier_ratios_are_exact_shares(fresh_tiny, windows):
+    from dsa_core import scores as S
+    from dsa_core.calibration import ActivationStats, capture_block_inputs
+
+    dense = DenseWeights(fresh_tiny)
+    _, stats = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2, with_alpha=False)
+    inputs = capture_block_inputs(fresh_tiny, windows, 2)
+    layers = fresh_tiny.linear_layers(0)
+    from dsa_core.calibration import run_block
+
+    with ActivationStats(layers) as acts:
+        run_block(fresh_tiny.blocks[0], inputs)
+    all_scores = torch.cat([S.wanda(m.weight, acts.column_sqnorm(n)).flatten() for n, m in layers.items()])
+    expected = (all_scores > 5 * all_scores.mean()).float().mean().item()
+    assert stats.outlier_ratios[5.0][0] == pytest.approx(expected, rel=1e-5)
+    assert stats.params[0] == all_scores.numel()
