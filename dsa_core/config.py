@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from dsa_core.data import SOURCES
+from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError
 from dsa_core.scores import check_metric, parse_pattern
 
@@ -58,6 +58,7 @@ class EvalConfig:
             raise ConfigError("Calibration needs --nsamples ≥ 1 and --seqlen ≥ 16.")
         if self.eval_windows is not None and self.eval_windows < 1:
             raise ConfigError("--eval-windows must be at least 1.")
+        check_text_source(self.calib)
         if self.eval != "wikitext2":
             raise ConfigError(f"Unknown evaluation dataset '{self.eval}'; perplexity is measured on wikitext2.")
         return self

@@ -102,14 +102,23 @@ def _c4_hub(split: str) -> Text:
     return Text("c4", split, "\n\n".join(rows), f"hub:allenai/c4/{shard[split]}")
 
 
+def check_text_source(name: str) -> Path | None:
+    """A known dataset name (None) or the path of a readable text file; anything else is refused here,
+    before a model is loaded for nothing."""
+    if name in ("wikitext2", "c4"):
+        return None
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise DataError(f"'{name}' is neither a known dataset (wikitext2, c4) nor a readable text file.")
+    return path
+
+
 def load_text(name: str, split: str = "test", source: str = "auto") -> Text:
     """Load "wikitext2" or "c4" (split test/validation/train) or a text file given by path."""
     if source not in SOURCES:
         raise DataError(f"Unknown data source '{source}'; choose one of {', '.join(SOURCES)}.")
     if name not in ("wikitext2", "c4"):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise DataError(f"'{name}' is neither a known dataset (wikitext2, c4) nor a readable text file.")
+        path = check_text_source(name)
         return _local(path, path.name, "file", _read(path))
     use_hub = source == "hub" or (source == "auto" and hub_reachable())
     if name == "c4":

@@ -17,9 +17,9 @@ from dsa_core.search import SAMPLERS, SearchConfig
 
 def default_storage() -> str:
     """The history database's URL: searches and experiments live side by side."""
-    from storage.db import default_url
+    from storage.db import database_url
 
-    return default_url()
+    return database_url()
 
 
 def add_search_parsers(sub, add_model_options) -> None:

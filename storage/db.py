@@ -129,10 +129,9 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def open_database(url: str | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
-    """Open (and create if needed) the history database; see the module docstring for where it lives."""
-    if url is None:
-        url = os.environ.get(ENV_VAR) or None
+def database_url(url: str | None = None) -> str:
+    """The URL given, else $DSA_DATABASE_URL, else the default SQLite file (its folder created)."""
+    url = url or os.environ.get(ENV_VAR) or None
     if url is None:
         path = default_path()
         try:
@@ -140,6 +139,12 @@ def open_database(url: str | None = None, *, busy_timeout: float = DEFAULT_BUSY_
         except OSError as e:
             raise StorageError(f"Cannot create the folder {path.parent} for the history database: {e}.") from e
         url = f"sqlite:///{path}"
+    return url
+
+
+def open_database(url: str | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+    """Open (and create if needed) the history database; see the module docstring for where it lives."""
+    url = database_url(url)
     try:
         parsed = make_url(url)
     except exc.ArgumentError:

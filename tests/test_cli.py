@@ -20,10 +20,12 @@ def run(*args: str) -> subprocess.CompletedProcess:
     (["--pattern", "2:4", "--sparsity", "0.6"], "does not match it"),
     (["--pattern", "2:4", "--sparsity", "0.5", "--allocation", "owl"], "use --allocation uniform"),
     (["--calib", "/no/such/file.txt"], "neither a known dataset"),
-    (["--seqlen", "100000", "--calib", "README.md"], "too short"),
+    (["--seqlen", "100000", "--calib", "{short}"], "too short"),
 ])
-def test_bad_input_is_one_sentence_and_exit_code_2(args, message):
-    out = run("evaluate", *QUICK, *args)
+def test_bad_input_is_one_sentence_and_exit_code_2(args, message, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("A calibration file far shorter than the windows asked for.\n")
+    out = run("evaluate", *QUICK, *[a.format(short=short) for a in args])
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0
