@@ -187,8 +187,8 @@ def display_formula(f: AllocationFunction) -> str:
 
 def slot_choices() -> dict[str, list[str]]:
     """One categorical per slot, generated from the registry (no_op in a slot means the slot is empty)."""
-    pre, transform = ops.names(ops.PRE, searchable_only=True), ops.names(ops.TRANSFORM, searchable_only=True)
-    return {"pre1": pre, "pre2": pre, "reduction": ops.names(ops.REDUCTION, searchable_only=True),
+    pre, transform = ops.names(ops.PRE), ops.names(ops.TRANSFORM)
+    return {"pre1": pre, "pre2": pre, "reduction": ops.names(ops.REDUCTION),
             "transform1": transform, "transform2": transform}
 
 

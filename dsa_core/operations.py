@@ -30,8 +30,7 @@ OUTLIER_M = 5.0  # OWL's default multiplier for the outlier_ratio reduction
 class Op:
     """One operation. `fn` takes a float64 array: the block's scores (pre), the scores plus the block's true
     element count (reduction: `fn(x, numel) -> float`), or the vector of per-block values (transform).
-    `domain` (transforms only) is the closed interval where the op is defined, quoted when a warning explains a NaN.
-    `searchable=False` keeps an op out of the search space."""
+    `domain` (transforms only) is the closed interval where the op is defined, quoted when a warning explains a NaN."""
 
     name: str
     stage: str
@@ -39,7 +38,6 @@ class Op:
     fn: Callable
     doc: str
     domain: tuple[float, float] | None = None
-    searchable: bool = True
 
 
 # --- pre-process (element-wise) -------------------------------------------------------------------------------
@@ -139,8 +137,9 @@ _ENTRIES: tuple[Op, ...] = (
     Op("sigmoid", TRANSFORM, r"\mathrm{sigmoid}(x)", expit, "logistic sigmoid"),
     Op("tanh", TRANSFORM, r"\tanh(x)", np.tanh, "hyperbolic tangent"),
     Op("softplus", TRANSFORM, r"\mathrm{softplus}(x)", lambda v: np.logaddexp(0.0, v), "log(1 + eˣ)"),
-    # Flips which blocks get more sparsity, so that OWL can be written as a function; not in DSA's search space.
-    Op("neg", TRANSFORM, "-x", np.negative, "negation", searchable=False),
+    # Flips which blocks get more sparsity (OWL written as a function). Not in DSA's published space, where only
+    # decreasing ops such as acos could express "more X, less sparsity"; offered to the search as well.
+    Op("neg", TRANSFORM, "-x", np.negative, "negation"),
 )
 
 REGISTRY: dict[str, dict[str, Op]] = {stage: {op.name: op for op in _ENTRIES if op.stage == stage} for stage in STAGES}
@@ -156,9 +155,9 @@ def get(stage: str, name: str) -> Op:
     return op
 
 
-def names(stage: str, searchable_only: bool = False) -> list[str]:
+def names(stage: str) -> list[str]:
     """Op names of a stage in registry order (what dropdowns and the search space offer)."""
-    return [n for n, op in REGISTRY[stage].items() if op.searchable or not searchable_only]
+    return list(REGISTRY[stage])
 
 
 _PLACEHOLDER = re.compile(r"(?<![A-Za-z\\])x(?![A-Za-z])")

@@ -188,7 +188,7 @@ def test_any_function_allocates_exactly(f, target, seed, equal):
 def test_search_slots_are_generated_from_the_registry():
     slots = F.slot_choices()
     assert set(slots) == {"pre1", "pre2", "reduction", "transform1", "transform2"}
-    assert slots["reduction"] == ops.names(ops.REDUCTION) and "neg" not in slots["transform1"]
+    assert slots["reduction"] == ops.names(ops.REDUCTION) and slots["transform2"] == ops.names(ops.TRANSFORM)
     f = F.function_from_slots({"pre1": "no_op", "pre2": "abslog", "reduction": "var", "transform1": "atan",
                                "transform2": "asin"}, lam=0.08)
     assert f == F.AllocationFunction(pre=("abslog",), reduction="var", transform=("atan", "asin"))
