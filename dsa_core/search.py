@@ -120,8 +120,9 @@ class Fitness:
         self.windows, self.origin = session.eval_windows("wikitext2", "validation", cfg.seqlen, cfg.fitness_windows)
         self.memo: dict[str, Candidate] = {}
 
-    def __call__(self, fn: F.AllocationFunction) -> Candidate:
-        text = F.to_text(fn)
+    def __call__(self, fn: F.AllocationFunction | str) -> Candidate:
+        """Fitness of a function, or of any allocation `allocate` accepts by name (a baseline, for comparison)."""
+        text = fn if isinstance(fn, str) else F.to_text(fn)
         if text not in self.memo:
             try:
                 result = allocate(self.stats, fn, self.cfg.sparsity)
