@@ -1,4 +1,5 @@
-"""Command line: `python -m dsa_core evaluate ...` (and the search commands of dsa_core.search_cli).
+"""Command line: `python -m dsa_core evaluate ...` (and the search and export commands of dsa_core.search_cli
+and dsa_core.export_cli).
 
 Parses options into the same config objects the web app uses, runs them, prints a table or one JSON
 object. Errors the engine raises on purpose print as one sentence with exit code 2.
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from dsa_core.config import MODES, EvalConfig
 from dsa_core.errors import DSAError
+from dsa_core.export_cli import add_export_parser, export_command
 from dsa_core.scores import METRICS, PATTERNS
 from dsa_core.search_cli import add_search_parsers, search_command, worker_command
 
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dense", action="store_true", help="also report the unpruned model's perplexity")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     add_search_parsers(sub, add_model_options)
+    add_export_parser(sub, add_model_options)
     return parser
 
 
@@ -105,7 +108,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": evaluate_command, "search": search_command, "worker": worker_command}
+COMMANDS = {"evaluate": evaluate_command, "search": search_command, "worker": worker_command,
+            "export": export_command}
 
 
 def main(argv: list[str] | None = None) -> int:
