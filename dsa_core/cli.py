@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sequential: faithful block-by-block pruning; fast: re-mask from dense-model scores")
     ev.add_argument("--dense", action="store_true", help="also report the unpruned model's perplexity")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--tasks", default=None, help="zero-shot tasks scored by lm-eval after pruning, comma-separated: "
+                    "boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa ('paper': these seven), "
+                    "piqa")
+    ev.add_argument("--tasks-limit", type=int, default=None, help="examples per task (quick runs)")
+    ev.add_argument("--tasks-data", default=None, help="folder of the tasks' original release files, one folder "
+                    "per task (default: the hub when reachable, else the shipped data folder)")
     add_search_parsers(sub, add_model_options)
     add_export_parser(sub, add_model_options)
     return parser
@@ -89,6 +95,13 @@ def _print_table(result: dict) -> None:
           f"{p['windows']} windows; calibration {p['nsamples']}×{p['seqlen']} from {p['calibration_source']}, "
           f"seed {p['seed']}")
     print("seconds             " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
+    if "zeroshot" in result:
+        from dsa_core.zeroshot.report import format_table
+
+        columns = {"dense": result["dense_zeroshot"]} if "dense_zeroshot" in result else {}
+        columns[cfg["allocation"]] = result["zeroshot"]
+        print(f"zero-shot           {result['zeroshot']['protocol']['harness']}, n = examples scored per task")
+        print(format_table(columns))
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -99,6 +112,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         pattern=args.pattern, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, eval=args.eval,
         eval_windows=args.eval_windows, seed=args.seed, mode=args.mode, dense=args.dense, device=args.device,
         dtype=args.dtype, data_source=args.data_source, batch_size=args.batch_size,
+        tasks=args.tasks or (), tasks_limit=args.tasks_limit, tasks_data=args.tasks_data,
     ).validate()
     result = run_evaluation(cfg, progress=None if args.json else _tqdm_progress())
     if args.json:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError
 from dsa_core.scores import check_metric, parse_pattern
+from dsa_core.zeroshot.tasks import parse_tasks
 
 MODES = ("sequential", "fast")
 
@@ -36,6 +37,9 @@ class EvalConfig:
     dtype: str | None = None
     data_source: str = "auto"
     batch_size: int | None = None
+    tasks: tuple[str, ...] = ()  # zero-shot tasks (dsa_core.zeroshot), scored after pruning; none: perplexity only
+    tasks_limit: int | None = None
+    tasks_data: str | None = None
 
     def validate(self) -> EvalConfig:
         check_metric(self.metric)
@@ -59,6 +63,10 @@ class EvalConfig:
         if self.eval_windows is not None and self.eval_windows < 1:
             raise ConfigError("--eval-windows must be at least 1.")
         check_text_source(self.calib)
+        if self.tasks:
+            self.tasks = parse_tasks(self.tasks)
+        if self.tasks_limit is not None and self.tasks_limit < 1:
+            raise ConfigError("--tasks-limit must be at least 1.")
         if self.eval != "wikitext2":
             raise ConfigError(f"Unknown evaluation dataset '{self.eval}'; perplexity is measured on wikitext2.")
         return self

@@ -19,6 +19,7 @@ from dsa_core.config import EvalConfig
 from dsa_core.errors import ResourceError
 from dsa_core.models import LoadedModel, load_model
 from dsa_core.session import PruningSession
+from dsa_core.zeroshot.tasks import check_sources
 
 
 def environment(lm: LoadedModel | None = None) -> dict:
@@ -105,10 +106,23 @@ def prune_with(session: PruningSession, cfg: EvalConfig, allocation: str | None 
     return ratios, warnings
 
 
+def zeroshot(session: PruningSession, cfg: EvalConfig) -> dict:
+    """Zero-shot accuracy of the session's model as it is now on cfg.tasks; its seconds join the timings."""
+    from dsa_core.zeroshot.harness import evaluate_tasks  # imports lm-eval (seconds): only when tasks are asked
+
+    with oom_as_error("scoring the zero-shot tasks"):
+        result = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source,
+                                progress=session.progress)
+    session.timings["zeroshot"] = session.timings.get("zeroshot", 0.0) + result["seconds"]
+    return result
+
+
 def run_evaluation(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
                    session: PruningSession | None = None) -> dict:
     """Evaluate one configuration; with cfg.dense also the unpruned model, in the same run."""
     cfg.validate()
+    if cfg.tasks:
+        check_sources(cfg.tasks, cfg.tasks_data, cfg.data_source)
     session = session or open_session(cfg, progress)
     windows, origin = session.eval_windows(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
     result: dict = {"config": cfg.to_dict()}
@@ -116,8 +130,12 @@ def run_evaluation(cfg: EvalConfig, progress: Callable[[str, int, int], None] | 
         if cfg.dense:
             session.restore()
             result["dense_ppl"] = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+            if cfg.tasks:
+                result["dense_zeroshot"] = zeroshot(session, cfg)
         ratios, warnings = prune_with(session, cfg)
         result["ppl"] = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+    if cfg.tasks:
+        result["zeroshot"] = zeroshot(session, cfg)
     overall, per_block = session.achieved_sparsity()
     result.update(
         ratios=[float(r) for r in ratios],

@@ -1,0 +1,170 @@
+"""Zero-shot accuracy through lm-evaluation-harness, on the model object already in memory (pruned or not).
+
+We drive lm-eval rather than re-implement it: its task YAMLs build each context and choice, its HFLM scores
+them (requests sorted by length, padded batches, one forward per batch, summed log-probabilities of each
+choice's tokens), and its metrics give acc (argmax of the sum) and acc_norm (argmax of the sum divided by the
+choice's length in characters: lm-eval's own definition, which its documentation calls byte-length
+normalisation; the two agree on ASCII text). What we add: tasks read from the datasets' original release
+files when the hub is out of reach (lm-eval's YAML with our reader as its `custom_dataset`), progress through
+a callback, and a result that carries its protocol. This module never changes weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import datasets
+import lm_eval
+import torch
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml  # the loader TaskManager uses: resolves `include` and `!function`
+
+from dsa_core import data
+from dsa_core.errors import ConfigError
+from dsa_core.models import LoadedModel
+from dsa_core.zeroshot.tasks import TASKS, TaskSpec, local_files, origin, parse_tasks, read_local, use_hub
+
+log = logging.getLogger(__name__)
+# lm-eval warns about command-line flags and launch modes that this in-process use does not have.
+logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+SCORING = ("zero-shot; log-likelihood of each choice given lm-eval's prompt for the task; acc = argmax of the "
+           "summed log-likelihood, acc_norm = argmax of it divided by the choice's length in characters")
+Progress = Callable[[str, int, int], None]
+
+
+class _SessionLM(HFLM):
+    """lm-eval's HFLM with its progress sent to our callback instead of a tqdm bar."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int, progress: Progress, phase: str):
+        # float32 log-softmax: a bf16 one rounds log-probabilities of long choices enough to flip close calls.
+        super().__init__(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size,
+                         softmax_dtype=torch.float32)
+        self.progress, self.phase = progress, phase
+        self._done = self._total = 0
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        self._done, self._total = 0, len(requests)
+        out = super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+        self.progress(self.phase, self._total, self._total)
+        return out
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        logits = super()._model_call(inps, attn_mask, labels)
+        # Rows, not requests: a row can serve several one-token choices, so the count may fall short until the end.
+        self._done = min(self._done + inps.shape[0], self._total)
+        self.progress(self.phase, self._done, self._total)
+        return logits
+
+
+def _local_dataset(spec: TaskSpec, files: tuple[Path, ...], **_lm_eval_metadata) -> datasets.DatasetDict:
+    return datasets.DatasetDict({spec.split: datasets.Dataset.from_list(read_local(spec, files))})
+
+
+def _upstream_yaml(spec: TaskSpec) -> Path:
+    return Path(lm_eval.tasks.__file__).parent / spec.upstream
+
+
+def task_config(spec: TaskSpec, use_hub: bool, root: Path) -> tuple[dict, str]:
+    """lm-eval's config for the task, its data from the hub or from the local release files; and its origin."""
+    cfg = load_yaml(_upstream_yaml(spec), resolve_func=True)
+    for key in ("tag", "group"):
+        cfg.pop(key, None)
+    if use_hub:
+        return cfg, f"hub:{cfg['dataset_path']}/{cfg.get('dataset_name') or ''}/{spec.split}".replace("//", "/")
+    files = local_files(spec, root)
+    cfg.update(
+        custom_dataset=functools.partial(_local_dataset, spec, files),
+        dataset_kwargs=None,
+        training_split=None,
+        validation_split=spec.split if spec.split == "validation" else None,
+        test_split=spec.split if spec.split == "test" else None,
+    )
+    return cfg, origin(files)
+
+
+def evaluate_tasks(
+    lm: LoadedModel,
+    tasks: str | Iterable[str],
+    limit: int | None = None,
+    data_root: str | Path | None = None,
+    source: str = "auto",
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    keep_samples: bool = False,
+) -> dict:
+    """Zero-shot accuracy of the model as it is now, task by task.
+
+    Returns {"tasks": {name: {acc, acc_norm (None where lm-eval defines none), acc_stderr, acc_norm_stderr, n,
+    n_total, split, source}}, "mean_acc", "protocol", "seconds"}; with keep_samples, each task also lists its
+    scored examples as lm-eval logs them (doc, target, (context, continuation) requests, log-likelihoods).
+    Data: see `tasks.use_hub`."""
+    names = parse_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise ConfigError("The number of examples per task must be at least 1.")
+    hub = use_hub(source, data_root)
+    root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
+    configs = {n: task_config(TASKS[n], hub, root) for n in names}  # all files checked before any scoring
+    bs = batch_size or (64 if lm.device.type == "cuda" else 8)
+    progress = progress or (lambda phase, done, total: None)
+    model = _SessionLM(lm, bs, progress, "zero-shot")
+    manager = TaskManager(include_defaults=False)  # our configs are complete: skip indexing lm-eval's 10k YAMLs
+    out: dict = {"tasks": {}}
+    start = time.perf_counter()
+    for name, (cfg, where) in configs.items():
+        model.phase = f"zero-shot {TASKS[name].title}"
+        # Global seeds left alone (None): zero-shot scoring draws nothing at random, and the session's seeds stay.
+        raw = lm_eval.simple_evaluate(model=model, tasks=[cfg], limit=limit, task_manager=manager,
+                                      log_samples=keep_samples, random_seed=None, numpy_random_seed=None,
+                                      torch_random_seed=None)
+        out["tasks"][name] = _task_result(raw, name, where, TASKS[name].split, keep_samples)
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+    out["seconds"] = time.perf_counter() - start
+    out["mean_acc"] = sum(t["acc"] for t in out["tasks"].values()) / len(out["tasks"])
+    out["protocol"] = {
+        "harness": f"lm-evaluation-harness {lm_eval.__version__}",
+        "num_fewshot": 0,
+        "limit": limit,
+        "scoring": SCORING,
+        "softmax_dtype": "float32",
+        "batch_size": bs,
+        "source": "hub" if hub else f"local:{root}",
+        "mean": "mean_acc is the plain mean of acc over the tasks; acc_norm is never mixed in",
+    }
+    return out
+
+
+def _number(value) -> float | None:
+    """lm-eval's value as a finite float, else None: it writes "N/A" or NaN for a stderr of one example, and
+    the history stores JSON, which holds neither."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _task_result(raw: dict, name: str, where: str, split: str, keep_samples: bool) -> dict:
+    metrics = raw["results"][name]
+    counts = raw["n-samples"][name]
+    result = {
+        "acc": float(metrics["acc,none"]),
+        "acc_stderr": _number(metrics.get("acc_stderr,none")),
+        "acc_norm": _number(metrics.get("acc_norm,none")),
+        "acc_norm_stderr": _number(metrics.get("acc_norm_stderr,none")),
+        "n": int(counts["effective"]),
+        "n_total": int(counts["original"]),
+        "split": split,
+        "source": where,
+    }
+    if keep_samples:
+        result["samples"] = [
+            {"doc_id": s["doc_id"], "doc": s["doc"], "target": s["target"],
+             "requests": [list(a) for a in s["arguments"]], "loglikelihoods": [r[0] for r in s["filtered_resps"]],
+             "acc": s["acc"], "acc_norm": s.get("acc_norm")}
+            for s in raw["samples"][name]
+        ]
+    return result

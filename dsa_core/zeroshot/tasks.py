@@ -1,0 +1,140 @@
+"""The zero-shot tasks we know: their lm-eval task, the split it scores, and where their original release
+files lie in a local data folder.
+
+A data folder holds one folder per task named as below (case ignored), each as its release unpacks:
+`piqa/valid.jsonl` + `piqa/valid-labels.lst`, `boolq/val.jsonl`, `rte/dev.tsv`,
+`hellaswag/hellaswag_val.jsonl`, `winogrande/dev.jsonl`, `arc/ARC-V1-Feb2018-2/ARC-Easy/ARC-Easy-Test.jsonl`,
+`openbookqa/OpenBookQA-V1-Sep2018/Data/Main/test.jsonl`; files are found at any depth inside the task's
+folder. Names and paths only: nothing here imports lm-eval or touches a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsa_core import data
+from dsa_core.errors import ConfigError, DataError
+from dsa_core.zeroshot import formats
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: lm-eval's YAML (relative to lm_eval/tasks), the split lm-eval scores, the folders that may
+    hold it, the release's file layouts (each a tuple of file names read together), their reader, and the
+    accuracy of a random guess (one over the number of choices; ARC's few 3- and 5-choice questions aside)."""
+
+    name: str
+    title: str
+    upstream: str
+    split: str
+    folders: tuple[str, ...]
+    layouts: tuple[tuple[str, ...], ...]
+    reader: Callable[..., list[dict]]
+    chance: float
+
+
+_ARC_FOLDERS = ("arc", "ai2_arc", "arc-v1-feb2018-2")
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (
+    TaskSpec("boolq", "BoolQ", "super_glue/boolq/default.yaml", "validation", ("boolq",),
+             (("val.jsonl",), ("dev.jsonl",)), formats.boolq, 0.5),
+    TaskSpec("rte", "RTE", "glue/rte/default.yaml", "validation", ("rte",),
+             (("val.jsonl",), ("dev.tsv",)), formats.rte, 0.5),
+    TaskSpec("hellaswag", "HellaSwag", "hellaswag/hellaswag.yaml", "validation", ("hellaswag",),
+             (("hellaswag_val.jsonl",),), formats.hellaswag, 0.25),
+    TaskSpec("winogrande", "WinoGrande", "winogrande/default.yaml", "validation", ("winogrande", "winogrande_1.1"),
+             (("dev.jsonl",),), formats.winogrande, 0.5),
+    TaskSpec("arc_easy", "ARC-e", "arc/arc_easy.yaml", "test", _ARC_FOLDERS + ("arc-easy", "arc_easy"),
+             (("ARC-Easy-Test.jsonl",),), formats.arc, 0.25),
+    TaskSpec("arc_challenge", "ARC-c", "arc/arc_challenge.yaml", "test",
+             _ARC_FOLDERS + ("arc-challenge", "arc_challenge"), (("ARC-Challenge-Test.jsonl",),), formats.arc, 0.25),
+    TaskSpec("openbookqa", "OBQA", "openbookqa/openbookqa.yaml", "test", ("openbookqa", "openbookqa-v1-sep2018"),
+             (("test.jsonl",),), formats.openbookqa, 0.25),
+    TaskSpec("piqa", "PIQA", "piqa/piqa.yaml", "validation", ("piqa",),
+             (("valid.jsonl", "valid-labels.lst"),), formats.piqa, 0.5),
+)}
+# The seven tasks whose mean accuracy the pruning papers (Wanda, OWL, DSA) report.
+PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+_ALIASES = {"arc_e": "arc_easy", "arc-e": "arc_easy", "arc_c": "arc_challenge", "arc-c": "arc_challenge",
+            "obqa": "openbookqa"}
+
+
+def parse_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
+    """Task names from "boolq,rte,..." or a sequence; "paper" stands for the papers' seven. Order kept, repeats
+    dropped; an unknown name is a ConfigError that lists the known ones."""
+    items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    names: list[str] = []
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        expanded = PAPER_TASKS if item == "paper" else (_ALIASES.get(item, item),)
+        for name in expanded:
+            if name not in TASKS:
+                raise ConfigError(f"Unknown zero-shot task '{item}'; choose from {', '.join(TASKS)} or 'paper'.")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ConfigError("No zero-shot task was named; give e.g. --tasks piqa,boolq.")
+    return tuple(names)
+
+
+def _task_folders(spec: TaskSpec, root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in spec.folders)
+
+
+def find_files(spec: TaskSpec, root: Path) -> tuple[Path, ...] | None:
+    """The files of the first layout found in the task's folder under root (shallowest match), or None."""
+    for folder in _task_folders(spec, root):
+        for layout in spec.layouts:
+            found = []
+            for name in layout:
+                matches = sorted(folder.rglob(name), key=lambda p: (len(p.parts), str(p)))
+                if not matches:
+                    break
+                found.append(matches[0])
+            else:
+                return tuple(found)
+    return None
+
+
+def local_files(spec: TaskSpec, root: Path) -> tuple[Path, ...]:
+    files = find_files(spec, root)
+    if files is None:
+        wanted = " or ".join(" + ".join(layout) for layout in spec.layouts)
+        raise DataError(f"No local copy of {spec.title} under {root}: put its release ({wanted}) in a folder named "
+                        f"'{spec.folders[0]}' there, or connect to the Hugging Face hub.")
+    return files
+
+
+def read_local(spec: TaskSpec, files: tuple[Path, ...]) -> list[dict]:
+    return spec.reader(*files)
+
+
+def origin(files: tuple[Path, ...]) -> str:
+    """Provenance in data.py's form: "local:<path>#sha256:<12 hex>", one per file, joined by "+"."""
+    return "+".join(f"local:{p}#sha256:{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}" for p in files)
+
+
+def use_hub(source: str, data_root: str | Path | None) -> bool:
+    """Where the tasks come from: a data folder named by the user means its files; otherwise `source` decides,
+    as for the perplexity texts (auto: the hub when reachable, else the shipped data folder)."""
+    if source not in data.SOURCES:
+        raise ConfigError(f"Unknown data source '{source}'; choose one of {', '.join(data.SOURCES)}.")
+    if data_root is not None or source == "local":
+        return False
+    return source == "hub" or data.hub_reachable()
+
+
+def check_sources(tasks: str | Iterable[str], data_root: str | Path | None = None, source: str = "auto") -> None:
+    """Refuse unknown tasks and missing local files before a model is loaded for nothing."""
+    names = parse_tasks(tasks)
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise DataError(f"The zero-shot data folder '{data_root}' does not exist.")
+    if not use_hub(source, data_root):
+        root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
+        for name in names:
+            local_files(TASKS[name], root)
