@@ -1,0 +1,126 @@
+"""Plotly figure builders for the web app: per-block sparsity profiles, perplexity bars, perplexity against
+sparsity, and search progress.
+
+Each builder takes plain data (lists, dicts of floats) and returns a `plotly.graph_objects.Figure`; none of them
+touches a model, a session or the database, so the same figures serve live runs, saved experiments and
+comparisons. Perplexity axes of curves are logarithmic (a pruned model's perplexity spans orders of magnitude);
+bars are logarithmic only when they span more than a decade.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+# Fixed colours for the reference allocations, so that they look the same on every chart.
+REFERENCE_COLOURS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa preset": "#2ca02c"}
+HEIGHT = 360
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, log_y: bool = False) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01}, height=HEIGHT, margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        xaxis_title=x, yaxis_title=y, legend={"orientation": "h", "y": -0.2}, template="plotly_white",
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def _finite(values: Sequence[float | None]) -> list[float | None]:
+    return [v if v is not None and math.isfinite(v) else None for v in values]
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank chart that says why it is blank (no model loaded, nothing to compare...)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "", "", "")
+
+
+def profile_figure(profiles: Mapping[str, Sequence[float]], target: float | None = None,
+                   title: str = "Per-block sparsity") -> go.Figure:
+    """One line per allocation: sparsity of each block (blocks numbered from 0), with the target dashed.
+    The first profile is drawn thickest: it is the one being built or inspected."""
+    fig = go.Figure()
+    for i, (label, ratios) in enumerate(profiles.items()):
+        fig.add_trace(go.Scatter(
+            x=list(range(len(ratios))), y=_finite(ratios), name=label, mode="lines+markers",
+            line={"width": 3 if i == 0 else 1.5, "color": REFERENCE_COLOURS.get(label),
+                  "dash": "solid" if i == 0 else "dot"},
+            marker={"size": 6 if i == 0 else 4},
+            hovertemplate=f"{label}<br>block %{{x}}: %{{y:.3f}}<extra></extra>",
+        ))
+    if target is not None:
+        fig.add_hline(y=target, line={"dash": "dash", "color": "#d62728", "width": 1},
+                      annotation_text=f"target {target:.0%}", annotation_position="top left")
+    fig.update_yaxes(rangemode="tozero")
+    blocks = max((len(r) for r in profiles.values()), default=0)
+    fig.update_xaxes(dtick=1 if blocks <= 32 else None, tick0=0)  # blocks are whole numbers
+    return _layout(fig, title, "block", "sparsity")
+
+
+def perplexity_bars(groups: Mapping[str, Mapping[str, float]], dense: float | None = None,
+                    title: str = "Perplexity (lower is better)") -> go.Figure:
+    """Bars of perplexity per allocation; with several groups (experiments compared), one bar colour per group."""
+    fig = go.Figure()
+    for group, values in groups.items():
+        labels = list(values)
+        fig.add_trace(go.Bar(
+            x=labels, y=_finite([values[k] for k in labels]), name=group, text=[f"{values[k]:.4g}" for k in labels],
+            textposition="outside", marker_color=None if len(groups) > 1 else
+            [REFERENCE_COLOURS.get(k, "#ff7f0e") for k in labels],
+        ))
+    if dense is not None and math.isfinite(dense):
+        fig.add_hline(y=dense, line={"dash": "dash", "color": "#444"}, annotation_text=f"dense {dense:.4g}")
+    fig.update_layout(barmode="group", showlegend=len(groups) > 1)
+    return _layout(fig, title, "allocation", "perplexity", log_y=_spans_decades(groups))
+
+
+def _spans_decades(groups: Mapping[str, Mapping[str, float]]) -> bool:
+    """Log axis only when the bars differ by more than 10×; otherwise it hides differences that matter."""
+    values = [v for g in groups.values() for v in g.values() if v is not None and math.isfinite(v) and v > 0]
+    return bool(values) and max(values) / min(values) > 10
+
+
+def sweep_figure(series: Mapping[str, Sequence[tuple[float, float]]],
+                 title: str = "Perplexity against sparsity") -> go.Figure:
+    """One line per allocation through its (target sparsity, perplexity) points."""
+    fig = go.Figure()
+    for label, points in series.items():
+        points = sorted(points)
+        fig.add_trace(go.Scatter(
+            x=[s for s, _ in points], y=_finite([p for _, p in points]), name=label, mode="lines+markers",
+            line={"color": REFERENCE_COLOURS.get(label)},
+            hovertemplate=f"{label}<br>sparsity %{{x:.2f}}: %{{y:.4g}}<extra></extra>",
+        ))
+    fig.update_xaxes(tickformat=".0%")
+    return _layout(fig, title, "target sparsity", "perplexity", log_y=True)
+
+
+def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
+                  candidates: Sequence[tuple[int, float]] = (), title: str = "Search fitness",
+                  named: bool | None = None) -> go.Figure:
+    """Best-so-far and population mean fitness per generation (one pair of lines per search, named after it when
+    `named`, by default when there are several), and optionally every candidate as a point at its generation.
+    Fitness is the proxy perplexity: lower is better."""
+    named = len(curves) > 1 if named is None else named
+    fig = go.Figure()
+    if candidates:
+        fig.add_trace(go.Scatter(
+            x=[g for g, _ in candidates], y=_finite([f for _, f in candidates]), mode="markers", name="candidates",
+            marker={"size": 5, "color": "rgba(120,120,120,0.45)"},
+        ))
+    for name, gens in curves.items():
+        prefix = f"{name}: " if named else ""
+        x = [g["generation"] for g in gens]
+        fig.add_trace(go.Scatter(x=x, y=_finite([g["best"] for g in gens]), name=f"{prefix}best", mode="lines+markers",
+                                 line={"width": 3}))
+        fig.add_trace(go.Scatter(x=x, y=_finite([g["mean"] for g in gens]), name=f"{prefix}population mean",
+                                 mode="lines", line={"dash": "dot"}))
+    fig.update_xaxes(rangemode="tozero")
+    return _layout(fig, title, "generation", "fitness (proxy perplexity)", log_y=True)

@@ -1,0 +1,109 @@
+"""The Gradio app: `build_app` lays out the tabs (model & data, formula builder, evaluate, search, history) and
+the helpers every tab's handlers share: the context they read, and the streaming of a device job's progress.
+
+Device work (loading, evaluating, searching) goes through Gradio's queue with a concurrency limit of one per
+device; cheap work (profiles, history) runs beside it. Tabs live in their own modules (ui/tab_*.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from dsa_core.errors import DSAError
+from storage import History
+from ui.jobs import Cancelled, Job
+from ui.workspace import Workspace
+
+TITLE = "Sparsity Explorer"
+CSS = """
+.status-line { min-height: 1.6em; }
+.formula { font-size: 1.05em; }
+"""
+
+
+@dataclass
+class AppContext:
+    """What the tabs share: the workspace (model, device), the history, and each other's components by name."""
+
+    workspace: Workspace
+    history: History
+    components: dict[str, Any] = field(default_factory=dict)
+    events: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.components[name]
+
+    def add(self, **components: Any) -> None:
+        self.components.update(components)
+
+    @property
+    def device_queue(self) -> dict:
+        """Event options of work that holds the device: one at a time per device, in queue order."""
+        return {"concurrency_limit": 1, "concurrency_id": f"device:{self.workspace.device}"}
+
+
+def error_text(e: BaseException) -> str:
+    return f"⚠ {e}" if isinstance(e, Cancelled) else f"✗ {e}"
+
+
+def warnings_text(warnings: list[str]) -> str:
+    return "\n".join(f"- ⚠ {w}" for w in warnings)
+
+
+def permalink_for(request: gr.Request | None, id: str) -> str:
+    """The full permalink when the page's address is known (the browser sends it as Referer), else the query
+    part, which a browser resolves against the page it is on."""
+    from storage import permalink
+
+    referer = (dict(request.headers).get("referer") if request is not None else None) or ""
+    return permalink(referer, id) if referer.startswith(("http://", "https://")) else f"?experiment={id}"
+
+
+def stream_job(job: Job, n_outputs: int, finish: Callable[[Any], tuple],
+               fail: Callable[[BaseException], tuple], live: Callable[[Job], tuple] | None = None) -> Iterator[tuple]:
+    """Yield the job's status line (output 0) while it runs, then `finish(result)` or `fail(error)`.
+
+    `live(job)` may return fresh values for the other outputs while the job runs (a search's charts). If the
+    page goes away mid-job the generator is closed: the job is cancelled and waited for, so that the device is
+    free when the queue hands it to the next event."""
+    try:
+        for _ in job.updates():
+            rest = live(job) if live is not None else (gr.skip(),) * (n_outputs - 1)
+            yield (job.status(), *rest)
+        try:
+            result = job.result()
+        except DSAError as e:
+            yield fail(e)
+            return
+        yield finish(result)
+    finally:
+        job.stop_and_wait()
+
+
+def build_app(workspace: Workspace, history: History) -> gr.Blocks:
+    """The whole app; launch it with `launch_options()` from app.py (theme and CSS are launch options in Gradio 6)."""
+    from ui import tab_builder, tab_evaluate, tab_history, tab_model, tab_search
+
+    ctx = AppContext(workspace, history)
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nHow sparsity is allocated across the blocks of a language model when it is pruned: "
+                    "build an allocation function, see its per-block profile, evaluate it, search for better ones.")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            ctx.add(tabs=tabs)
+            with gr.Tab("Model & data", id="model"):
+                tab_model.build(ctx)
+            with gr.Tab("Formula builder", id="builder"):
+                tab_builder.build(ctx)
+            with gr.Tab("Evaluate", id="evaluate"):
+                tab_evaluate.build(ctx)
+            with gr.Tab("Search", id="search"):
+                tab_search.build(ctx)
+            with gr.Tab("History & sharing", id="history"):
+                tab_history.build(ctx)
+        tab_history.wire_permalink(ctx, demo)
+    demo.queue(default_concurrency_limit=4)
+    return demo

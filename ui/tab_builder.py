@@ -1,0 +1,103 @@
+"""The "Formula builder" tab: one dropdown per stage of an allocation function, the mapping and its λ/ε; the
+function as mathematics and as text; its per-block profile over uniform, OWL and the DSA preset, redrawn from
+the cached statistics on every change; warnings beside it."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from dsa_core import functions as F
+from dsa_core import operations as ops
+from dsa_core.errors import DSAError
+from ui import figures
+from ui.formula import (
+    CONTROLS,
+    PARAM_MAX,
+    Controls,
+    choices,
+    controls_from_text,
+    formula_markdown,
+    function_from_controls,
+    glossary,
+    mapping_choices,
+)
+from ui.layout import AppContext, error_text, warnings_text
+
+PRESET_CHOICES = [("DSA preset (LLaMA-1-7B, Wanda, 70%)", "dsa"), ("OWL written as a function", "owl_fn"),
+                  ("uniform written as a function", "uniform_fn")]
+NO_MODEL = "Load a model on the Model & data tab to see profiles."
+
+
+def controls_update(c: Controls) -> list:
+    """Component updates that show `c` (the slider's range follows the mapping)."""
+    values = list(c.values())
+    values[-1] = gr.update(value=c.param, maximum=PARAM_MAX[c.mapping])
+    return values
+
+
+def build(ctx: AppContext) -> None:
+    ws = ctx.workspace
+    start = Controls()
+    with gr.Row():
+        preset = gr.Dropdown(PRESET_CHOICES, value=None, label="Start from a preset", elem_id="preset")
+        text = gr.Textbox(F.to_text(function_from_controls(*start.values())), label="Text form",
+                          info="edit and press Enter to load a function written as text", elem_id="function-text",
+                          scale=2)
+    with gr.Row():
+        pre1 = gr.Dropdown(choices(ops.PRE), value=start.pre1, label="Pre-process 1", elem_id="pre1")
+        pre2 = gr.Dropdown(choices(ops.PRE), value=start.pre2, label="Pre-process 2", elem_id="pre2")
+        reduction = gr.Dropdown(choices(ops.REDUCTION), value=start.reduction, label="Reduction",
+                                elem_id="reduction")
+        transform1 = gr.Dropdown(choices(ops.TRANSFORM), value=start.transform1, label="Transform 1",
+                                 elem_id="transform1")
+        transform2 = gr.Dropdown(choices(ops.TRANSFORM), value=start.transform2, label="Transform 2",
+                                 elem_id="transform2")
+    with gr.Accordion("What the operations do", open=False):
+        with gr.Row():
+            for stage, title in ((ops.PRE, "Pre-process (element-wise)"), (ops.REDUCTION, "Reduction (to one value)"),
+                                 (ops.TRANSFORM, "Transform (of the value)")):
+                gr.Markdown(f"**{title}**\n\n{glossary(stage)}",
+                            latex_delimiters=[{"left": "$", "right": "$", "display": False}])
+    with gr.Row():
+        mapping = gr.Radio(mapping_choices(), value=start.mapping, label="Mapping to sparsity", elem_id="mapping")
+        param = gr.Slider(0.0, PARAM_MAX[start.mapping], value=start.param, step=0.01,
+                          label="λ (band) / ε (multiplicative)", elem_id="param")
+    formula = gr.Markdown(formula_markdown(function_from_controls(*start.values())), elem_id="formula",
+                          elem_classes="formula", latex_delimiters=[{"left": "$$", "right": "$$", "display": True}])
+    with gr.Row():
+        plot = gr.Plot(figures.empty_figure(NO_MODEL), label="Per-block sparsity profile", elem_id="profile-plot",
+                       scale=3)
+        warnings = gr.Markdown(elem_id="builder-warnings")
+    controls = [pre1, pre2, reduction, transform1, transform2, mapping, param]
+    ctx.add(**dict(zip(CONTROLS, controls)), function_text=text)
+
+    def profile(pre1, pre2, reduction, transform1, transform2, mapping, param, target):
+        try:
+            fn = function_from_controls(pre1, pre2, reduction, transform1, transform2, mapping, param)
+        except DSAError as e:
+            return gr.skip(), gr.skip(), gr.skip(), error_text(e)
+        try:
+            p = ws.profiles(fn, target)
+        except DSAError as e:
+            return formula_markdown(fn), F.to_text(fn), figures.empty_figure(str(e)), ""
+        return (formula_markdown(fn), F.to_text(fn), figures.profile_figure(p.ratios, target),
+                warnings_text(p.warnings) or "No warnings: every block's value is finite.")
+
+    def load_text(value: str):
+        try:
+            return [*controls_update(controls_from_text(value)), ""]
+        except DSAError as e:
+            return [*(gr.skip(),) * len(controls), error_text(e)]
+
+    def mapping_changed(mapping: str):
+        return gr.update(value=F.MAPPINGS[mapping], maximum=PARAM_MAX[mapping])
+
+    outputs = [formula, text, plot, warnings]
+    triggers = [c.change for c in controls] + [ctx["target"].change]
+    gr.on(triggers, profile, [*controls, ctx["target"]], outputs, api_name="profile", trigger_mode="always_last",
+          show_progress="hidden", concurrency_id="profile")
+    ctx.events["loaded"].then(profile, [*controls, ctx["target"]], outputs, show_progress="hidden",
+                              api_visibility="private")
+    text.submit(load_text, text, [*controls, warnings], api_name="load_text")
+    preset.input(load_text, preset, [*controls, warnings], api_visibility="private")
+    mapping.input(mapping_changed, mapping, param, api_visibility="private")

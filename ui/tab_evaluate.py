@@ -1,0 +1,142 @@
+"""The "Evaluate" tab: prune with the builder's function and measure perplexity next to uniform, OWL and the DSA
+preset at the same target (per-block profiles, perplexity bars), or sweep several targets (perplexity against
+sparsity). Every run is saved in the history as it starts and updated when it ends."""
+
+from __future__ import annotations
+
+import re
+
+import gradio as gr
+
+from dsa_core import functions as F
+from dsa_core.config import MODES
+from dsa_core.errors import ConfigError, DSAError
+from storage import StorageError
+from ui import experiments, figures
+from ui.formula import CONTROLS, function_from_controls
+from ui.jobs import Cancelled
+from ui.layout import AppContext, error_text, permalink_for, stream_job
+
+RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
+
+
+def parse_targets(text: str) -> list[float]:
+    """"0.3, 0.5 0.7" -> [0.3, 0.5, 0.7]; ConfigError naming what cannot be read."""
+    items = [s for s in re.split(r"[,\s;]+", text or "") if s]
+    try:
+        targets = sorted({float(s) for s in items})
+    except ValueError:
+        raise ConfigError(f"Cannot read the sweep targets {text!r}; write fractions such as 0.3, 0.5, 0.7.") from None
+    if not targets or len(targets) > 12:
+        raise ConfigError("A sweep takes between 1 and 12 target sparsities.")
+    return targets
+
+
+def parse_tags(text: str) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def saved_markdown(id: str, link: str) -> str:
+    return f"Saved as experiment `{id}` · permalink: [{link}]({link})"
+
+
+def result_rows(kind: str, result: dict) -> list[list]:
+    """The results table: one row per allocation (a sweep lists its perplexity at each target)."""
+    if kind == "evaluation":
+        return [[r["label"], r["allocation"], round(r["ppl"], 4), round(r["achieved_sparsity"], 4)]
+                for r in result["rows"]]
+    return [[s["label"], s["allocation"], " · ".join(f"{p['sparsity']:.0%}: {p['ppl']:.4g}" for p in s["points"]),
+             " · ".join(f"{p['achieved_sparsity']:.3f}" for p in s["points"])] for s in result["series"]]
+
+
+def build(ctx: AppContext) -> None:
+    ws, history = ctx.workspace, ctx.history
+    with gr.Row():
+        mode = gr.Radio(list(MODES), value="fast", label="Pruning mode", elem_id="mode",
+                        info="fast: re-mask from the dense model's scores; sequential: prune block by block")
+        windows = gr.Number(8, precision=0, minimum=0, label="Evaluation windows (0 = the whole test split)",
+                            elem_id="eval-windows")
+        dense = gr.Checkbox(False, label="Also measure the dense model", elem_id="dense")
+        targets = gr.Textbox("0.3, 0.4, 0.5, 0.6, 0.7", label="Sweep targets", elem_id="sweep-targets")
+    with gr.Row():
+        name = gr.Textbox(label="Name", placeholder="optional", elem_id="eval-name")
+        tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="eval-tags")
+        save = gr.Button("Save name & tags", elem_id="eval-save")
+    with gr.Row():
+        evaluate = gr.Button("Evaluate at the target", variant="primary", elem_id="evaluate")
+        sweep = gr.Button("Sweep the targets", elem_id="sweep")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
+    status = gr.Markdown(elem_id="eval-status", elem_classes="status-line")
+    saved = gr.Markdown(elem_id="eval-saved")
+    table = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, label="Results", elem_id="eval-table")
+    with gr.Row():
+        profiles = gr.Plot(label="Per-block profiles", elem_id="eval-profiles")
+        bars = gr.Plot(label="Perplexity", elem_id="eval-bars")
+    sweep_plot = gr.Plot(label="Perplexity against sparsity", elem_id="eval-sweep")
+    experiment = gr.State(None)  # id of the experiment this tab saved last
+    builder = [ctx[c] for c in CONTROLS]
+    outputs = [status, saved, table, profiles, bars, sweep_plot, experiment]
+
+    def run(kind: str, controls: tuple, target, mode, windows, dense, targets, name, tags, request):
+        """Shared by both buttons: save the experiment as running, stream the job, save its outcome."""
+        try:
+            fn = function_from_controls(*controls)
+            windows = int(windows) or None
+            cfg = ws.eval_config(F.to_text(fn), target, mode, windows)
+            config = {**cfg.to_dict(), "dense": bool(dense), "compare": ["uniform", "owl", "dsa"]}
+            if kind == "sweep":
+                points = parse_targets(targets)
+                config["targets"] = points
+                work = lambda job: ws.sweep(fn, points, mode, windows, job)
+            else:
+                work = lambda job: ws.evaluate(fn, target, mode, windows, bool(dense), job)
+            rec = history.save(kind, config, name=name or "", tags=parse_tags(tags), environment=ws.environment())
+            job = ws.start(kind, work)
+        except DSAError as e:
+            yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
+            return
+        link = permalink_for(request, rec.id)
+
+        def finish(result: dict) -> tuple:
+            protocol = result.pop("protocol", None) or {}
+            history.update(rec.id, status="done", results=result, protocol=protocol)
+            charts = experiments.charts(history.get(rec.id))
+            rows = result_rows(kind, result)
+            empty = figures.empty_figure("Run a sweep to see this chart." if kind == "evaluation" else
+                                         "Evaluate at one target to see this chart.")
+            return (f"✓ {kind.capitalize()} done in {job.elapsed():.1f} s.", saved_markdown(rec.id, link), rows,
+                    charts.get("profiles", gr.skip()), charts.get("perplexity", gr.skip()),
+                    charts.get("sweep", empty), rec.id)
+
+        def fail(e: BaseException) -> tuple:
+            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed",
+                           results={"error": str(e)})
+            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id
+
+        yield from stream_job(job, len(outputs), finish, fail)
+
+    # Explicit parameters: Gradio places the request by its position in the signature.
+    def evaluate_fn(pre1, pre2, reduction, transform1, transform2, mapping, param, target, mode, windows, dense,
+                    targets, name, tags, request: gr.Request):
+        controls = (pre1, pre2, reduction, transform1, transform2, mapping, param)
+        yield from run("evaluation", controls, target, mode, windows, dense, targets, name, tags, request)
+
+    def sweep_fn(pre1, pre2, reduction, transform1, transform2, mapping, param, target, mode, windows, dense,
+                 targets, name, tags, request: gr.Request):
+        controls = (pre1, pre2, reduction, transform1, transform2, mapping, param)
+        yield from run("sweep", controls, target, mode, windows, dense, targets, name, tags, request)
+
+    def save_meta(id: str | None, name: str, tags: str) -> str:
+        if id is None:
+            return "✗ Nothing to save yet: evaluate first."
+        try:
+            history.update(id, name=name or "", tags=parse_tags(tags))
+        except StorageError as e:
+            return error_text(e)
+        return f"✓ Saved name and tags of experiment `{id}`."
+
+    inputs = [*builder, ctx["target"], mode, windows, dense, targets, name, tags]
+    evaluate.click(evaluate_fn, inputs, outputs, api_name="evaluate", **ctx.device_queue)
+    sweep.click(sweep_fn, inputs, outputs, api_name="sweep", **ctx.device_queue)
+    save.click(save_meta, [experiment, name, tags], status, api_name="save_experiment")
+    cancel.click(ws.cancel, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="control")

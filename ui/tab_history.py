@@ -1,0 +1,179 @@
+"""The "History & sharing" tab: list and filter saved experiments, open one with its charts, compare several on
+one chart, rename, tag, delete; export one as a JSON file and import one (checked by storage.sharing: a corrupt
+or hostile file is refused with a message and changes nothing). A permalink `?experiment=<id>` opens here."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from storage import KINDS, ExperimentRecord, StorageError, export_to_file, import_file
+from storage.records import ID_PATTERN
+from ui import experiments
+from ui.layout import AppContext, error_text, permalink_for
+from ui.tab_evaluate import parse_tags
+
+ALL = "all"
+LIST_LIMIT = 200
+
+
+def build(ctx: AppContext) -> None:
+    history = ctx.history
+    with gr.Row():
+        kind = gr.Dropdown([ALL, *KINDS], value=ALL, label="Kind", elem_id="history-kind")
+        text = gr.Textbox(label="Name or model contains", elem_id="history-text")
+        tag = gr.Textbox(label="Tag", elem_id="history-tag")
+        refresh = gr.Button("Refresh", elem_id="history-refresh")
+    table = gr.Dataframe(headers=experiments.TABLE_HEADERS, interactive=False, label="Experiments (newest first)",
+                         elem_id="history-table", max_height=320)
+    picker = gr.Dropdown([], multiselect=True, label="Selected experiments",
+                         info="one to open or export, two or more to compare; any to delete", elem_id="history-pick")
+    with gr.Row():
+        open_ = gr.Button("Open", variant="primary", elem_id="history-open")
+        compare = gr.Button("Compare", elem_id="history-compare")
+        export = gr.Button("Export as JSON", elem_id="history-export")
+        delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
+    status = gr.Markdown(elem_id="history-status", elem_classes="status-line")
+    details = gr.Markdown(elem_id="history-details")
+    with gr.Row():
+        name = gr.Textbox(label="Name", elem_id="history-name")
+        tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="history-tags")
+        save = gr.Button("Save name & tags", elem_id="history-save")
+    plots = {slot: gr.Plot(label=slot.capitalize(), visible=False, elem_id=f"history-{slot}")
+             for slot in experiments.CHARTS}
+    record_json = gr.JSON(label="Full record", elem_id="history-json")
+    with gr.Row():
+        exported = gr.File(label="Exported file", interactive=False, elem_id="history-exported")
+        upload = gr.File(label="Import an experiment (.json)", file_types=[".json"], elem_id="history-upload")
+    import_ = gr.Button("Import", elem_id="history-import")
+    listing = [table, picker]
+    shown = [status, details, name, tags, record_json, *plots.values()]
+
+    def listing_of(kind: str, text: str, tag: str, selected: list[str] | None) -> tuple[list, dict, int]:
+        """Table rows, the picker's choices (keeping what is still listed) and how many experiments match."""
+        records = history.find(kind=None if kind in (None, ALL) else kind, text=text or None, tag=tag or None,
+                               limit=LIST_LIMIT)
+        keep = [i for i in (selected or []) if any(r.id == i for r in records)]
+        picker_update = gr.update(choices=[experiments.choice(r) for r in records], value=keep)
+        return experiments.table_rows(records), picker_update, len(records)
+
+    def list_experiments(kind: str, text: str, tag: str, selected: list[str] | None) -> tuple:
+        try:
+            rows, picker_update, n = listing_of(kind, text, tag, selected)
+        except StorageError as e:
+            return gr.skip(), gr.skip(), error_text(e)
+        return rows, picker_update, f"{n} experiment(s) listed."
+
+    def relist(kind: str, text: str, tag: str, selected: list[str] | None) -> tuple:
+        """After a change: the list again, leaving the message of the change in place."""
+        try:
+            return listing_of(kind, text, tag, selected)[:2]
+        except StorageError:
+            return gr.skip(), gr.skip()
+
+    def show(records: list[ExperimentRecord], message: str, request: gr.Request | None) -> tuple:
+        charts = experiments.compare(records)
+        figs = [gr.update(value=charts[s], visible=True) if s in charts else gr.update(visible=False)
+                for s in experiments.CHARTS]
+        if len(records) == 1:
+            rec = records[0]
+            return (message, experiments.summary_markdown(rec, permalink_for(request, rec.id)), rec.name,
+                    ", ".join(rec.tags), rec.to_dict(), *figs)
+        summary = "\n\n".join(f"- {experiments.label(r)} ({r.kind}, `{r.id}`): {experiments.headline(r)}"
+                              for r in records)
+        return message, f"### Comparing {len(records)} experiments\n\n{summary}", "", "", None, *figs
+
+    def unchanged(message: str) -> tuple:
+        return (message, *(gr.skip(),) * (len(shown) - 1))
+
+    def open_one(ids: list[str] | None, request: gr.Request) -> tuple:
+        if not ids:
+            return unchanged("✗ Pick an experiment to open.")
+        try:
+            return show([history.get(ids[0])], f"Opened `{ids[0]}`.", request)
+        except StorageError as e:
+            return unchanged(error_text(e))
+
+    def compare_many(ids: list[str] | None, request: gr.Request) -> tuple:
+        if not ids or len(ids) < 2:
+            return unchanged("✗ Pick two or more experiments to compare.")
+        try:
+            return show(history.compare(ids), f"Comparing {len(ids)} experiments.", request)
+        except StorageError as e:
+            return unchanged(error_text(e))
+
+    def save_meta(ids: list[str] | None, name: str, tags: str) -> str:
+        if not ids or len(ids) != 1:
+            return "✗ Pick exactly one experiment to rename or tag."
+        try:
+            history.update(ids[0], name=name or "", tags=parse_tags(tags))
+        except StorageError as e:
+            return error_text(e)
+        return f"✓ Saved name and tags of `{ids[0]}`."
+
+    def delete_many(ids: list[str] | None) -> str:
+        if not ids:
+            return "✗ Pick the experiments to delete."
+        try:
+            return f"✓ Deleted {history.delete(ids)} experiment(s)."
+        except StorageError as e:
+            return error_text(e)
+
+    def export_one(ids: list[str] | None) -> tuple:
+        if not ids or len(ids) != 1:
+            return "✗ Pick exactly one experiment to export.", None
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="sparsity-explorer-export-"))
+            path = export_to_file(history, ids[0], folder / f"experiment-{ids[0]}.json")
+        except StorageError as e:
+            return error_text(e), None
+        return f"✓ Exported `{ids[0]}`: download it below.", str(path)
+
+    def import_one(path: str | None, kind: str, text: str, tag: str) -> tuple:
+        if not path:
+            return "✗ Choose a .json file to import first.", gr.skip(), gr.skip()
+        try:
+            rec = import_file(history, path)
+            rows, picker_update, _ = listing_of(kind, text, tag, [rec.id])
+        except StorageError as e:
+            return f"✗ Import refused: {e}", gr.skip(), gr.skip()
+        return f"✓ Imported as `{rec.id}` ({experiments.label(rec)}).", rows, picker_update
+
+    filters = [kind, text, tag, picker]
+    ctx.add(history_table=table, history_picker=picker, history_shown=shown, history_open=open_one,
+            history_listing=listing_of)
+    refresh.click(list_experiments, filters, [*listing, status], api_name="list_experiments")
+    for box in (text, tag):
+        box.submit(list_experiments, filters, [*listing, status], api_visibility="private")
+    kind.input(list_experiments, filters, [*listing, status], api_visibility="private")
+    open_.click(open_one, picker, shown, api_name="open_experiment")
+    compare.click(compare_many, picker, shown, api_name="compare_experiments")
+    quiet = {"api_visibility": "private"}
+    save.click(save_meta, [picker, name, tags], status, api_name="rename_experiment").then(relist, filters, listing,
+                                                                                          **quiet)
+    delete.click(delete_many, picker, status, api_name="delete_experiments").then(relist, filters, listing, **quiet)
+    export.click(export_one, picker, [status, exported], api_name="export_experiment")
+    import_.click(import_one, [upload, kind, text, tag], [status, *listing], api_name="import_experiment")
+
+
+def wire_permalink(ctx: AppContext, demo: gr.Blocks) -> None:
+    """On page load: fill the history list, and with `?experiment=<id>` open that experiment in this tab."""
+    shown, listing_of = ctx["history_shown"], ctx["history_listing"]
+    outputs = [ctx["history_table"], ctx["history_picker"], ctx["tabs"], *shown]
+
+    def on_load(request: gr.Request) -> tuple:
+        wanted = dict(request.query_params).get("experiment")
+        try:
+            rows, picker_update, _ = listing_of(ALL, "", "", [wanted] if wanted else None)
+        except StorageError as e:
+            return gr.skip(), gr.skip(), gr.skip(), error_text(e), *(gr.skip(),) * (len(shown) - 1)
+        if not wanted:
+            return rows, picker_update, *(gr.skip(),) * (1 + len(shown))
+        if not ID_PATTERN.match(wanted):
+            return (rows, picker_update, gr.Tabs(selected="history"),
+                    f"✗ {wanted[:40]!r} in the address is not an experiment id.", *(gr.skip(),) * (len(shown) - 1))
+        return rows, picker_update, gr.Tabs(selected="history"), *ctx["history_open"]([wanted], request)
+
+    demo.load(on_load, None, outputs, api_visibility="private")

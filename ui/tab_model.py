@@ -1,0 +1,81 @@
+"""The "Model & data" tab: which model, metric, pattern, target sparsity and calibration data; loading and scoring
+with streamed progress; the model's blocks and parameter counts."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from dsa_core.config import EvalConfig
+from dsa_core.data import SOURCES
+from dsa_core.errors import DSAError
+from dsa_core.models import DEFAULT_MODEL
+from dsa_core.scores import METRICS, PATTERNS
+from ui.layout import AppContext, error_text, stream_job
+
+MODELS = [DEFAULT_MODEL, "random:tiny"]
+BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]
+
+
+def summary_markdown(d: dict) -> str:
+    t = d.get("timings", {})
+    took = ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
+    return (f"**{d['name']}** · {d['arch']} · {len(d['blocks'])} blocks · {d['total_params']:,} parameters, "
+            f"{d['prunable_params']:,} prunable · {d['device']} · {d['dtype']}\n\n"
+            f"calibration: {d.get('calibration_source') or '—'}\n\n{took}")
+
+
+def block_rows(d: dict) -> list[list]:
+    return [[b["index"], b["params"], ", ".join(f"{n} {o}×{i}" for n, (o, i) in b["layers"].items())]
+            for b in d["blocks"]]
+
+
+def build(ctx: AppContext) -> None:
+    ws = ctx.workspace
+    where = ("smollm2 (SmolLM2-135M-Instruct, the default), random:tiny, a Hugging Face hub id, a local directory "
+             "or a .gguf file" if ws.allow_local_paths else
+             "smollm2 (the default), random:tiny or a Hugging Face hub id; local paths are disabled because this "
+             "app is reachable from other machines")
+    with gr.Row():
+        model = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, label="Model", info=where,
+                            elem_id="model", scale=3)
+        metric = gr.Dropdown(list(METRICS), value="wanda", label="Metric", elem_id="metric")
+        pattern = gr.Dropdown(list(PATTERNS), value="unstructured", label="Pattern", elem_id="pattern")
+    target = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Target sparsity", elem_id="target",
+                       info="the parameter-weighted mean sparsity every allocation reaches")
+    with gr.Row():
+        calib = gr.Dropdown(["wikitext2", "c4"], value="wikitext2", allow_custom_value=ws.allow_local_paths,
+                            label="Calibration text", info="wikitext2, c4 (hub only)" +
+                            (" or a text file's path" if ws.allow_local_paths else ""), elem_id="calib")
+        nsamples = gr.Number(32, precision=0, minimum=1, label="Calibration samples", elem_id="nsamples")
+        seqlen = gr.Number(512, precision=0, minimum=16, label="Sequence length", elem_id="seqlen")
+        seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
+        source = gr.Dropdown(list(SOURCES), value="auto", label="Data source")
+    with gr.Row():
+        load = gr.Button("Load & score", variant="primary", elem_id="load")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="load-cancel")
+    status = gr.Markdown("No model loaded yet.", elem_id="model-status", elem_classes="status-line")
+    summary = gr.Markdown(elem_id="model-summary")
+    blocks = gr.Dataframe(headers=BLOCK_HEADERS, datatype=["number", "number", "str"], interactive=False,
+                          label="Blocks", elem_id="blocks", max_height=360)
+    ctx.add(model=model, metric=metric, pattern=pattern, target=target, calib=calib, nsamples=nsamples,
+            seqlen=seqlen, seed=seed, source=source)
+
+    def load_model(model, metric, pattern, target, calib, nsamples, seqlen, seed, source):
+        try:
+            cfg = EvalConfig(model=(model or DEFAULT_MODEL).strip(), metric=metric, pattern=pattern, sparsity=target,
+                             calib=(calib or "wikitext2").strip(), nsamples=int(nsamples), seqlen=int(seqlen),
+                             seed=int(seed), data_source=source)
+            job = ws.start("loading and scoring", lambda job: ws.load(cfg, job))
+        except (DSAError, TypeError, ValueError) as e:
+            yield error_text(e), gr.skip(), gr.skip()
+            return
+
+        def finish(d: dict) -> tuple:
+            return f"✓ Ready: {d['name']} scored with {metric} ({pattern}).", summary_markdown(d), block_rows(d)
+
+        yield from stream_job(job, 3, finish, lambda e: (error_text(e), "", []))
+
+    inputs = [model, metric, pattern, target, calib, nsamples, seqlen, seed, source]
+    ctx.events["loaded"] = load.click(load_model, inputs, [status, summary, blocks], api_name="load_model",
+                                      **ctx.device_queue)
+    cancel.click(ws.cancel, None, status, api_name="cancel", concurrency_limit=None, concurrency_id="control")

@@ -1,0 +1,244 @@
+"""The web app's server-side state: one loaded model per device (a `PruningSession`), its block statistics, and
+the job that holds the device, shared by every browser tab of one app process.
+
+Each method is a short sequence of calls into dsa_core (open_session, allocate, run_evaluation, run_search), so
+the event handlers stay thin and the same work can be tested without a browser. No Gradio and no storage here.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from dsa_core import functions as F
+from dsa_core.allocation import Allocation, allocate, check_target
+from dsa_core.config import EvalConfig
+from dsa_core.errors import ConfigError
+from dsa_core.models import DEFAULT_MODEL, pick_device
+from dsa_core.pipeline import environment, open_session, run_evaluation
+from dsa_core.scores import parse_pattern
+from dsa_core.search import SearchConfig, SearchResult, create_study, run_search
+from dsa_core.session import PruningSession
+from dsa_core.stats import BlockStats
+from ui.jobs import Busy, Job
+
+log = logging.getLogger(__name__)
+
+# What the builder and evaluations compare every function with: label -> allocation spec.
+REFERENCES = {"uniform": "uniform", "owl": "owl", "dsa preset": "dsa"}
+OWN_LABEL = "this function"
+# The settings that decide whether a loaded session can be reused (the metric and pattern only add scores).
+_SESSION_KEYS = ("model", "calib", "nsamples", "seqlen", "seed", "data_source", "device", "dtype", "batch_size")
+
+
+@dataclass
+class Profiles:
+    """Per-block sparsity of the function being built and of the references, at one target."""
+
+    ratios: dict[str, list[float]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_local_path(spec: str) -> bool:
+    """Whether a model or text spec names something on this machine's disk rather than a hub id or preset."""
+    path = Path(spec).expanduser()
+    return spec.startswith((".", "/", "~")) or path.suffix in (".gguf", ".txt") or path.exists() or spec.count("/") > 1
+
+
+class Workspace:
+    """The loaded model and what was computed on it; `job` is the work that holds the device, if any."""
+
+    def __init__(self, device: str | None = None, allow_local_paths: bool = True):
+        self.device = str(pick_device(device))
+        self.allow_local_paths = allow_local_paths
+        self.session: PruningSession | None = None
+        self.config: EvalConfig | None = None  # what the session was loaded and scored with
+        self.stats: BlockStats | None = None
+        self.description: dict | None = None
+        self.job: Job | None = None
+        self._lock = threading.Lock()
+        self._references: dict[float, dict[str, Allocation]] = {}
+
+    # --- jobs -------------------------------------------------------------------------------------------------
+
+    def start(self, name: str, fn) -> Job:
+        """Run `fn(job)` on the device in a worker thread; Busy while another job still holds it."""
+        with self._lock:
+            if self.job is not None and self.job.running:
+                raise Busy(f"The device is busy with {self.job.name}; wait for it or cancel it.")
+            self.job = Job(name)
+            return self.job.start(fn)
+
+    def cancel(self) -> str:
+        job = self.job
+        if job is None or not job.running:
+            return "Nothing is running."
+        job.cancel()
+        return f"Stopping {job.name}…"
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        if self.job is not None:
+            self.job(phase, done, total)
+
+    # --- model and scores -------------------------------------------------------------------------------------
+
+    def check_sources(self, cfg: EvalConfig) -> None:
+        """Refuse local paths for the model and the calibration text when the app is exposed beyond localhost."""
+        if self.allow_local_paths:
+            return
+        model = cfg.model or DEFAULT_MODEL
+        if model != DEFAULT_MODEL and not model.startswith("random:") and is_local_path(model):
+            raise ConfigError("This app is reachable from other machines, so models cannot be loaded from local "
+                              "paths; choose smollm2 or a Hugging Face hub id.")
+        if cfg.calib not in ("wikitext2", "c4"):
+            raise ConfigError("This app is reachable from other machines, so calibration text cannot come from a "
+                              "local file; choose wikitext2 or c4.")
+
+    def load(self, cfg: EvalConfig, job: Job) -> dict:
+        """Load the model (unless the loaded one has the same settings) and score it with cfg's metric and
+        pattern; returns the model's description (blocks, layers, parameter counts) and where the data came from."""
+        cfg = replace(cfg, device=self.device, allocation="uniform",
+                      sparsity=_pattern_sparsity(cfg.pattern, cfg.sparsity)).validate()
+        self.check_sources(cfg)
+        if self.session is None or any(getattr(self.config, k) != getattr(cfg, k) for k in _SESSION_KEYS):
+            self._unload()
+            job.stage = f"loading {cfg.model or DEFAULT_MODEL}"
+            self.session = open_session(cfg, progress=self._progress)
+        job.stage = f"scoring with {cfg.metric}"
+        _, stats = self.session.scores(cfg.metric, cfg.pattern)
+        self.session.restore()
+        self.config, self.stats = cfg, stats
+        self._references.clear()
+        self.description = {**self.session.lm.describe(), "calibration_source": self.session.calib_origin,
+                            "timings": dict(self.session.timings)}
+        return self.description
+
+    def _unload(self) -> None:
+        self.session = self.config = self.stats = self.description = None
+        self._references.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def require(self) -> tuple[PruningSession, EvalConfig, BlockStats]:
+        if self.session is None or self.config is None or self.stats is None:
+            raise ConfigError("Load a model first (Model & data tab).")
+        return self.session, self.config, self.stats
+
+    def environment(self) -> dict:
+        import gradio
+        import plotly
+
+        lm = self.session.lm if self.session is not None else None
+        env = {**environment(lm), "gradio": gradio.__version__, "plotly": plotly.__version__}
+        env["device"] = env.get("device") or self.device  # the CPU's name is often unknown to `platform`
+        return env
+
+    # --- the builder ------------------------------------------------------------------------------------------
+
+    def profiles(self, fn: F.AllocationFunction, target: float) -> Profiles:
+        """The function's profile and the references' at `target`, from the cached statistics (milliseconds)."""
+        _, cfg, stats = self.require()
+        own = allocate(stats, fn, check_target(target))
+        warnings = list(own.warnings)
+        if parse_pattern(cfg.pattern) is not None:
+            warnings.append(f"The model was scored for the {cfg.pattern} pattern, which fixes every block's "
+                            "sparsity; profiles apply to unstructured pruning only.")
+        return Profiles({OWN_LABEL: own.ratios.tolist(), **self.references(target)}, warnings)
+
+    def references(self, target: float) -> dict[str, list[float]]:
+        """The reference allocations' profiles at `target`, computed once per target."""
+        _, _, stats = self.require()
+        target = check_target(target)
+        refs = self._references.get(target)
+        if refs is None:
+            refs = {label: allocate(stats, spec, target) for label, spec in REFERENCES.items()}
+            self._references = {target: refs}  # one target at a time: the slider moves, old entries are dead
+        return {label: a.ratios.tolist() for label, a in refs.items()}
+
+    # --- evaluations ------------------------------------------------------------------------------------------
+
+    def eval_config(self, allocation: str, target: float, mode: str, windows: int | None) -> EvalConfig:
+        _, cfg, _ = self.require()
+        if parse_pattern(cfg.pattern) is not None:
+            raise ConfigError(f"The {cfg.pattern} pattern fixes every block's sparsity, so allocations cannot be "
+                              "compared; load the model with the unstructured pattern.")
+        return replace(cfg, allocation=allocation, sparsity=target, mode=mode, eval_windows=windows,
+                       dense=False).validate()
+
+    def evaluate(self, fn: F.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
+                 job: Job) -> dict:
+        """Perplexity of the function and of each reference at one target, all on this session's scores."""
+        session, _, _ = self.require()
+        specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
+        rows, results = [], {}
+        try:
+            for i, (label, spec) in enumerate(specs.items()):
+                job.stage = f"{label} ({i + 1} of {len(specs)})"
+                cfg = replace(self.eval_config(spec, target, mode, windows), dense=dense and i == 0)
+                r = run_evaluation(cfg, progress=job, session=session)
+                results.setdefault("dense_ppl", r.get("dense_ppl"))
+                results.setdefault("protocol", r["protocol"])
+                rows.append({"label": label, "allocation": spec, "ppl": r["ppl"], "ratios": r["ratios"],
+                             "achieved_sparsity": r["achieved_sparsity"], "warnings": r["warnings"]})
+        finally:
+            session.restore()
+        if results["dense_ppl"] is None:
+            del results["dense_ppl"]
+        return {"target": target, "mode": mode, "rows": rows, **results, "timings": dict(session.timings)}
+
+    def sweep(self, fn: F.AllocationFunction, targets: list[float], mode: str, windows: int | None,
+              job: Job) -> dict:
+        """Perplexity against sparsity: the function and the references at each target."""
+        session, _, _ = self.require()
+        if not targets:
+            raise ConfigError("Give at least one target sparsity for the sweep, e.g. 0.3, 0.5, 0.7.")
+        specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
+        series = {label: {"label": label, "allocation": spec, "points": []} for label, spec in specs.items()}
+        steps, protocol = len(targets) * len(specs), None
+        try:
+            for t_index, target in enumerate(sorted(targets)):
+                for s_index, (label, spec) in enumerate(specs.items()):
+                    job.stage = f"{label} at {target:.0%} ({t_index * len(specs) + s_index + 1} of {steps})"
+                    r = run_evaluation(self.eval_config(spec, target, mode, windows), progress=job, session=session)
+                    protocol = r["protocol"]
+                    series[label]["points"].append({"sparsity": target, "ppl": r["ppl"], "ratios": r["ratios"],
+                                                    "achieved_sparsity": r["achieved_sparsity"]})
+        finally:
+            session.restore()
+        return {"targets": sorted(targets), "mode": mode, "series": list(series.values()), "protocol": protocol,
+                "timings": dict(session.timings)}
+
+    # --- search -----------------------------------------------------------------------------------------------
+
+    def search_config(self, cfg: SearchConfig) -> SearchConfig:
+        """`cfg` with the loaded model's settings, so that the saved configuration says what was searched on."""
+        _, loaded, _ = self.require()
+        if parse_pattern(loaded.pattern) is not None:
+            raise ConfigError(f"A search allocates unstructured sparsity; the model was scored for {loaded.pattern}. "
+                              "Load it with the unstructured pattern.")
+        return replace(cfg, model=loaded.model, metric=loaded.metric, calib=loaded.calib, nsamples=loaded.nsamples,
+                       seqlen=loaded.seqlen, data_source=loaded.data_source, device=self.device,
+                       dtype=loaded.dtype).validate()
+
+    def search(self, cfg: SearchConfig, job: Job) -> SearchResult:
+        """Run a search in memory; each evaluated candidate is published to the job, and cancelling the job
+        stops the search with what it found."""
+        session, _, _ = self.require()
+        cfg = self.search_config(cfg)
+        job.stage = "tokenising the fitness text (once per session)"
+        session.eval_windows("wikitext2", "validation", cfg.seqlen, cfg.fitness_windows)
+        job.stage = f"{cfg.sampler} search"
+        study = create_study(cfg, storage=None)
+        return run_search(session, cfg, study, on_event=job.publish, stop=job.cancel_requested)
+
+
+def _pattern_sparsity(pattern: str, sparsity: float) -> float:
+    """An n:m pattern fixes the sparsity at n/m, whatever the slider says."""
+    nm = parse_pattern(pattern)
+    return nm[0] / nm[1] if nm else sparsity
