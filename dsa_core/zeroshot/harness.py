@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import lm_eval
 import torch
+from lm_eval import evaluator
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml  # the loader TaskManager uses: resolves `include` and `!function`
@@ -76,6 +77,7 @@ def task_config(spec: TaskSpec, use_hub: bool, root: Path) -> tuple[dict, str]:
     cfg = load_yaml(_upstream_yaml(spec), resolve_func=True)
     for key in ("tag", "group"):
         cfg.pop(key, None)
+    cfg["num_fewshot"] = 0
     if use_hub:
         return cfg, f"hub:{cfg['dataset_path']}/{cfg.get('dataset_name') or ''}/{spec.split}".replace("//", "/")
     files = local_files(spec, root)
@@ -119,10 +121,9 @@ def evaluate_tasks(
     start = time.perf_counter()
     for name, (cfg, where) in configs.items():
         model.phase = f"zero-shot {TASKS[name].title}"
-        # Global seeds left alone (None): zero-shot scoring draws nothing at random, and the session's seeds stay.
-        raw = lm_eval.simple_evaluate(model=model, tasks=[cfg], limit=limit, task_manager=manager,
-                                      log_samples=keep_samples, random_seed=None, numpy_random_seed=None,
-                                      torch_random_seed=None)
+        # lm-eval's evaluate(), not simple_evaluate(): the latter also probes the environment through pip and
+        # nvidia-smi subprocesses (seconds per task) and reseeds the global generators; zero-shot needs neither.
+        raw = evaluator.evaluate(lm=model, task_dict=manager.load([cfg]), limit=limit, log_samples=keep_samples)
         out["tasks"][name] = _task_result(raw, name, where, TASKS[name].split, keep_samples)
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
