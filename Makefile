@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser run app test lint
+.PHONY: setup browser postgres run app test lint
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,23 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
+# PostgreSQL for the multi-worker search tests: Debian's server, started, with a role and a database; the tests
+# read DSA_TEST_POSTGRES_URL. Fails loudly where it cannot (not root, no apt): run pytest directly there.
+PG_ROLE := dsa
+PG_DB := dsa_test
+DSA_TEST_POSTGRES_URL ?= postgresql+psycopg://$(PG_ROLE):$(PG_ROLE)@127.0.0.1:5432/$(PG_DB)
+PG_SQL := runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qtAc
+
+postgres:
+	@command -v pg_lsclusters >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }
+	@pg_lsclusters -h | grep -q . || pg_createcluster $$(ls /usr/lib/postgresql | sort -V | tail -1) main
+	@pg_lsclusters -h | awk '$$3 == 5432 && $$4 != "online" {print $$1, $$2}' | \
+		while read ver name; do pg_ctlcluster $$ver $$name start; done
+	@$(PG_SQL) "SELECT 1 FROM pg_roles WHERE rolname = '$(PG_ROLE)'" | grep -q 1 || \
+		$(PG_SQL) "CREATE ROLE $(PG_ROLE) LOGIN PASSWORD '$(PG_ROLE)'"
+	@$(PG_SQL) "SELECT 1 FROM pg_database WHERE datname = '$(PG_DB)'" | grep -q 1 || \
+		runuser -u postgres -- createdb -O $(PG_ROLE) $(PG_DB)
+
 run: setup
 	$(PY) -m dsa_core evaluate --allocation owl --sparsity 0.5 --nsamples 8 --seqlen 512 --eval-windows 4 --dense
 
@@ -26,6 +43,6 @@ app: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup browser
+test: setup browser postgres
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	DSA_TEST_POSTGRES_URL='$(DSA_TEST_POSTGRES_URL)' $(PY) -m pytest -q

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dsa_core import functions as F
+from dsa_core import workers as W
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evaluate import perplexity
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("ga", "random")
 FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes the GA
+WAIT_S = 1.0  # how often a worker with nothing left to claim looks at the study again
 
 
 @dataclass
@@ -146,8 +148,8 @@ def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
         )
     else:
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize",
-                                load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=W.open_storage(storage), sampler=sampler,
+                                direction="minimize", load_if_exists=True)
     saved = study.user_attrs.get("config")
     if saved is None:
         cfg.study = name
@@ -215,17 +217,18 @@ def run_search(
     stop: threading.Event | None = None,
 ) -> SearchResult:
     """Ask/tell until the budget is spent or `stop` is set; what was found is kept in the study either way.
-    Budgets count distinct functions evaluated across all workers of the study."""
+    Budgets count distinct functions evaluated across all workers of the study. Each function is evaluated
+    once in the study: a trial proposing one already complete or in flight (or beyond the budget) is told
+    PRUNED with a `skipped` user attribute (dsa_core.workers.claim)."""
     fitness = Fitness(session, cfg)
     space = search_space(cfg)
-    for t in study.get_trials(states=(TrialState.COMPLETE,)):  # resume: earlier results are known
-        if "text" in t.user_attrs:
-            fitness.memo.setdefault(t.user_attrs["text"], Candidate(t.user_attrs["text"], t.value,
-                                                                     t.user_attrs.get("ratios", []), []))
     start, evaluated, trials, stopped = time.perf_counter(), 0, 0, False
     while True:
-        done = len({t.user_attrs.get("text") for t in study.get_trials(states=(TrialState.COMPLETE,))})
-        if cfg.budget_candidates is not None and done >= cfg.budget_candidates:
+        W.fail_stale(study)
+        progress = W.study_progress(study)
+        for text, t in progress.done.items():  # what this and the other workers completed
+            fitness.memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
+        if cfg.budget_candidates is not None and len(progress.done) >= cfg.budget_candidates:
             break
         if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds:
             break
@@ -234,17 +237,26 @@ def run_search(
             break
         if trials >= 20 * (cfg.budget_candidates or 10_000):  # the space is exhausted: only repeats remain
             break
-        trial = study.ask(space)
-        fn = function_from_params(trial.params)
-        cached = F.to_text(fn) in fitness.memo
-        cand = fitness(fn)
-        trial.set_user_attr("text", cand.text)
-        trial.set_user_attr("ratios", cand.ratios)
-        study.tell(trial, cand.fitness)
+        if cfg.budget_candidates is not None and len(progress.done) + len(progress.in_flight) >= \
+                cfg.budget_candidates:
+            time.sleep(WAIT_S)  # other workers are finishing the budget; wait in case one of them dies
+            continue
+        trial = W.ask(study, space)
         trials += 1
-        evaluated += not cached
-        if on_event is not None:
-            best = study.best_trial
+        with W.heartbeat(study, trial):
+            fn = function_from_params(trial.params)
+            text = F.to_text(fn)
+            verdict = W.claim(study, trial, text, cfg.budget_candidates)
+            cached = text in fitness.memo
+            if verdict is None:
+                cand = fitness(fn)
+                trial.set_user_attr("ratios", cand.ratios)
+                evaluated += W.tell(study, trial, cand.fitness)  # cached only when a tell failed before
+            else:  # a repeat, or a function beyond the budget: recorded, never evaluated twice
+                trial.set_user_attr("skipped", verdict)
+                W.tell(study, trial, state=TrialState.PRUNED)
+        if on_event is not None and (verdict is None or cached):
+            cand, best = fitness.memo[text], study.best_trial
             on_event(SearchEvent(
                 candidate=trial.number, generation=trial.number // cfg.population, text=cand.text,
                 fitness=cand.fitness, best_text=best.user_attrs["text"], best_fitness=best.value,

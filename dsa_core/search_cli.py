@@ -2,7 +2,8 @@
 
 `search` creates (or resumes) a study, runs it, re-evaluates the best functions faithfully and prints the
 table; `worker` joins an existing study by name and storage URL and evaluates candidates until its budget
-is spent. Both are thin wrappers over dsa_core.search.
+is spent. `search --workers all` and `worker --gpus all` start one worker process per GPU (dsa_core.workers).
+Both are thin wrappers over dsa_core.search.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def add_search_parsers(sub, add_model_options) -> None:
     s.add_argument("--no-final", action="store_true", help="skip the faithful re-evaluation")
     s.add_argument("--study", default=None, help="name; an existing study of that name is resumed")
     s.add_argument("--storage", default=None, help="SQLAlchemy URL (default: the history database)")
+    s.add_argument("--workers", default=None, help="evaluate in worker processes: 'all' (one per GPU) or a number")
     s.add_argument("--json", action="store_true")
     w = sub.add_parser("worker", help="join a search and evaluate its candidates")
     w.add_argument("--study", required=True)
     w.add_argument("--storage", required=True)
     w.add_argument("--device", default=None)
+    w.add_argument("--gpus", default=None, help="start several workers: 'all' (one per GPU) or a number")
 
 
 def _session(cfg: SearchConfig):
@@ -61,7 +64,7 @@ def _progress_printer(quiet: bool):
 
 
 def search_command(args: argparse.Namespace) -> int:
-    from dsa_core.search import create_study, faithful_table, run_search
+    from dsa_core.search import create_study, faithful_table, run_search, summarize
 
     cfg = SearchConfig(
         model=args.model, metric=args.metric, sparsity=args.sparsity, calib=args.calib, nsamples=args.nsamples,
@@ -70,11 +73,21 @@ def search_command(args: argparse.Namespace) -> int:
         budget_seconds=args.budget_seconds, fitness_windows=args.fitness_windows, top_k=args.top_k,
         final_eval_windows=args.final_eval_windows, study=args.study,
     ).validate()
-    study = create_study(cfg, args.storage or default_storage())
-    session = _session(cfg)
-    started = time.perf_counter()
-    result = run_search(session, cfg, study, on_event=_progress_printer(args.json))
-    search_s = time.perf_counter() - started
+    storage = args.storage or default_storage()
+    study = create_study(cfg, storage)
+    if args.workers:  # each worker loads its own model; this process loads one only for the final table
+        from dsa_core.workers import run_workers
+
+        started = time.perf_counter()
+        evaluated = sum(r["evaluated"] for r in run_workers(study.study_name, storage, args.workers))
+        search_s = time.perf_counter() - started
+        result = summarize(study, cfg, evaluated, elapsed=search_s)
+        session = None if args.no_final else _session(cfg)
+    else:
+        session = _session(cfg)
+        started = time.perf_counter()
+        result = run_search(session, cfg, study, on_event=_progress_printer(args.json))
+        search_s = time.perf_counter() - started
     table = [] if args.no_final else faithful_table(session, cfg, [c.text for c in result.top])
     out = {
         "study": result.study,
@@ -86,7 +99,7 @@ def search_command(args: argparse.Namespace) -> int:
         "generations": result.generations,
         "table": table,
         "config": cfg.to_dict(),
-        "timings": session.timings,
+        "timings": session.timings if session else {},
     }
     if table:
         out["test_ppl"] = next(r["ppl"] for r in table if r["label"] == "searched #1")
@@ -105,6 +118,11 @@ def worker_command(args: argparse.Namespace) -> int:
     from dsa_core.search import load_study, run_search
 
     study, cfg = load_study(args.study, args.storage)
+    if args.gpus:  # this process only starts the workers; each loads its own model
+        from dsa_core.workers import run_workers
+
+        print(json.dumps(run_workers(args.study, args.storage, args.gpus)))
+        return 0
     if args.device:
         cfg.device = args.device
     result = run_search(_session(cfg), cfg, study, on_event=_progress_printer(False))
