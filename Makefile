@@ -25,7 +25,7 @@ DSA_TEST_POSTGRES_URL ?= postgresql+psycopg://$(PG_ROLE):$(PG_ROLE)@127.0.0.1:54
 PG_SQL := runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qtAc
 
 postgres:
-	@command -v pg_lsclusters >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }
+	@command -v pg_lsclusters >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 	@pg_lsclusters -h | grep -q . || pg_createcluster $$(ls /usr/lib/postgresql | sort -V | tail -1) main
 	@pg_lsclusters -h | awk '$$3 == 5432 && $$4 != "online" {print $$1, $$2}' | \
 		while read ver name; do pg_ctlcluster $$ver $$name start; done
