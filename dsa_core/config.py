@@ -63,8 +63,7 @@ class EvalConfig:
         if self.eval_windows is not None and self.eval_windows < 1:
             raise ConfigError("--eval-windows must be at least 1.")
         check_text_source(self.calib)
-        if self.tasks:
-            self.tasks = parse_tasks(self.tasks)
+        self.tasks = parse_tasks(self.tasks) if self.tasks else ()  # JSON brings a list back
         if self.tasks_limit is not None and self.tasks_limit < 1:
             raise ConfigError("--tasks-limit must be at least 1.")
         if self.eval != "wikitext2":

@@ -223,6 +223,7 @@ def test_config_round_trip_and_checks():
     assert cfg.tasks == ("openbookqa", "rte")
     assert EvalConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert EvalConfig().validate().tasks == ()
+    assert EvalConfig.from_dict(json.loads(json.dumps(EvalConfig().to_dict()))) == EvalConfig()
     with pytest.raises(ConfigError):
         tiny_config(tasks_limit=0)
     with pytest.raises(ConfigError):
