@@ -214,9 +214,30 @@ def importances(f: AllocationFunction, stats: BlockStats) -> tuple[np.ndarray, l
     n = stats.num_blocks
     if n == 0 or len(stats.score_samples) != n:
         raise ConfigError("The block statistics are empty or inconsistent; score the model again.")
+    key = (f.pre, f.reduction)
+    if key not in stats.reductions:
+        stats.reductions[key] = _reduce(f, stats)
+    reduced, cause = stats.reductions[key]
+    values, cause = reduced.copy(), dict(cause)  # block -> (op, what it gave, argument outside the op's domain)
+    with np.errstate(all="ignore"):
+        for name in f.transform:
+            op = ops.get(ops.TRANSFORM, name)
+            out = np.asarray(op.fn(values), dtype=np.float64)
+            for b in np.flatnonzero(~np.isfinite(out) & np.isfinite(values)):
+                outside = op.domain is not None and not op.domain[0] <= values[b] <= op.domain[1]
+                cause.setdefault(int(b), (name, str(out[b]), values[b] if outside else None))
+            values = out
+    warnings = _hazard_warnings(values, cause)
+    values = np.where(np.isnan(values), 0.0, np.where(np.isinf(values), -1.0, values))
+    return values, warnings
+
+
+def _reduce(f: AllocationFunction, stats: BlockStats) -> tuple[np.ndarray, dict[int, tuple]]:
+    """Per-block value after pre-process and reduction, and the first hazard met in each block."""
+    n = stats.num_blocks
     reduction = ops.get(ops.REDUCTION, f.reduction)
     exact = [r for m, r in stats.outlier_ratios.items() if abs(m - ops.OUTLIER_M) < 1e-9]
-    values, cause = np.empty(n), {}  # block -> (op, what it gave, argument outside the op's domain); first only
+    values, cause = np.empty(n), {}
     with np.errstate(all="ignore"):
         for b, sample in enumerate(stats.score_samples):
             if not f.pre and f.reduction == "outlier_ratio" and exact:
@@ -230,16 +251,7 @@ def importances(f: AllocationFunction, stats: BlockStats) -> tuple[np.ndarray, l
             values[b] = reduction.fn(x, int(stats.params[b])) if x.size else math.nan
         for b in np.flatnonzero(~np.isfinite(values)):
             cause.setdefault(int(b), (f.reduction, str(values[b]), None))
-        for name in f.transform:
-            op = ops.get(ops.TRANSFORM, name)
-            out = np.asarray(op.fn(values), dtype=np.float64)
-            for b in np.flatnonzero(~np.isfinite(out) & np.isfinite(values)):
-                outside = op.domain is not None and not op.domain[0] <= values[b] <= op.domain[1]
-                cause.setdefault(int(b), (name, str(out[b]), values[b] if outside else None))
-            values = out
-    warnings = _hazard_warnings(values, cause)
-    values = np.where(np.isnan(values), 0.0, np.where(np.isinf(values), -1.0, values))
-    return values, warnings
+    return values, cause
 
 
 def _hazard_warnings(values: np.ndarray, cause: dict[int, tuple]) -> list[str]:

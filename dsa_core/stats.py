@@ -20,13 +20,16 @@ class BlockStats:
 
     params: (L,) number of prunable weights per block (its linear layers' weights).
     layer_shapes: per block, (out_features, in_features) of each linear layer, in module order.
-    score_samples: per block, a seeded uniform random sample (float32, without replacement) of the
+    score_samples: per block, a seeded uniform random sample (float32, with replacement) of the
         block's element-wise scores, concatenated over its linear layers. Reductions of allocation
         functions run on these; the sample size bounds a profile's cost, not the model's size.
     outlier_ratios: M -> (L,) exact share of the block's scores above M × the block's mean score
         (OWL's D_l), computed from all scores, not the sample.
     alpha_hill: (L,) PL_Alpha_Hill of each block, the mean over its linear layers (AlphaPruning).
     metric: name of the score ("wanda", "magnitude", ...) the samples were drawn from.
+    reductions: memo of per-block reductions of the samples, keyed by (pre-process ops, reduction), filled by
+        dsa_core.functions. They are the costly part of a profile (millions of elements) and a search proposes
+        the same few pre/reduction pairs again and again with other transforms; not part of the saved form.
     """
 
     params: np.ndarray
@@ -35,6 +38,7 @@ class BlockStats:
     outlier_ratios: dict[float, np.ndarray] = field(default_factory=dict)
     alpha_hill: np.ndarray | None = None
     metric: str = "wanda"
+    reductions: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_blocks(self) -> int:
