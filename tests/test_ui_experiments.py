@@ -26,19 +26,19 @@ def evaluation(name="eval"):
 
 def test_generations_skip_failed_candidates():
     events = [event(0, 50.0, 50.0), event(1, FAILED_FITNESS, 50.0), event(2, 40.0, 40.0), event(3, 60.0, 40.0),
-              event(4, FAILED_FITNESS, 40.0)]
-    assert experiments.generations(events, 2) == [{"generation": 0, "best": 50.0, "mean": 50.0},
-                                                  {"generation": 1, "best": 40.0, "mean": 50.0}]
+              event(4, FAILED_FITNESS, 40.0)]  # generations 0, 0, 1, 1, 2
+    assert experiments.generations(events) == [{"generation": 0, "best": 50.0, "mean": 50.0},
+                                               {"generation": 1, "best": 40.0, "mean": 50.0}]
 
 
 def test_search_results_store_failures_as_none_and_the_final_best():
     events = [event(0, 50.0, 50.0), event(1, FAILED_FITNESS, 50.0)]
-    live = experiments.search_results(events, 2)
+    live = experiments.search_results(events)
     assert [c["fitness"] for c in live["candidates"]] == [50.0, None]
     assert live["best_fitness"] == 50.0 and live["best_ratios"] == [0.45, 0.55]
     result = SearchResult(study="s", best=Candidate("W:(NO_OP)-(STD)-(NO_OP)", 50.0, [], []), evaluated=2,
                           trials=2, elapsed=1.5, stopped=True, top=[Candidate("W:(NO_OP)-(STD)-(NO_OP)", 50.0, [], [])])
-    final = experiments.search_results(events, 2, result)
+    final = experiments.search_results(events, result)
     assert final["stopped"] is True and final["evaluated"] == 2 and final["top"][0]["fitness"] == 50.0
 
 
@@ -55,7 +55,7 @@ def test_compare_puts_runs_on_one_chart():
         {"label": "uniform", "allocation": "uniform", "points": [{"sparsity": 0.3, "ppl": 12.0},
                                                                   {"sparsity": 0.5, "ppl": 30.0}]}]})
     search = new_record("search", {"sparsity": 0.5}, name="se", status="done", results=experiments.search_results(
-        [event(0, 50.0, 50.0), event(1, 45.0, 45.0)], 2))
+        [event(0, 50.0, 50.0), event(1, 45.0, 45.0)]))
     charts = experiments.compare([evaluation("one"), evaluation("two"), sweep, search])
     assert set(charts) == set(experiments.CHARTS)
     assert [t.name for t in charts["profiles"].data] == ["one", "two", "best of se"]

@@ -20,11 +20,11 @@ from ui.workspace import OWN_LABEL
 CHARTS = ("profiles", "perplexity", "sweep", "search")  # the chart slots of the history tab, in order
 
 
-def search_results(events: Sequence[SearchEvent], population: int, result: SearchResult | None = None) -> dict:
+def search_results(events: Sequence[SearchEvent], result: SearchResult | None = None) -> dict:
     """What a search stores: every candidate, the per-generation curve and the best function so far."""
     candidates = [{"n": e.candidate, "generation": e.generation, "text": e.text, "fitness": _fitness(e.fitness)}
                   for e in events]
-    out: dict = {"candidates": candidates, "generations": generations(events, population)}
+    out: dict = {"candidates": candidates, "generations": generations(events)}
     if events:
         last = events[-1]
         out.update(best=last.best_text, best_fitness=_fitness(last.best_fitness), best_ratios=last.best_ratios,
@@ -41,14 +41,17 @@ def _fitness(value: float) -> float | None:
     return value if math.isfinite(value) and value < FAILED_FITNESS else None
 
 
-def generations(events: Sequence[SearchEvent], population: int) -> list[dict]:
-    """Best-so-far and mean fitness of each generation of `population` candidates, from the live events."""
+def generations(events: Sequence[SearchEvent]) -> list[dict]:
+    """Best-so-far and mean fitness of each generation that has a successful candidate, from the live events."""
+    by_generation: dict[int, list[float]] = {}
+    for e in events:
+        if e.fitness < FAILED_FITNESS:
+            by_generation.setdefault(e.generation, []).append(e.fitness)
     out, best = [], math.inf
-    for start in range(0, len(events), population):
-        chunk = [e.fitness for e in events[start : start + population] if e.fitness < FAILED_FITNESS]
-        best = min([best, *chunk])
-        if chunk:
-            out.append({"generation": start // population, "best": best, "mean": sum(chunk) / len(chunk)})
+    for g in sorted(by_generation):
+        chunk = by_generation[g]
+        best = min(best, *chunk)
+        out.append({"generation": g, "best": best, "mean": sum(chunk) / len(chunk)})
     return out
 
 

@@ -15,7 +15,7 @@ from dsa_core import operations as ops
 EMPTY = "no_op"  # what an unused pre-process or transform slot holds
 CONTROLS = ("pre1", "pre2", "reduction", "transform1", "transform2", "mapping", "param")
 MAPPING_LABELS = {"band": "band (OWL's ±λ)", "multiplicative": "multiplicative (AlphaPruning's ε)"}
-PARAM_MAX = {"band": 0.5, "multiplicative": 1.0}
+PARAM_MAX = 1.0  # the slider's end: ε goes up to 1; a band's λ above 0.5 is refused with a message
 
 
 @dataclass(frozen=True)

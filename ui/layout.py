@@ -102,7 +102,8 @@ def build_app(workspace: Workspace, history: History) -> gr.Blocks:
                 tab_evaluate.build(ctx)
             with gr.Tab("Search", id="search"):
                 tab_search.build(ctx)
-            with gr.Tab("History & sharing", id="history"):
+            with gr.Tab("History & sharing", id="history") as history_tab:
+                ctx.add(history_tab=history_tab)
                 tab_history.build(ctx)
         tab_history.wire_permalink(ctx, demo)
     demo.queue(default_concurrency_limit=4)

@@ -29,10 +29,8 @@ NO_MODEL = "Load a model on the Model & data tab to see profiles."
 
 
 def controls_update(c: Controls) -> list:
-    """Component updates that show `c` (the slider's range follows the mapping)."""
-    values = list(c.values())
-    values[-1] = gr.update(value=c.param, maximum=PARAM_MAX[c.mapping])
-    return values
+    """The values of the builder's controls that show `c`."""
+    return list(c.values())
 
 
 def build(ctx: AppContext) -> None:
@@ -60,8 +58,8 @@ def build(ctx: AppContext) -> None:
                             latex_delimiters=[{"left": "$", "right": "$", "display": False}])
     with gr.Row():
         mapping = gr.Radio(mapping_choices(), value=start.mapping, label="Mapping to sparsity", elem_id="mapping")
-        param = gr.Slider(0.0, PARAM_MAX[start.mapping], value=start.param, step=0.01,
-                          label="λ (band) / ε (multiplicative)", elem_id="param")
+        param = gr.Slider(0.0, PARAM_MAX, value=start.param, step=0.01, elem_id="param",
+                          label="λ (band, at most 0.5) / ε (multiplicative, at most 1)")
     formula = gr.Markdown(formula_markdown(function_from_controls(*start.values())), elem_id="formula",
                           elem_classes="formula", latex_delimiters=[{"left": "$$", "right": "$$", "display": True}])
     with gr.Row():
@@ -89,8 +87,8 @@ def build(ctx: AppContext) -> None:
         except DSAError as e:
             return [*(gr.skip(),) * len(controls), error_text(e)]
 
-    def mapping_changed(mapping: str):
-        return gr.update(value=F.MAPPINGS[mapping], maximum=PARAM_MAX[mapping])
+    def mapping_changed(mapping: str) -> float:
+        return F.MAPPINGS[mapping]  # each mapping's published default
 
     outputs = [formula, text, plot, warnings]
     triggers = [c.change for c in controls] + [ctx["target"].change]

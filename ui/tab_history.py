@@ -28,7 +28,8 @@ def build(ctx: AppContext) -> None:
         refresh = gr.Button("Refresh", elem_id="history-refresh")
     table = gr.Dataframe(headers=experiments.TABLE_HEADERS, interactive=False, label="Experiments (newest first)",
                          elem_id="history-table", max_height=320)
-    picker = gr.Dropdown([], multiselect=True, label="Selected experiments",
+    # Custom values: an id pasted here (or sent through the API) need not be in the list shown.
+    picker = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Selected experiments",
                          info="one to open or export, two or more to compare; any to delete", elem_id="history-pick")
     with gr.Row():
         open_ = gr.Button("Open", variant="primary", elem_id="history-open")
@@ -148,6 +149,7 @@ def build(ctx: AppContext) -> None:
     for box in (text, tag):
         box.submit(list_experiments, filters, [*listing, status], api_visibility="private")
     kind.input(list_experiments, filters, [*listing, status], api_visibility="private")
+    ctx["history_tab"].select(relist, filters, listing, api_visibility="private")  # show what other tabs saved
     open_.click(open_one, picker, shown, api_name="open_experiment")
     compare.click(compare_many, picker, shown, api_name="compare_experiments")
     quiet = {"api_visibility": "private"}

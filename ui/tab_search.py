@@ -47,7 +47,7 @@ def build(ctx: AppContext) -> None:
         events = list(job.events)
         if not events:
             return figures.empty_figure("Waiting for the first candidate…"), gr.skip(), gr.skip()
-        gens = experiments.generations(events, cfg.population)
+        gens = experiments.generations(events)
         points = [(e.generation, e.fitness) for e in events if e.fitness < 1e9]
         last = events[-1]
         profiles = {"best function": last.best_ratios, **ws.references(cfg.sparsity)}
@@ -69,27 +69,27 @@ def build(ctx: AppContext) -> None:
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
         link = permalink_for(request, rec.id)
-        saved_generations = 0
+        saved_generation = -1
 
         def live(job: Job) -> tuple:
-            nonlocal saved_generations
-            done = len(job.events) // cfg.population
-            if done > saved_generations:  # one short UPDATE per generation keeps the history current
-                saved_generations = done
-                history.update(rec.id, results=experiments.search_results(list(job.events), cfg.population))
+            nonlocal saved_generation
+            events = list(job.events)
+            if events and events[-1].generation > saved_generation:  # one short UPDATE per generation
+                saved_generation = events[-1].generation
+                history.update(rec.id, results=experiments.search_results(events))
             return (saved_markdown(rec.id, link), *charts(job, cfg))
 
         def finish(result) -> tuple:
             # A stopped search is done: what it found is its result (results["stopped"] says it was stopped).
             history.update(rec.id, status="done",
-                           results=experiments.search_results(list(job.events), cfg.population, result))
+                           results=experiments.search_results(list(job.events), result))
             how = "stopped" if result.stopped else "done"
             return (f"✓ Search {how}: {result.evaluated} functions evaluated in {result.elapsed:.1f} s; best proxy "
                     f"perplexity {result.best.fitness:.4g}.", saved_markdown(rec.id, link), *charts(job, cfg)[:2],
                     result.best.text)
 
         def fail(e: BaseException) -> tuple:
-            results = {**experiments.search_results(list(job.events), cfg.population), "error": str(e)}
+            results = {**experiments.search_results(list(job.events)), "error": str(e)}
             history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed", results=results)
             return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 3
 

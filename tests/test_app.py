@@ -1,0 +1,163 @@
+"""The web app's API through gradio_client, against an app launched on the tiny random model: loading, profiles,
+evaluation, search, and the history's list, open, compare, export, import and delete. Also app.py's options."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+import app
+
+CONTROLS = ("no_op", "no_op", "kurtosis", "no_op", "no_op", "band", 0.1)  # W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)
+TINY = ("random:tiny", "wanda", "unstructured", 0.5, "wikitext2", 4, 64, 0, "local")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    db = tmp_path_factory.mktemp("app") / "history.db"
+    demo = app.create_app(f"sqlite:///{db}", "cpu")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            max_file_size=app.MAX_UPLOAD)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    client = Client(server, verbose=False)
+    status, summary, blocks = client.predict(*TINY, api_name="/load_model")
+    assert status.startswith("✓ Ready: random:tiny"), status
+    assert "4 blocks" in summary and [row[0] for row in blocks["data"]] == [0, 1, 2, 3]
+    return client
+
+
+def listed(client) -> list[list]:
+    return client.predict("all", "", "", [], api_name="/list_experiments")[0]["data"]
+
+
+def test_the_api_names_every_action(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/load_model", "/cancel", "/profile", "/load_text", "/evaluate", "/sweep", "/save_experiment", "/search",
+            "/stop", "/load_best", "/list_experiments", "/open_experiment", "/compare_experiments",
+            "/rename_experiment", "/delete_experiments", "/export_experiment", "/import_experiment"} <= names
+
+
+def test_profile_follows_the_controls(client):
+    formula, text, plot, warnings = client.predict(*CONTROLS, 0.6, api_name="/profile")
+    assert text == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)" and r"\mathrm{kurt}(S_\ell)" in formula
+    traces = json.loads(plot["plot"])["data"]
+    assert [t["name"] for t in traces] == ["this function", "uniform", "owl", "dsa preset"]
+    other = json.loads(client.predict(*CONTROLS[:2], "mean", *CONTROLS[3:], 0.6, api_name="/profile")[2]["plot"])
+    assert other["data"][0]["y"] != traces[0]["y"] and other["data"][1]["y"] == traces[1]["y"]
+    *_, warnings = client.predict(*CONTROLS[:-1], 0.8, 0.6, api_name="/profile")  # λ beyond the band's 0.5
+    assert warnings.startswith("✗") and "[0.0, 0.5]" in warnings
+    formula, text, *_ = client.predict(*CONTROLS[:-2], "multiplicative", 0.8, 0.6, api_name="/profile")
+    assert text.endswith("-(MULT=0.8)") and r"\varepsilon = 0.8" in formula
+    *controls, warnings = client.predict("W:(ABSLOG)-(VAR)", api_name="/load_text")
+    assert warnings.startswith("✗ Cannot read") and "W:(PRE)-(REDUCTION)-(TRANSFORM)" in warnings
+    *controls, warnings = client.predict("dsa", api_name="/load_text")
+    assert controls[:5] == ["abslog", "no_op", "var", "atan", "asin"] and warnings == ""
+
+
+def test_a_refused_load_keeps_the_loaded_model(client, tmp_path):
+    status, *_ = client.predict("random:tiny", "wanda", "unstructured", 0.5, str(tmp_path / "missing.txt"), 4, 64, 0,
+                                "local", api_name="/load_model")
+    assert status.startswith("✗") and "missing.txt" in status
+    assert client.predict(*CONTROLS, 0.5, api_name="/profile")[3].startswith("No warnings")
+
+
+def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp_path):
+    status, saved, table, *_ = client.predict(*CONTROLS, 0.5, "fast", 2, False, "", "api run", "api, tiny",
+                                              api_name="/evaluate")
+    assert status.startswith("✓ Evaluation done"), status
+    assert [row[0] for row in table["data"]] == ["this function", "uniform", "owl", "dsa preset"]
+    id = saved.split("`")[1]
+    row = next(r for r in listed(client) if r[0] == id)
+    assert row[2:5] == ["evaluation", "api run", "done"] and row[6].startswith("ppl ")
+
+    message, details, name, tags, record, profiles, perplexity, sweep, search = client.predict(
+        [id], api_name="/open_experiment")
+    assert id in details and name == "api run" and tags == "api, tiny" and record["status"] == "done"
+    assert record["config"]["allocation"] == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)"
+    assert record["protocol"]["windows"] == 2 and record["environment"]["device"]
+    assert perplexity["visible"] and not sweep["visible"] and not search["visible"]  # slots that apply
+    bars = json.loads(perplexity["value"]["plot"])["data"][0]
+    assert bars["name"] == "api run" and bars["x"] == [r[0] for r in table["data"]]
+
+    message, exported = client.predict([id], api_name="/export_experiment")
+    doc = json.loads(Path(exported).read_text())
+    assert doc["experiment"]["id"] == id and message.startswith("✓")
+    copy = tmp_path / "shared.json"
+    copy.write_text(json.dumps(doc))
+    message, table, _ = client.predict(handle_file(str(copy)), "all", "", "", api_name="/import_experiment")
+    new_id = message.split("`")[1]
+    assert message.startswith("✓ Imported") and new_id != id and new_id in {r[0] for r in table["data"]}
+
+    status, *_ = client.predict([id, new_id], api_name="/compare_experiments")
+    assert status == "Comparing 2 experiments."
+    assert client.predict([new_id], "copy", "x", api_name="/rename_experiment").startswith("✓")
+    assert client.predict([new_id], api_name="/delete_experiments") == "✓ Deleted 1 experiment(s)."
+    assert new_id not in {r[0] for r in listed(client)}
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b'{"format": "sparsity-explorer/experiment", "version": 1, "experiment": {"id"', "truncated"),
+    (b'{"format": "something-else", "version": 1, "experiment": {}}', "not a shared"),
+    (b"\xff\xfe not utf-8", "not UTF-8"),
+    (b'{"format": "sparsity-explorer/experiment", "version": 1, "experiment": {"id": NaN}}', "NaN"),
+])
+def test_a_bad_file_is_refused_and_changes_nothing(client, tmp_path, content, reason):
+    before = listed(client)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    message, *_ = client.predict(handle_file(str(bad)), "all", "", "", api_name="/import_experiment")
+    assert message.startswith("✗ Import refused") and reason in message
+    assert listed(client) == before
+
+
+def test_search_streams_to_the_end_and_loads_into_the_builder(client):
+    status, saved, progress, profile, best = client.predict("ga", 4, 8, 0, 1, 0, 0.5, "api search", "",
+                                                            api_name="/search")
+    assert status.startswith("✓ Search done: 8 functions evaluated"), status
+    assert best.startswith("W:(") and [t["name"] for t in json.loads(profile["plot"])["data"]][0] == "best function"
+    id = saved.split("`")[1]
+    record = client.predict([id], api_name="/open_experiment")[4]
+    assert record["results"]["best"] == best and len(record["results"]["candidates"]) >= 8
+    *controls, message = client.predict(best, api_name="/load_best")  # the client leaves out the Tabs output
+    assert len(controls) == 7 and message == ""
+    text = client.predict(*controls, 0.5, api_name="/profile")[1]
+    assert text == best or text + "-" in best  # the builder keeps no tag
+
+
+def test_stop_with_nothing_running_says_so(client):
+    assert client.predict(api_name="/stop") == "Nothing is running."
+
+
+def test_options_and_exposure(monkeypatch):
+    assert app.parse_auth("ann:secret") == ("ann", "secret")
+    with pytest.raises(Exception, match="user:pass"):
+        app.parse_auth("nopassword")
+    assert not app.exposed("127.0.0.1", False) and app.exposed("0.0.0.0", False) and app.exposed("localhost", True)
+    seen = {}
+
+    class Launched:
+        def launch(self, **kwargs):
+            seen["launch"] = kwargs
+
+    monkeypatch.setattr(app, "create_app", lambda db, device, allow_local_paths: seen.update(
+        allow=allow_local_paths, db=db) or Launched())
+    assert app.main(["--host", "0.0.0.0", "--port", "7999", "--auth", "a:b", "--db", "sqlite://"]) == 0
+    assert seen["allow"] is False and seen["db"] == "sqlite://"
+    assert (seen["launch"]["server_name"], seen["launch"]["server_port"], seen["launch"]["auth"]) == \
+        ("0.0.0.0", 7999, ("a", "b"))
+    app.main([])
+    assert seen["allow"] is True and seen["launch"]["server_name"] == "127.0.0.1"
+    assert seen["launch"]["server_port"] == 7860 and seen["launch"]["share"] is False
