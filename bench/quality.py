@@ -21,7 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dsa_core.allocation import allocate  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
+from dsa_core.session import PruningSession  # noqa: E402
 from tests.reference_wanda import prune_wanda  # noqa: E402
+
+
+def masks(s: PruningSession) -> list:
+    """Which weights are zero, layer by layer (to compare two pruning implementations mask for mask)."""
+    return [m.weight == 0 for i in range(len(s.lm.blocks)) for m in s.lm.linear_layers(i).values()]
 
 
 def main() -> None:
@@ -33,6 +39,8 @@ def main() -> None:
     ap.add_argument("--targets", default="0.5,0.6,0.7")
     ap.add_argument("--allocations", default="uniform,owl")
     ap.add_argument("--reference", default="0.5,0.7", help="targets at which to run the reference transcription")
+    ap.add_argument("--seeds", default="", help="calibration seeds for the noise rows (e.g. 0,1,2)")
+    ap.add_argument("--seed-targets", default="0.7")
     ap.add_argument("--dtype", default=None)
     args = ap.parse_args()
 
@@ -53,14 +61,25 @@ def main() -> None:
     for target in [float(t) for t in args.reference.split(",") if t]:
         s.restore()
         t = time.perf_counter()
-        ours = None
         s.prune_sequential(np.full(n, target), "wanda")
-        ours = ppl()
+        ours, our_masks = ppl(), masks(s)
         s.restore()
         prune_wanda(s.lm.model, s.calibration_windows().to(s.lm.device), target)
         ref = ppl()
-        rows.append((f"reference Wanda (ours {ours:.3f}, diff {100 * (ours / ref - 1):+.2f}%)", f"{target:.0%}", ref,
-                     time.perf_counter() - t))
+        same = sum(int((a == b).sum()) for a, b in zip(our_masks, masks(s))) / sum(m.numel() for m in our_masks)
+        rows.append((f"reference Wanda (ours {ours:.3f}, diff {100 * (ours / ref - 1):+.2f}%, same mask "
+                     f"{100 * same:.3f}%)", f"{target:.0%}", ref, time.perf_counter() - t))
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    for target in [float(t) for t in args.seed_targets.split(",") if t] if seeds else []:
+        for spec in args.allocations.split(","):
+            values = []
+            for seed in seeds:  # calibration windows drawn with another seed: how much of a gap is noise
+                s.restore()  # a new session snapshots the weights it finds as its dense weights
+                other = PruningSession(s.lm, cfg.calib, cfg.nsamples, cfg.seqlen, seed, cfg.data_source)
+                other.prune_sequential(allocate(other.stats("wanda"), spec, target).ratios, "wanda")
+                values.append(other.perplexity("wikitext2", "test", args.seqlen, args.eval_windows))
+            rows.append((f"{spec}, calibration seeds {args.seeds}: " + " / ".join(f"{v:.1f}" for v in values)
+                         + " (mean)", f"{target:.0%}", float(np.mean(values)), 0.0))
     s.restore()
     print(f"\nprotocol: WikiText-2 test ({origin}), seqlen {args.seqlen}, {windows.shape[0]} windows; calibration "
           f"{args.nsamples} windows from {s.calib_origin}, seed 0; {s.lm.device} {s.lm.dtype}")
