@@ -33,6 +33,7 @@ class AppContext:
     history: History
     components: dict[str, Any] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
+    page_loads: list[tuple] = field(default_factory=list)  # (fn, inputs, outputs) run when a page opens
 
     def __getitem__(self, name: str) -> Any:
         return self.components[name]
@@ -105,6 +106,8 @@ def build_app(workspace: Workspace, history: History) -> gr.Blocks:
             with gr.Tab("History & sharing", id="history") as history_tab:
                 ctx.add(history_tab=history_tab)
                 tab_history.build(ctx)
+        for fn, inputs, outputs in ctx.page_loads:
+            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
         tab_history.wire_permalink(ctx, demo)
     demo.queue(default_concurrency_limit=4)
     return demo

@@ -96,6 +96,7 @@ def build(ctx: AppContext) -> None:
           show_progress="hidden", concurrency_id="profile")
     ctx.events["loaded"].then(profile, [*controls, ctx["target"]], outputs, show_progress="hidden",
                               api_visibility="private")
+    ctx.page_loads.append((profile, [*controls, ctx["target"]], outputs))
     text.submit(load_text, text, [*controls, warnings], api_name="load_text")
     preset.input(load_text, preset, [*controls, warnings], api_visibility="private")
     mapping.input(mapping_changed, mapping, param, api_visibility="private")

@@ -75,6 +75,14 @@ def build(ctx: AppContext) -> None:
 
         yield from stream_job(job, 3, finish, lambda e: (error_text(e), "", []))
 
+    def show_loaded() -> tuple:
+        """A page opened after a model was loaded (by this or another page) shows that model."""
+        d, cfg = ws.description, ws.config
+        if d is None or cfg is None:
+            return (gr.skip(),) * 3
+        return f"✓ Ready: {d['name']} scored with {cfg.metric} ({cfg.pattern}).", summary_markdown(d), block_rows(d)
+
+    ctx.page_loads.append((show_loaded, None, [status, summary, blocks]))
     inputs = [model, metric, pattern, target, calib, nsamples, seqlen, seed, source]
     ctx.events["loaded"] = load.click(load_model, inputs, [status, summary, blocks], api_name="load_model",
                                       **ctx.device_queue)

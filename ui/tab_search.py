@@ -22,8 +22,8 @@ def build(ctx: AppContext) -> None:
         sampler = gr.Radio(list(SAMPLERS), value="ga", label="Sampler", elem_id="sampler",
                            info="ga: genetic algorithm (NSGA-II, one objective); random: the baseline")
         population = gr.Number(8, precision=0, minimum=2, label="Population", elem_id="population")
-        budget = gr.Number(40, precision=0, minimum=0, label="Budget: candidates (0 = no limit)", elem_id="budget")
-        seconds = gr.Number(0, minimum=0, label="Budget: seconds (0 = no limit)", elem_id="budget-seconds")
+        budget = gr.Number(40, precision=0, minimum=0, label="Budget: candidates (0 = none)", elem_id="budget")
+        seconds = gr.Number(0, minimum=0, label="Budget: seconds (0 = none)", elem_id="budget-seconds")
         windows = gr.Number(2, precision=0, minimum=1, label="Fitness windows", elem_id="fitness-windows",
                             info="WikiText-2 validation windows of the proxy perplexity")
         seed = gr.Number(0, precision=0, label="Seed", elem_id="search-seed")

@@ -1,0 +1,190 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright): load the tiny model, change a dropdown
+and see the profile change, evaluate and save, reopen the permalink in a fresh page, run and stop a search, and
+import a bad file. A failing test leaves a screenshot in test-artifacts/."""
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+import app
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TIMEOUT_MS = 90_000
+PROFILE_Y = ("() => { const d = document.querySelector('#profile-plot .js-plotly-plot');"
+             " return d && d.data && d.data.length ? JSON.stringify(d.data[0].y) : null; }")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    demo = app.create_app(f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'history.db'}", "cpu")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                            max_file_size=app.MAX_UPLOAD)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"End-to-end tests need Debian's Chromium at {CHROMIUM}: run `make browser`.")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def new_page(browser, url: str, query: str = ""):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url + query)
+    page.wait_for_selector("#model input")
+    return page
+
+
+@pytest.fixture
+def page(browser, url, request):
+    page = new_page(browser, url)
+    failed = request.session.testsfailed
+    yield page
+    if request.session.testsfailed > failed:  # the call phase was reported before this teardown
+        ARTIFACTS.mkdir(exist_ok=True)
+        for i, p in enumerate(page.context.pages):
+            p.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{i}.png"), full_page=True)
+    page.context.close()
+
+
+def wait_text(page, selector: str, pattern: str) -> str:
+    """Wait until the element's text matches `pattern` (a regular expression); returns the text."""
+    page.wait_for_function("([s, p]) => { const e = document.querySelector(s);"
+                           " return e !== null && new RegExp(p).test(e.innerText); }", arg=[selector, pattern])
+    return page.locator(selector).inner_text()
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id} input, #{elem_id} textarea").first.fill(value)
+
+
+def table_rows(page, elem_id: str) -> int:
+    """Data rows of a Gradio table (its grid counts the header row too)."""
+    return int(page.locator(f"#{elem_id} [role=grid]").get_attribute("aria-rowcount")) - 1
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+@pytest.fixture(scope="module")
+def loaded(browser, url):
+    """The tiny model, loaded through the Model & data tab (the server keeps it for the other pages)."""
+    page = new_page(browser, url)
+    try:
+        model = page.locator("#model input")
+        model.click()
+        model.fill("random:tiny")
+        model.press("Enter")
+        fill(page, "nsamples", "4")
+        fill(page, "seqlen", "64")
+        page.locator("#load").click()
+        wait_text(page, "#model-status", "Ready: random:tiny")
+        assert "4 blocks" in page.locator("#model-summary").inner_text()
+        assert table_rows(page, "blocks") == 4
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "loading-the-model.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+    return url
+
+
+def test_changing_a_dropdown_redraws_the_profile(loaded, page):
+    tab(page, "Formula builder")
+    page.wait_for_function(f"() => ({PROFILE_Y})() !== null")
+    before = page.evaluate(PROFILE_Y)
+    choose(page, "reduction", "kurtosis")
+    page.wait_for_function(f"([b]) => {{ const y = ({PROFILE_Y})(); return y !== null && y !== b; }}", arg=[before])
+    after, before = json.loads(page.evaluate(PROFILE_Y)), json.loads(before)
+    assert len(after) == len(before) == 4 and after != before
+    assert page.locator("#function-text input, #function-text textarea").first.input_value() == \
+        "W:(NO_OP)-(KURTOSIS)-(NO_OP)"
+    assert "kurt" in page.locator("#formula").inner_text()
+    assert page.locator("#formula .katex").count() >= 2  # rendered as mathematics
+
+
+def test_evaluate_save_and_reopen_by_permalink(loaded, page, browser):
+    tab(page, "Evaluate")
+    fill(page, "eval-windows", "2")
+    page.locator("#evaluate").click()
+    wait_text(page, "#eval-status", "Evaluation done")
+    assert table_rows(page, "eval-table") == 4
+    page.wait_for_selector("#eval-bars .js-plotly-plot")  # charts draw just after the status line
+    fill(page, "eval-name", "browser run")
+    fill(page, "eval-tags", "e2e")
+    page.locator("#eval-save").click()
+    wait_text(page, "#eval-status", "Saved name and tags")
+    link = page.locator("#eval-saved a").first.get_attribute("href")
+    id = re.search(r"experiment=([0-9a-f]{32})", link).group(1)
+
+    fresh = browser.new_context().new_page()  # nothing shared with the page that saved it
+    fresh.set_default_timeout(TIMEOUT_MS)
+    fresh.goto(link)
+    details = wait_text(fresh, "#history-details", "browser run")
+    assert id in details and "`e2e`" not in details and "e2e" in details
+    fresh.wait_for_selector("#history-profiles .js-plotly-plot")
+    fresh.wait_for_selector("#history-perplexity .js-plotly-plot")
+    assert fresh.get_by_role("tab", name="History & sharing").get_attribute("aria-selected") == "true"
+    fresh.context.close()
+
+
+def test_search_runs_live_and_stop_keeps_the_best(loaded, page):
+    tab(page, "Search")
+    fill(page, "population", "4")
+    fill(page, "budget", "100000")  # only Stop ends it
+    fill(page, "fitness-windows", "1")
+    page.locator("#search-start").click()
+    page.wait_for_function("() => { const d = document.querySelector('#search-progress .js-plotly-plot');"
+                           " return d && d.data && d.data.length >= 3 && d.data[1].x.length >= 2; }")
+    wait_text(page, "#search-status", "Running")
+    page.locator("#search-stop").click()
+    status = wait_text(page, "#search-status", "Search stopped")
+    assert re.search(r"\d+ functions evaluated", status)
+    best = page.locator("#search-best input, #search-best textarea").first.input_value()
+    assert best.startswith("W:(")
+    page.locator("#search-to-builder").click()
+    page.wait_for_function("([b]) => { const e = document.querySelector('#function-text textarea, "
+                           "#function-text input'); return e && e.offsetParent !== null && b.startsWith(e.value); }",
+                           arg=[best])
+    assert page.get_by_role("tab", name="Formula builder").get_attribute("aria-selected") == "true"
+
+
+def test_a_bad_import_is_refused_with_a_message(loaded, page, tmp_path):
+    tab(page, "History & sharing")
+    rows = table_rows(page, "history-table")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "sparsity-explorer/experiment", "version": 1, "experiment": {"id": 1e999}}')
+    page.locator("#history-upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_selector("#history-upload .file-preview, #history-upload table")
+    page.locator("#history-import").click()
+    message = wait_text(page, "#history-status", "Import refused")
+    assert "too large to store" in message
+    page.locator("#history-refresh").click()
+    wait_text(page, "#history-status", "listed")
+    assert table_rows(page, "history-table") == rows

@@ -1,0 +1,102 @@
+"""The "Structural pruning" tab: DISP-LLM's hypernetwork trained on the device with a live loss curve, then
+the per-block widths of the five selection structures as a heat map and the perplexity of the compressed
+model against the dense model and the uniform-width baseline at the same parameter count. Each run is saved
+in the history (kind "structural") as it starts and updated when it ends.
+
+The run loads its own copy of the model (training hooks and compression never touch the workspace's
+pruning session) but shares the workspace's device lock and Cancel. Figures come from ui.structural_figures.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from dsa_core.errors import DSAError
+from dsa_core.structural.runner import StructuralRun, run_structural, stored_results
+from dsa_core.structural.training import StructuralConfig
+from dsa_core.structural_cli import default_name
+from ui import figures, structural_figures
+from ui.jobs import Cancelled, Job
+from ui.layout import AppContext, error_text, permalink_for, stream_job
+from ui.tab_evaluate import parse_tags, saved_markdown
+
+TABLE_HEADERS = ["model", "kept block parameters", "total parameters", "perplexity"]
+
+
+def build_structural_tab(ctx: AppContext) -> None:
+    """Lay out the tab's components in the current Gradio block and wire its events."""
+    ws, history = ctx.workspace, ctx.history
+    d = StructuralConfig()
+    with gr.Row():
+        model = gr.Textbox("smollm2", label="Model (LLaMA family)", elem_id="st-model",
+                           info="smollm2, a hub id, or random:tiny for a quick try")
+        target = gr.Slider(0.1, 0.95, value=d.target_ratio, step=0.05, label="Keep this share of block parameters",
+                           elem_id="st-target")
+        steps = gr.Number(d.steps, precision=0, minimum=1, label="Training steps", elem_id="st-steps")
+    with gr.Row():
+        batch = gr.Number(d.batch_size, precision=0, minimum=1, label="Windows per step", elem_id="st-batch")
+        seqlen = gr.Number(d.seqlen, precision=0, minimum=16, label="Tokens per window", elem_id="st-seqlen")
+        lam = gr.Number(d.lam, minimum=0, label="λ (budget weight)", elem_id="st-lam")
+        lr = gr.Number(d.lr, minimum=0, label="Learning rate", elem_id="st-lr")
+        windows = gr.Number(8, precision=0, minimum=0, label="Test windows (0 = the whole test split)",
+                            elem_id="st-windows")
+        baseline = gr.Checkbox(True, label="Uniform-width baseline", elem_id="st-baseline")
+    with gr.Row():
+        name = gr.Textbox(label="Name", placeholder="optional", elem_id="st-name")
+        tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="st-tags")
+    with gr.Row():
+        start = gr.Button("Train and compress", variant="primary", elem_id="st-start")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="st-cancel")
+    status = gr.Markdown(elem_id="st-status", elem_classes="status-line")
+    saved = gr.Markdown(elem_id="st-saved")
+    table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Perplexity (WikiText-2 test)",
+                         elem_id="st-table")
+    with gr.Row():
+        loss = gr.Plot(label="Training", elem_id="st-loss")
+        heatmap = gr.Plot(label="Widths", elem_id="st-widths")
+    outputs = [status, saved, table, loss, heatmap]
+
+    def train(model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags, request: gr.Request):
+        try:
+            cfg = StructuralConfig(
+                model=None if (model or "").strip() in ("", "smollm2") else model.strip(), target_ratio=float(target),
+                steps=int(steps), batch_size=int(batch), seqlen=int(seqlen), lam=float(lam), lr=float(lr),
+                eval_windows=int(windows) or None, baseline=bool(baseline), device=ws.device).validate()
+            ws.check_sources(cfg)
+            rec = history.save("structural", cfg.to_dict(), name=name or default_name(cfg.to_dict()),
+                               tags=parse_tags(tags), environment=ws.environment())
+            job = ws.start("structural pruning", lambda job: run_structural(cfg, progress=job, on_step=job.publish))
+        except (DSAError, TypeError, ValueError) as e:
+            yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
+            return
+        link = permalink_for(request, rec.id)
+
+        def live(job: Job) -> tuple:
+            curve = list(job.events)
+            fig = (structural_figures.loss_curve(curve, cfg.target_ratio) if curve
+                   else figures.empty_figure("Loading the model and the calibration text…"))
+            return saved_markdown(rec.id, link), gr.skip(), fig, gr.skip()
+
+        def finish(run: StructuralRun) -> tuple:
+            result = run.result
+            results = stored_results(result)
+            history.update(rec.id, status="done", results=results, protocol=result["protocol"],
+                           environment={**ws.environment(), **result["environment"]})
+            charts = structural_figures.charts(results)
+            params, ppl = result["params"], result["ppl"]
+            versus = f", uniform baseline {ppl['baseline']:.2f}" if "baseline" in ppl else ""
+            return (f"✓ Kept {params['ratio']:.2%} of the block parameters; perplexity {ppl['compressed']:.2f} "
+                    f"(dense {ppl['dense']:.2f}{versus}) in {job.elapsed():.1f} s.", saved_markdown(rec.id, link),
+                    structural_figures.perplexity_rows(results), charts["loss"], charts["widths"])
+
+        def fail(e: BaseException) -> tuple:
+            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed",
+                           results={"error": str(e), "curve": list(job.events)})
+            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 3
+
+        yield from stream_job(job, len(outputs), finish, fail, live)
+
+    inputs = [model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags]
+    start.click(train, inputs, outputs, api_name="structural", **ctx.device_queue)
+    cancel.click(ws.cancel, None, status, api_name="structural_cancel", concurrency_limit=None,
+                 concurrency_id="control")
