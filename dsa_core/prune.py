@@ -65,7 +65,8 @@ class MaskCache:
                     keep = rank >= self.nm[0]
                 else:
                     keep = S.keep_mask_from_rank(rank, float(ratios[b]), self.group)
-                torch.mul(dense, keep, out=module.weight)
+                w = module.weight  # where it lives now: a block offloaded to CPU memory may be away from its cache
+                torch.mul(dense.to(w.device), keep.to(w.device), out=w)
 
 
 def achieved_sparsity(lm: LoadedModel) -> tuple[float, list[float]]:
