@@ -122,5 +122,6 @@ def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
                                  line={"width": 3}))
         fig.add_trace(go.Scatter(x=x, y=_finite([g["mean"] for g in gens]), name=f"{prefix}population mean",
                                  mode="lines", line={"dash": "dot"}))
-    fig.update_xaxes(rangemode="tozero")
+    last = max((g["generation"] for gens in curves.values() for g in gens), default=0)
+    fig.update_xaxes(rangemode="tozero", tick0=0, dtick=1 if last <= 20 else None)  # generations are whole
     return _layout(fig, title, "generation", "fitness (proxy perplexity)", log_y=True)

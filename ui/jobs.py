@@ -96,7 +96,7 @@ class Job:
     def status(self) -> str:
         """One line of Markdown: what runs, how far it is, for how long."""
         where = f"{self.stage} · " if self.stage else ""
-        count = f" {self.done}/{self.total}" if self.total else ""
+        count = f" {self.done}/{self.total}" if self.total else f" {self.done}" if self.done else ""
         bar = ""
         if self.total:
             filled = round(20 * self.done / self.total)

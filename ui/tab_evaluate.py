@@ -136,7 +136,7 @@ def build(ctx: AppContext) -> None:
         return f"✓ Saved name and tags of experiment `{id}`."
 
     inputs = [*builder, ctx["target"], mode, windows, dense, targets, name, tags]
-    evaluate.click(evaluate_fn, inputs, outputs, api_name="evaluate", **ctx.device_queue)
-    sweep.click(sweep_fn, inputs, outputs, api_name="sweep", **ctx.device_queue)
+    evaluate.click(evaluate_fn, inputs, outputs, api_name="evaluate", show_progress="hidden", **ctx.device_queue)
+    sweep.click(sweep_fn, inputs, outputs, api_name="sweep", show_progress="hidden", **ctx.device_queue)
     save.click(save_meta, [experiment, name, tags], status, api_name="save_experiment")
     cancel.click(ws.cancel, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="control")

@@ -85,5 +85,5 @@ def build(ctx: AppContext) -> None:
     ctx.page_loads.append((show_loaded, None, [status, summary, blocks]))
     inputs = [model, metric, pattern, target, calib, nsamples, seqlen, seed, source]
     ctx.events["loaded"] = load.click(load_model, inputs, [status, summary, blocks], api_name="load_model",
-                                      **ctx.device_queue)
+                                      show_progress="hidden", **ctx.device_queue)
     cancel.click(ws.cancel, None, status, api_name="cancel", concurrency_limit=None, concurrency_id="control")

@@ -103,6 +103,6 @@ def build(ctx: AppContext) -> None:
 
     builder = [ctx[c] for c in ("pre1", "pre2", "reduction", "transform1", "transform2", "mapping", "param")]
     inputs = [sampler, population, budget, seconds, windows, seed, ctx["target"], name, tags]
-    start.click(search, inputs, outputs, api_name="search", **ctx.device_queue)
+    start.click(search, inputs, outputs, api_name="search", show_progress="hidden", **ctx.device_queue)
     stop.click(ws.cancel, None, status, api_name="stop", concurrency_limit=None, concurrency_id="control")
     to_builder.click(load_best, best, [*builder, ctx["tabs"], status], api_name="load_best")

@@ -235,7 +235,13 @@ class Workspace:
         session.eval_windows("wikitext2", "validation", cfg.seqlen, cfg.fitness_windows)
         job.stage = f"{cfg.sampler} search"
         study = create_study(cfg, storage=None)
-        return run_search(session, cfg, study, on_event=job.publish, stop=job.cancel_requested)
+
+        def on_event(event) -> None:
+            job.publish(event)
+            job.phase = f"generation {event.generation}, best proxy perplexity {event.best_fitness:.4g}, candidates"
+            job.done, job.total = len(job.events), cfg.budget_candidates or 0
+
+        return run_search(session, cfg, study, on_event=on_event, stop=job.cancel_requested)
 
 
 def _pattern_sparsity(pattern: str, sparsity: float) -> float:
