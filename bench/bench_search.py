@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--targets", default="0.6,0.7")
     ap.add_argument("--seconds", type=float, default=120.0, help="search budget per target")
     ap.add_argument("--population", type=int, default=24)
+    ap.add_argument("--mutation", type=float, default=None, help="GA per-gene mutation probability")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-search", action="store_true")
@@ -74,7 +75,8 @@ def main() -> None:
     session = open_session(EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen,
                                       dtype=args.dtype, data_source="local"))
     base = dict(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
-                population=args.population, fitness_windows=args.fitness_windows, top_k=args.top_k,
+                population=args.population, mutation=args.mutation, fitness_windows=args.fitness_windows,
+                top_k=args.top_k,
                 final_eval_windows=args.final_eval_windows)
     session.scores("wanda")
     dev = session.lm.device

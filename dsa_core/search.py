@@ -51,6 +51,7 @@ class SearchConfig:
     dtype: str | None = None
     sampler: str = "ga"
     population: int = 24
+    mutation: float | None = None  # per-gene mutation probability of the GA; None: Optuna's 1 / number of genes
     budget_candidates: int | None = 200
     budget_seconds: float | None = None
     fitness_windows: int = 8
@@ -70,6 +71,8 @@ class SearchConfig:
             self.budget_seconds is not None and self.budget_seconds <= 0
         ):
             raise ConfigError("Search budgets must be positive.")
+        if self.mutation is not None and not 0 < self.mutation <= 1:
+            raise ConfigError(f"Mutation probability {self.mutation} must lie in (0, 1].")
         if self.population < 2 or self.fitness_windows < 1 or self.top_k < 1:
             raise ConfigError("Population must be ≥ 2, fitness windows ≥ 1 and top-k ≥ 1.")
         lo, hi = self.lam_range
@@ -144,7 +147,8 @@ def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
     name = cfg.study or f"dsa-{uuid.uuid4().hex[:8]}"
     if cfg.sampler == "ga":
         sampler = optuna.samplers.NSGAIISampler(
-            population_size=cfg.population, crossover=optuna.samplers.nsgaii.UniformCrossover(), seed=cfg.seed
+            population_size=cfg.population, crossover=optuna.samplers.nsgaii.UniformCrossover(), seed=cfg.seed,
+            mutation_prob=cfg.mutation,
         )
     else:
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
