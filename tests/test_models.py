@@ -36,3 +36,9 @@ def test_local_path_without_config(tmp_path):
 def test_real_smollm2_loads_from_the_package(smollm2):
     assert smollm2.arch == "llama" and len(smollm2.blocks) == 30
     assert smollm2.prunable_params == 30 * 3_538_944
+
+
+def test_default_model_override_to_a_missing_file_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("DSA_DEFAULT_GGUF", str(tmp_path / "gone.gguf"))
+    with pytest.raises(ModelError, match="not a file"):
+        load_model(None, device="cpu")
