@@ -125,6 +125,7 @@ def worker_command(args: argparse.Namespace) -> int:
         return 0
     if args.device:
         cfg.device = args.device
+    study.sampler.reseed_rng()  # workers started alike would otherwise all propose the same candidates
     result = run_search(_session(cfg), cfg, study, on_event=_progress_printer(False))
     print(json.dumps({"study": result.study, "evaluated": result.evaluated, "best": result.best.text,
                       "best_fitness": result.best.fitness}))

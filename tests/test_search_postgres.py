@@ -51,29 +51,32 @@ def start_worker(name: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
 
 
-def claimed_by(study: optuna.Study, pid: int, timeout: float) -> int:
-    """The number of the first trial that process `pid` is evaluating, once it has claimed one."""
+def first_claim(study: optuna.Study, pids: list[int], timeout: float) -> tuple[int, int]:
+    """(pid, trial number) of the first of these worker processes seen evaluating a trial."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker", "").endswith(f":{pid}") and "text" in t.user_attrs:
-                return t.number
+            pid = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
+            if pid in pids and "text" in t.user_attrs:
+                return pid, t.number
         time.sleep(0.05)
-    raise AssertionError(f"worker {pid} claimed no trial within {timeout} s")
+    raise AssertionError(f"no worker claimed a trial within {timeout} s")
 
 
 def test_a_killed_worker_loses_no_trial_and_no_function_is_evaluated_twice(study_name, monkeypatch):
     monkeypatch.setenv(HEARTBEAT_ENV, "1")
     S.create_study(S.SearchConfig(**SLOW, budget_candidates=BUDGET, study=study_name, seed=11).validate(), PG_URL)
-    victim, survivor = start_worker(study_name), start_worker(study_name)
+    procs = [start_worker(study_name), start_worker(study_name)]
     study = optuna.load_study(study_name=study_name, storage=PG_URL)
     try:
-        killed = claimed_by(study, victim.pid, timeout=180)
+        # The first worker seen mid-trial is killed (whichever started first); the other finishes the budget.
+        pid, killed = first_claim(study, [p.pid for p in procs], timeout=180)
+        victim, survivor = sorted(procs, key=lambda p: p.pid != pid)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         out, err = survivor.communicate(timeout=300)
     finally:
-        for p in (victim, survivor):
+        for p in procs:
             p.kill()
     assert survivor.returncode == 0, err[-3000:]
 
