@@ -19,6 +19,7 @@ from dsa_core.errors import DSAError
 from dsa_core.export_cli import add_export_parser, export_command
 from dsa_core.scores import METRICS, PATTERNS
 from dsa_core.search_cli import add_search_parsers, search_command, worker_command
+from dsa_core.structural_cli import add_structural_parser, structural_command
 
 
 def _tqdm_progress():
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "per task (default: the hub when reachable, else the shipped data folder)")
     add_search_parsers(sub, add_model_options)
     add_export_parser(sub, add_model_options)
+    add_structural_parser(sub)
     return parser
 
 
@@ -123,7 +125,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"evaluate": evaluate_command, "search": search_command, "worker": worker_command,
-            "export": export_command}
+            "export": export_command, "structural": structural_command}
 
 
 def main(argv: list[str] | None = None) -> int:

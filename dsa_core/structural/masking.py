@@ -1,0 +1,55 @@
+"""The training-time model of structural pruning: a frozen LLaMA whose blocks' activations are multiplied by
+selection masks through forward hooks, so that gradients reach the masks but never the weights.
+
+Per block: the attention input mask scales the input RMSNorm's output (the norm itself sees the full
+residual stream), the attention output mask scales what attention adds to the residual, likewise the MLP
+input mask after the second RMSNorm, the intermediate mask the input of down_proj and the output mask the
+MLP's output. This is the function the compressed model computes with index-select and index-add. The
+weights are never changed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class MaskedBlocks:
+    """Hooks on every block, active inside `with`; set `masks` (per block, the five masks in STRUCTURES
+    order) before each forward pass. Masks may carry gradients; they are cast to the activations' dtype."""
+
+    def __init__(self, blocks: nn.ModuleList):
+        self.blocks = blocks
+        self.masks: Sequence[Sequence[torch.Tensor]] | None = None
+        self._handles: list = []
+
+    def _scale_output(self, block: int, structure: int):
+        def hook(module, args, output):
+            m = self.masks[block][structure]
+            if isinstance(output, tuple):  # attention returns (output, weights)
+                return (output[0] * m.to(output[0].dtype), *output[1:])
+            return output * m.to(output.dtype)
+        return hook
+
+    def _scale_input(self, block: int, structure: int):
+        def hook(module, args):
+            return (args[0] * self.masks[block][structure].to(args[0].dtype), *args[1:])
+        return hook
+
+    def __enter__(self) -> MaskedBlocks:
+        for i, block in enumerate(self.blocks):
+            self._handles += [
+                block.input_layernorm.register_forward_hook(self._scale_output(i, 0)),
+                block.self_attn.register_forward_hook(self._scale_output(i, 1)),
+                block.post_attention_layernorm.register_forward_hook(self._scale_output(i, 2)),
+                block.mlp.down_proj.register_forward_pre_hook(self._scale_input(i, 3)),
+                block.mlp.register_forward_hook(self._scale_output(i, 4)),
+            ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,145 @@
+"""One structural-pruning run end to end: load → train the hypernetwork → compress → the uniform-width
+baseline at the same budget → WikiText-2 test perplexity of dense, compressed and baseline models, as a
+result dictionary that carries its protocol, timings and environment. The CLI prints it, the web app plots
+it, storage keeps it. Orchestration only: each step is a call into the modules of its stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsa_core import data
+from dsa_core.evaluate import perplexity
+from dsa_core.models import LoadedModel, load_model
+from dsa_core.pipeline import environment, oom_as_error, peak_memory_gb
+from dsa_core.structural.baseline import uniform_selection
+from dsa_core.structural.compressed import as_loaded, compress
+from dsa_core.structural.selection import LABELS, STRUCTURES, Selection
+from dsa_core.structural.training import Progress, StructuralConfig, train_selection
+
+
+@dataclass
+class StructuralRun:
+    """The result dictionary and the models behind it (for saving and speed measurements)."""
+
+    result: dict
+    dense: LoadedModel
+    compressed: nn.Module
+    selection: Selection
+    baseline: nn.Module | None = None
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights count once
+
+
+def _selection_summary(selection: Selection) -> dict:
+    return {
+        "widths": selection.widths.tolist(),
+        "params": selection.params,
+        "ratio": selection.ratio,
+    }
+
+
+# What the history keeps as an experiment's results; config, protocol and environment go in their own fields.
+RESULT_KEYS = ("ppl", "params", "selection", "baseline", "curve", "structures", "structure_labels", "full_widths",
+               "saved_to", "timings", "peak_memory_gb")
+
+
+def stored_results(result: dict) -> dict:
+    return {k: result[k] for k in RESULT_KEYS if k in result}
+
+
+def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
+                   on_step: Callable[[dict], None] | None = None, lm: LoadedModel | None = None,
+                   save_dir: str | Path | None = None) -> StructuralRun:
+    """Run cfg; reuse `lm` when given (it must be the model cfg names). Saves the compressed model (and
+    the tokenizer) to `save_dir` when given."""
+    cfg.validate()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        if lm is not None and lm.device.type == "cuda":
+            torch.cuda.synchronize(lm.device)
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    if lm is None:
+        with oom_as_error("loading the model"):
+            lm = load_model(cfg.model, cfg.device, cfg.dtype)
+        lap("load")
+    calib = data.load_text(cfg.calib, "train", cfg.data_source)
+    ids = data.tokenize(lm.tokenizer, calib.text)
+    test = data.load_text("wikitext2", "test", cfg.data_source)
+    windows = data.eval_windows(data.tokenize(lm.tokenizer, test.text), cfg.eval_seqlen, cfg.eval_windows)
+    lap("data")
+    with oom_as_error("training the hypernetwork"):
+        trained = train_selection(lm, ids, cfg, progress, on_step)
+    lap("training")
+    compressed = compress(lm, trained.selection)
+    lap("compression")
+
+    bs = 8 if lm.device.type == "cuda" else 1
+
+    def ppl(model: LoadedModel, phase: str) -> float:
+        with oom_as_error("measuring perplexity"):
+            return perplexity(model, windows, bs, (lambda d, t: progress(phase, d, t)) if progress else None)
+
+    result: dict = {"config": cfg.to_dict(), "structures": list(STRUCTURES),
+                    "structure_labels": [LABELS[s] for s in STRUCTURES],
+                    "full_widths": trained.selection.shape.full_widths}
+    result["ppl"] = {"dense": ppl(lm, "perplexity (dense)"),
+                     "compressed": ppl(as_loaded(compressed, lm, "compressed"), "perplexity (compressed)")}
+    lap("perplexity")
+    baseline = None
+    if cfg.baseline:
+        calib_windows = data.calibration_windows(ids, cfg.baseline_samples, cfg.seqlen, cfg.seed)
+        with oom_as_error("choosing the baseline's channels"):
+            base_sel = uniform_selection(lm, calib_windows, cfg.target_ratio, bs)
+        baseline = compress(lm, base_sel)
+        result["baseline"] = _selection_summary(base_sel)
+        result["ppl"]["baseline"] = ppl(as_loaded(baseline, lm, "baseline"), "perplexity (baseline)")
+        lap("baseline")
+    if save_dir is not None:
+        compressed.save_pretrained(save_dir)
+        lm.tokenizer.save_pretrained(save_dir)
+        result["saved_to"] = str(save_dir)
+        lap("save")
+    shape = trained.selection.shape
+    result.update(
+        selection=_selection_summary(trained.selection),
+        params={
+            "target_ratio": cfg.target_ratio,
+            "dense_block_linear": shape.dense_params,
+            "target_block_linear": round(cfg.target_ratio * shape.dense_params),
+            "kept_block_linear": trained.selection.params,
+            "ratio": trained.selection.ratio,
+            "hypernetwork_ratio": trained.raw_ratio,
+            "dense_total": _params(lm.model),
+            "compressed_total": _params(compressed),
+        },
+        curve=trained.curve,
+        protocol={
+            "dataset": "wikitext2",
+            "split": "test",
+            "source": test.origin,
+            "seqlen": cfg.eval_seqlen,
+            "windows": int(windows.shape[0]),
+            "calibration": cfg.calib,
+            "calibration_source": calib.origin,
+            "ratio_counts": "linear layers of the decoder blocks (q/k/v/o, gate/up/down)",
+        },
+        timings=timings,
+        peak_memory_gb=peak_memory_gb(lm.device),
+        environment=environment(lm),
+    )
+    return StructuralRun(result=result, dense=lm, compressed=compressed, selection=trained.selection,
+                         baseline=baseline)

@@ -1,0 +1,154 @@
+"""Configuration of a structural-pruning run and the training of its hypernetwork.
+
+The objective is DISP-LLM's: language-model cross-entropy of the masked model plus
+λ·|log(kept-parameter ratio / p)|, on random windows of the calibration text (never a test split). Only the
+hypernetwork learns; the base model stays frozen. The binary masks are then fitted to the parameter budget
+(`selection.fit_budget`). No perplexity, compression or storage here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from dsa_core.data import SOURCES, check_text_source
+from dsa_core.errors import ConfigError, ModelError
+from dsa_core.models import LoadedModel
+from dsa_core.structural.masking import MaskedBlocks
+from dsa_core.structural.selection import BlockShape, HyperNetwork, Selection, fit_budget, group_by_block
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class StructuralConfig:
+    """A structural-pruning run: what to prune, to which share of the blocks' linear-layer parameters, how
+    the hypernetwork trains, and how the result is measured."""
+
+    model: str | None = None
+    target_ratio: float = 0.7
+    steps: int = 200
+    batch_size: int = 4
+    seqlen: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    lam: float = 16.0
+    temperature: float = 0.4
+    offset: float = 3.0
+    calib: str = "wikitext2"
+    data_source: str = "auto"
+    eval_seqlen: int = 2048
+    eval_windows: int | None = None
+    baseline: bool = True
+    baseline_samples: int = 32
+    max_train_seconds: float | None = None  # stop training early after this long (the curve shows where)
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+
+    def validate(self) -> StructuralConfig:
+        if not 0.0 < self.target_ratio < 1.0:
+            raise ConfigError(f"Target ratio {self.target_ratio} is outside (0, 1); give the share of "
+                              "parameters to keep, such as 0.7.")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("Training needs --steps ≥ 1 and --batch-size ≥ 1.")
+        if self.seqlen < 16 or self.eval_seqlen < 16:
+            raise ConfigError("Sequence lengths must be at least 16 tokens.")
+        if self.lr <= 0 or self.weight_decay < 0 or self.lam < 0:
+            raise ConfigError("The learning rate must be positive; weight decay and λ cannot be negative.")
+        if self.temperature <= 0:
+            raise ConfigError("The Gumbel-sigmoid temperature must be positive.")
+        if self.eval_windows is not None and self.eval_windows < 1:
+            raise ConfigError("--eval-windows must be at least 1.")
+        if self.baseline_samples < 1:
+            raise ConfigError("The baseline needs at least one calibration window.")
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ConfigError("The training time limit must be positive.")
+        if self.data_source not in SOURCES:
+            raise ConfigError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(SOURCES)}.")
+        check_text_source(self.calib)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StructuralConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"Unknown configuration keys: {', '.join(sorted(unknown))}.")
+        return cls(**d).validate()
+
+
+@dataclass
+class TrainingResult:
+    """The trained hypernetwork's selection (fitted to the budget), the ratio its own masks kept before
+    fitting, and one loss-curve point per step."""
+
+    selection: Selection
+    raw_ratio: float
+    curve: list[dict] = field(default_factory=list)
+    hypernetwork: HyperNetwork | None = None
+
+
+def _random_windows(ids: torch.Tensor, n: int, seqlen: int, generator: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, ids.numel() - seqlen, (n,), generator=generator)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, progress: Progress | None = None,
+                    on_step: Callable[[dict], None] | None = None) -> TrainingResult:
+    """Train a hypernetwork on windows of the token ids `ids` and return its selection."""
+    if lm.arch != "llama":
+        raise ModelError(f"Structural pruning supports LLaMA models, not '{lm.arch}'.")
+    if ids.numel() <= cfg.seqlen:
+        raise ConfigError(f"The calibration text has {ids.numel()} tokens, too short for windows of {cfg.seqlen}.")
+    shape = BlockShape.from_config(lm.model.config)
+    hn = HyperNetwork([w for _ in range(shape.n_blocks) for w in shape.full_widths], temperature=cfg.temperature,
+                      offset=cfg.offset, seed=cfg.seed).to(lm.device)
+    optimizer = torch.optim.AdamW(hn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    noise_gen = torch.Generator(lm.device).manual_seed(cfg.seed)
+    curve: list[dict] = []
+    started = time.perf_counter()
+    hn.train()
+    with MaskedBlocks(lm.blocks) as masked:
+        for step in range(1, cfg.steps + 1):
+            batch = _random_windows(ids, cfg.batch_size, cfg.seqlen, data_gen).to(lm.device)
+            masks = group_by_block(hn.sample(noise_gen))
+            masked.masks = masks
+            logits = lm.model(input_ids=batch, use_cache=False).logits
+            ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
+            widths = torch.stack([torch.stack([m.sum() for m in block]) for block in masks])
+            ratio = shape.block_params(widths).sum() / shape.dense_params
+            reg = cfg.lam * torch.log(ratio / cfg.target_ratio).abs()
+            loss = ce + reg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            point = {"step": step, "loss": loss.item(), "ce": ce.item(), "reg": reg.item(), "ratio": ratio.item()}
+            if not all(math.isfinite(v) for v in point.values()):
+                raise ModelError(f"Training diverged at step {step} (loss {point['loss']}); lower --lr.")
+            curve.append(point)
+            if on_step:
+                on_step(point)
+            if progress:
+                progress("training", step, cfg.steps)
+            if cfg.max_train_seconds is not None and time.perf_counter() - started > cfg.max_train_seconds:
+                log.warning("training stopped after %d of %d steps: time limit of %.0f s", step, cfg.steps,
+                            cfg.max_train_seconds)
+                break
+    hn.eval()
+    scores = hn.scores()
+    raw = Selection.from_masks(shape, [(s > 0).float() for s in scores])
+    selection = fit_budget(shape, scores, cfg.target_ratio)
+    log.info("hypernetwork kept %.4f of the parameters; fitted to %.4f", raw.ratio, selection.ratio)
+    return TrainingResult(selection=selection, raw_ratio=raw.ratio, curve=curve, hypernetwork=hn)

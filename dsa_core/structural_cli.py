@@ -1,0 +1,115 @@
+"""Command line of structural pruning: `python -m dsa_core structural --target-ratio 0.7 --steps N ...`.
+
+Trains DISP-LLM's hypernetwork, builds the compressed model (optionally saved with save_pretrained),
+measures it against the dense model and the uniform-width baseline, prints a table or one JSON object and,
+with --history, stores the run in the experiment history. A thin wrapper over dsa_core.structural.runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from dsa_core.structural.training import StructuralConfig
+
+
+def add_structural_parser(sub) -> None:
+    d = StructuralConfig()
+    p = sub.add_parser("structural", help="DISP-LLM structural pruning: train, compress, compare with a baseline")
+    p.add_argument("--model", default=None, help="a LLaMA model: hub id, local directory, .gguf file, "
+                   "random:<shape>; default: SmolLM2-135M-Instruct")
+    p.add_argument("--target-ratio", type=float, default=d.target_ratio,
+                   help="share of the blocks' linear-layer parameters to keep")
+    p.add_argument("--steps", type=int, default=d.steps, help="hypernetwork training steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per training step")
+    p.add_argument("--seqlen", type=int, default=d.seqlen, help="tokens per training window")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lam", type=float, default=d.lam, help="weight λ of |log(ratio / target)|")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--offset", type=float, default=d.offset)
+    p.add_argument("--calib", default=d.calib, help="wikitext2, c4 or a text file (never a test split)")
+    p.add_argument("--data-source", choices=["auto", "hub", "local"], default=d.data_source)
+    p.add_argument("--eval-seqlen", type=int, default=d.eval_seqlen)
+    p.add_argument("--eval-windows", type=int, default=None, help="cap on WikiText-2 test windows (quick runs)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the uniform-width baseline")
+    p.add_argument("--baseline-samples", type=int, default=d.baseline_samples,
+                   help="calibration windows for the baseline's activation norms")
+    p.add_argument("--max-train-seconds", type=float, default=None,
+                   help="stop training after this long, whatever --steps says")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default=None)
+    p.add_argument("--save", default=None, metavar="DIR", help="save the compressed model here (save_pretrained)")
+    p.add_argument("--history", action="store_true", help="store the run in the experiment history")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def config_from_args(args: argparse.Namespace) -> StructuralConfig:
+    return StructuralConfig(
+        model=args.model, target_ratio=args.target_ratio, steps=args.steps, batch_size=args.batch_size,
+        seqlen=args.seqlen, lr=args.lr, lam=args.lam, temperature=args.temperature, offset=args.offset,
+        calib=args.calib, data_source=args.data_source, eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows, baseline=not args.no_baseline, baseline_samples=args.baseline_samples,
+        max_train_seconds=args.max_train_seconds, seed=args.seed, device=args.device, dtype=args.dtype,
+    ).validate()
+
+
+def save_to_history(result: dict, name: str = "") -> str:
+    """Store a finished run as a "structural" experiment; returns its id."""
+    from dsa_core.structural.runner import stored_results
+    from storage import History, open_database
+
+    record = History(open_database()).save(
+        kind="structural", config=result["config"], name=name or default_name(result["config"]), status="done",
+        protocol=result["protocol"], results=stored_results(result), environment=result["environment"],
+    )
+    return record.id
+
+
+def default_name(cfg: dict) -> str:
+    return f"DISP-LLM {cfg['target_ratio']:.0%} of {cfg['model'] or 'smollm2'}, {cfg['steps']} steps"
+
+
+def print_table(result: dict) -> None:
+    cfg, params, ppl = result["config"], result["params"], result["ppl"]
+    print(f"model {cfg['model'] or 'smollm2'} | DISP-LLM | target {cfg['target_ratio']:.0%} of block linear "
+          f"parameters | {len(result['curve'])} steps × {cfg['batch_size']}×{cfg['seqlen']}")
+    print(f"kept parameters     {params['kept_block_linear']:,} of {params['dense_block_linear']:,} "
+          f"({params['ratio']:.4f}; target {params['target_block_linear']:,}; hypernetwork alone "
+          f"{params['hypernetwork_ratio']:.4f})")
+    print(f"model parameters    {params['compressed_total']:,} of {params['dense_total']:,} (with embeddings)")
+    print(f"{'':20}{'perplexity':>12}")
+    for label, key in (("dense", "dense"), ("DISP-LLM", "compressed"), ("uniform baseline", "baseline")):
+        if key in ppl:
+            print(f"{label:<20}{ppl[key]:>12.3f}")
+    widths = np.array(result["selection"]["widths"])
+    print(f"{'widths':<20}{'min':>8}{'mean':>8}{'max':>8}{'full':>8}")
+    for j, label in enumerate(result["structure_labels"]):
+        col = widths[:, j]
+        print(f"{label:<20}{col.min():>8}{col.mean():>8.0f}{col.max():>8}{result['full_widths'][j]:>8}")
+    p = result["protocol"]
+    print(f"protocol            {p['dataset']}/{p['split']} ({p['source']}), seqlen {p['seqlen']}, "
+          f"{p['windows']} windows; calibration {p['calibration_source']}")
+    print("seconds             " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
+    if "saved_to" in result:
+        print(f"saved to            {result['saved_to']}")
+    if "history_id" in result:
+        print(f"history id          {result['history_id']}")
+
+
+def structural_command(args: argparse.Namespace) -> int:
+    from dsa_core.cli import _tqdm_progress
+    from dsa_core.structural.runner import run_structural
+
+    cfg = config_from_args(args)
+    run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save)
+    result = run.result
+    if args.history:
+        result["history_id"] = save_to_history(result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    return 0

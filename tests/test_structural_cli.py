@@ -1,0 +1,58 @@
+"""`python -m dsa_core structural`: a table or JSON, the compressed model saved, the run stored in the history."""
+
+import json
+
+import pytest
+import torch
+
+from dsa_core.cli import main
+from dsa_core.structural.compressed import load_compressed
+from storage import History, open_database
+
+QUICK = ["structural", "--model", "random:tiny", "--steps", "3", "--batch-size", "1", "--seqlen", "32",
+         "--eval-seqlen", "64", "--eval-windows", "2", "--baseline-samples", "2", "--data-source", "local",
+         "--device", "cpu", "--target-ratio", "0.6"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_json_run_saves_the_model_and_the_history(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    monkeypatch.setenv("DSA_DATABASE_URL", url)
+    assert main([*QUICK, "--save", str(tmp_path / "model"), "--history", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["ppl"]) == {"dense", "compressed", "baseline"}
+    assert result["params"]["ratio"] == pytest.approx(0.6, abs=0.01)
+    assert result["baseline"]["ratio"] == pytest.approx(0.6, abs=0.01)
+    assert len(result["curve"]) == 3 and len(result["selection"]["widths"]) == 4
+    assert result["protocol"]["split"] == "test" and "wiki.test.raw" in result["protocol"]["source"]
+    assert "wiki.valid" in result["protocol"]["calibration_source"]
+    record = History(open_database(url)).get(result["history_id"])
+    assert record.kind == "structural" and record.status == "done" and record.model == "random:tiny"
+    assert record.results["ppl"] == result["ppl"] and record.results["curve"] == result["curve"]
+    lm = load_compressed(tmp_path / "model", device="cpu")
+    assert lm.model.config.disp_widths == result["selection"]["widths"]
+
+
+def test_table_names_the_three_models(capsys):
+    assert main([*QUICK, "--no-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "DISP-LLM" in out and "dense" in out and "uniform baseline" not in out
+    assert "kept parameters" in out and "MLP intermediate" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-ratio", "1.2"], "outside (0, 1)"),
+    (["--model", "random:nope"], "Unknown random shape"),
+])
+def test_bad_input_is_one_sentence_and_exit_code_2(args, message, capsys):
+    assert main([*QUICK, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
