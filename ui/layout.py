@@ -64,13 +64,15 @@ def permalink_for(request: gr.Request | None, id: str) -> str:
     return permalink(referer, id) if referer.startswith(("http://", "https://")) else f"?experiment={id}"
 
 
-def stream_job(job: Job, n_outputs: int, finish: Callable[[Any], tuple],
-               fail: Callable[[BaseException], tuple], live: Callable[[Job], tuple] | None = None) -> Iterator[tuple]:
+def stream_job(job: Job, n_outputs: int, finish: Callable[[Any], tuple], fail: Callable[[BaseException], tuple],
+               live: Callable[[Job], tuple] | None = None,
+               abandoned: Callable[[], None] | None = None) -> Iterator[tuple]:
     """Yield the job's status line (output 0) while it runs, then `finish(result)` or `fail(error)`.
 
     `live(job)` may return fresh values for the other outputs while the job runs (a search's charts). If the
     page goes away mid-job the generator is closed: the job is cancelled and waited for, so that the device is
-    free when the queue hands it to the next event."""
+    free when the queue hands it to the next event, and then `abandoned()` records what became of it."""
+    ended = False
     try:
         for _ in job.updates():
             rest = live(job) if live is not None else (gr.skip(),) * (n_outputs - 1)
@@ -78,11 +80,15 @@ def stream_job(job: Job, n_outputs: int, finish: Callable[[Any], tuple],
         try:
             result = job.result()
         except DSAError as e:
-            yield fail(e)
-            return
-        yield finish(result)
+            out = fail(e)
+        else:
+            out = finish(result)
+        ended = True
+        yield out
     finally:
         job.stop_and_wait()
+        if not ended and abandoned is not None:
+            abandoned()
 
 
 def build_app(workspace: Workspace, history: History) -> gr.Blocks:
@@ -90,7 +96,7 @@ def build_app(workspace: Workspace, history: History) -> gr.Blocks:
     from ui import tab_builder, tab_evaluate, tab_history, tab_model, tab_search
 
     ctx = AppContext(workspace, history)
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nHow sparsity is allocated across the blocks of a language model when it is pruned: "
                     "build an allocation function, see its per-block profile, evaluate it, search for better ones.")
         with gr.Tabs(elem_id="tabs") as tabs:

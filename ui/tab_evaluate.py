@@ -113,7 +113,10 @@ def build(ctx: AppContext) -> None:
                            results={"error": str(e)})
             return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id
 
-        yield from stream_job(job, len(outputs), finish, fail)
+        def abandoned() -> None:
+            history.update(rec.id, status="cancelled", results={"error": "The page that started it was closed."})
+
+        yield from stream_job(job, len(outputs), finish, fail, abandoned=abandoned)
 
     # Explicit parameters: Gradio places the request by its position in the signature.
     def evaluate_fn(pre1, pre2, reduction, transform1, transform2, mapping, param, target, mode, windows, dense,

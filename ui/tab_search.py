@@ -93,7 +93,11 @@ def build(ctx: AppContext) -> None:
             history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed", results=results)
             return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 3
 
-        yield from stream_job(job, len(outputs), finish, fail, live)
+        def abandoned() -> None:  # the page was closed: the search was stopped, and what it found is kept
+            history.update(rec.id, status="done", results={**experiments.search_results(list(job.events)),
+                                                           "stopped": True})
+
+        yield from stream_job(job, len(outputs), finish, fail, live, abandoned)
 
     def load_best(text: str):
         try:
