@@ -138,3 +138,23 @@ def test_as_loaded_measures_like_the_dense_model(model, ids):
 
     full = as_loaded(compress(model, Selection.full(BlockShape.from_config(model.model.config))), model, "full")
     assert perplexity(full, ids, 2) == pytest.approx(perplexity(model, ids, 2), rel=1e-4)
+
+
+@pytest.mark.integration
+def test_smollm2_trained_briefly_compresses_to_the_masked_model(smollm2, tmp_path):
+    from dsa_core import data
+    from dsa_core.structural.training import StructuralConfig, train_selection
+
+    ids = data.tokenize(smollm2.tokenizer, data.load_text("wikitext2", "train", "local").text[:200_000])
+    cfg = StructuralConfig(target_ratio=0.7, steps=2, batch_size=1, seqlen=32)
+    result = train_selection(smollm2, ids, cfg)
+    sel = result.selection
+    assert sel.ratio == pytest.approx(0.7, rel=0.01)
+    assert (sel.widths.max(0) > sel.widths.min(0)).any()  # widths differ between blocks
+    window = ids[None, 1000:1064]
+    expected = masked_logits(smollm2, sel, window)
+    compressed = compress(smollm2, sel)
+    torch.testing.assert_close(compressed(input_ids=window).logits, expected, rtol=1e-3, atol=1e-3)
+    compressed.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(input_ids=window).logits, expected, rtol=1e-3, atol=1e-3)
