@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lam", type=float, default=16.0)
-    ap.add_argument("--max-train-seconds", type=float, default=150.0,
+    ap.add_argument("--max-train-seconds", type=float, default=120.0,
                     help="stop training after this long, so that the whole run fits in five minutes")
     ap.add_argument("--eval-seqlen", type=int, default=2048)
     ap.add_argument("--eval-windows", type=int, default=None, help="default: the whole test split")
