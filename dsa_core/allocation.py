@@ -207,6 +207,11 @@ def _owl(stats: BlockStats, target: float, m: float, lam: float) -> tuple[np.nda
     return band_mapping(d, stats.params, target, lam), warnings
 
 
+def needs_alpha(spec: str | F.AllocationFunction) -> bool:
+    """Whether an allocation reads PL_Alpha_Hill (computed on request: it costs an SVD per layer)."""
+    return isinstance(spec, str) and _preset(spec.partition(":")[0]) == "alpha"
+
+
 def _alpha(stats: BlockStats, target: float, eps: float) -> tuple[np.ndarray, list[str]]:
     if stats.alpha_hill is None:
         raise ConfigError("AlphaPruning needs each block's PL_Alpha_Hill; score the model again with alpha enabled.")

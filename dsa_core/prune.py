@@ -152,8 +152,10 @@ def score_model(
     with_alpha: bool = True,
     progress: Progress = _silent,
     inputs: BlockInputs | None = None,
-) -> tuple[MaskCache, BlockStats]:
-    """Fast mode: one pass through the dense model; scores of every layer become ranks and BlockStats."""
+    with_ranks: bool = True,
+) -> tuple[MaskCache | None, BlockStats]:
+    """Fast mode: one pass through the dense model; scores of every layer become ranks and BlockStats.
+    Without ranks (an allocation for sequential pruning needs only the statistics) no cache is returned."""
     S.check_metric(metric)
     nm = S.parse_pattern(pattern)
     group = S.comparison_group(metric)
@@ -173,14 +175,20 @@ def score_model(
         block_ranks, alloc_scores = [], []
         for name, module in layers.items():
             score = _metric_scores(metric, module.weight, acts, name)
-            block_ranks.append(S.nm_rank(score, nm[1]) if nm else S.rank_in_group(score, group))
+            if with_ranks:
+                block_ranks.append(S.nm_rank(score, nm[1]) if nm else S.rank_in_group(score, group))
             # Allocation statistics use Wanda's scores whenever activations exist (as OWL and DSA do).
             alloc_scores.append(S.wanda(module.weight, acts.column_sqnorm(name)) if acts else score)
         builder.add(alloc_scores, [m.weight for m in layers.values()])
         ranks.append(block_ranks)
         del acts, alloc_scores
         progress("scoring", i + 1, n)
-    return MaskCache(dense, ranks, group, nm), builder.build()
+    return (MaskCache(dense, ranks, group, nm) if with_ranks else None), builder.build()
+
+
+def block_alpha_hill(dense: DenseWeights) -> np.ndarray:
+    """Per block, the mean PL_Alpha_Hill of its dense linear layers (AlphaPruning); one SVD per layer."""
+    return np.asarray([np.mean([alpha_hill(w) for _, w in block]) for block in dense.layers])
 
 
 @torch.no_grad()

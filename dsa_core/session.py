@@ -20,7 +20,14 @@ from dsa_core.calibration import BlockInputs, capture_block_inputs
 from dsa_core.errors import ConfigError
 from dsa_core.evaluate import perplexity
 from dsa_core.models import LoadedModel
-from dsa_core.prune import DenseWeights, MaskCache, achieved_sparsity, prune_sequential, score_model
+from dsa_core.prune import (
+    DenseWeights,
+    MaskCache,
+    achieved_sparsity,
+    block_alpha_hill,
+    prune_sequential,
+    score_model,
+)
 from dsa_core.scores import check_metric, parse_pattern
 from dsa_core.stats import BlockStats
 
@@ -54,6 +61,7 @@ class PruningSession:
         self._windows: torch.Tensor | None = None
         self._inputs: BlockInputs | None = None
         self._caches: dict[tuple[str, str], tuple[MaskCache, BlockStats]] = {}
+        self._stats: dict[str, BlockStats] = {}
         self._eval: dict[tuple, tuple[torch.Tensor, str]] = {}
 
     @contextmanager
@@ -83,28 +91,36 @@ class PruningSession:
                 self._inputs = capture_block_inputs(self.lm, windows, self.batch_size)
         return self._inputs
 
+    def _score(self, metric: str, pattern: str, with_ranks: bool) -> tuple[MaskCache | None, BlockStats]:
+        inputs = None if metric == "magnitude" else self.block_inputs()
+        self.dense.restore()  # scores are always those of the dense model
+        with self._timed("scoring"):
+            return score_model(self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size,
+                               self.seed, with_alpha=False, progress=self.progress, inputs=inputs,
+                               with_ranks=with_ranks)
+
     def scores(self, metric: str, pattern: str = "unstructured") -> tuple[MaskCache, BlockStats]:
         """Fast-mode score cache and block statistics for a metric and pattern, computed on first use."""
         check_metric(metric)
         parse_pattern(pattern)
         key = (metric, pattern)
         if key not in self._caches:
-            inputs = None if metric == "magnitude" else self.block_inputs()
-            self.dense.restore()  # scores are always those of the dense model
-            with self._timed("scoring"):
-                cache, stats = score_model(
-                    self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size, self.seed,
-                    progress=self.progress, inputs=inputs,
-                )
-            self._caches[key] = (cache, stats)
+            cache, stats = self._score(metric, pattern, with_ranks=True)
+            self._caches[key] = (cache, self._stats.setdefault(metric, stats))
         return self._caches[key]
 
-    def stats(self, metric: str = "wanda") -> BlockStats:
-        """Block statistics (pattern-independent) for allocations."""
-        for (m, _), (_, stats) in self._caches.items():
-            if m == metric:
-                return stats
-        return self.scores(metric)[1]
+    def stats(self, metric: str = "wanda", alpha: bool = False) -> BlockStats:
+        """Block statistics (pattern-independent) for allocations: from the score cache when there is one,
+        else from a pass that skips the per-row ranks (sequential pruning does not need them). PL_Alpha_Hill
+        (one SVD per layer, the slow part on a CPU) only when asked for."""
+        check_metric(metric)
+        if metric not in self._stats:
+            self._stats[metric] = self._score(metric, "unstructured", with_ranks=False)[1]
+        stats = self._stats[metric]
+        if alpha and stats.alpha_hill is None:
+            with self._timed("scoring"):
+                stats.alpha_hill = block_alpha_hill(self.dense)
+        return stats
 
     def apply(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
         """Fast mode: re-mask every layer from the cached score order."""
