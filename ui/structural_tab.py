@@ -94,7 +94,11 @@ def build_structural_tab(ctx: AppContext) -> None:
                            results={"error": str(e), "curve": list(job.events)})
             return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 3
 
-        yield from stream_job(job, len(outputs), finish, fail, live)
+        def abandoned() -> None:  # the page was closed: the run was cancelled; its curve so far is kept
+            history.update(rec.id, status="cancelled", results={"error": "The page that started it was closed.",
+                                                                "curve": list(job.events)})
+
+        yield from stream_job(job, len(outputs), finish, fail, live, abandoned)
 
     inputs = [model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags]
     start.click(train, inputs, outputs, api_name="structural", **ctx.device_queue)
