@@ -188,7 +188,7 @@ def _block_state(block: nn.Module, keep: list[torch.Tensor], prefix: str, dtype:
 
 @torch.no_grad()
 def compress(lm: LoadedModel, selection: Selection) -> nn.Module:
-    """The compressed model of a dense LLaMA-family model and a selection, on the same device and dtype."""
+    """The compressed model of a dense LLaMA model and a selection, on the same device and dtype."""
     dense = lm.model
     if lm.arch != "llama":
         raise ModelError(f"Structural pruning supports LLaMA models, not '{lm.arch}'.")
