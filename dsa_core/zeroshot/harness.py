@@ -31,7 +31,6 @@ from dsa_core.errors import ConfigError
 from dsa_core.models import LoadedModel
 from dsa_core.zeroshot.tasks import TASKS, TaskSpec, local_files, origin, parse_tasks, read_local, use_hub
 
-log = logging.getLogger(__name__)
 # lm-eval warns about command-line flags and launch modes that this in-process use does not have.
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
