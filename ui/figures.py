@@ -60,7 +60,7 @@ def profile_figure(profiles: Mapping[str, Sequence[float]], target: float | None
                       annotation_text=f"target {target:.0%}", annotation_position="top left")
     fig.update_yaxes(rangemode="tozero")
     blocks = max((len(r) for r in profiles.values()), default=0)
-    fig.update_xaxes(dtick=1 if blocks <= 32 else None, tick0=0)  # blocks are whole numbers
+    fig.update_xaxes(dtick=1 if blocks <= 32 else None, tick0=0, range=[-0.5, blocks - 0.5])  # whole blocks
     return _layout(fig, title, "block", "sparsity")
 
 
