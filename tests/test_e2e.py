@@ -177,6 +177,8 @@ def test_search_runs_live_and_stop_keeps_the_best(loaded, page):
 
 def test_a_bad_import_is_refused_with_a_message(loaded, page, tmp_path):
     tab(page, "History & sharing")
+    page.locator("#history-refresh").click()  # the list as it is now, before the import
+    wait_text(page, "#history-status", "listed")
     rows = table_rows(page, "history-table")
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "sparsity-explorer/experiment", "version": 1, "experiment": {"id": 1e999}}')
