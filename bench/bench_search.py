@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--compare-seeds", default="", help="seeds for GA vs random at the first target")
     ap.add_argument("--compare-candidates", type=int, default=300)
+    ap.add_argument("--ga-variants", default="24:", help="GA population:mutation pairs to compare, e.g. 24:,64:0.3")
     ap.add_argument("--dtype", default=None)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,21 +108,31 @@ def main() -> None:
 
     seeds = [int(s) for s in args.compare_seeds.split(",") if s]
     if seeds:
-        target = targets[0]
-        probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
-        owl_proxy = proxy_of(session, probe, "owl")
-        print(f"\n== GA vs random search at {target:.0%}, {args.compare_candidates} distinct candidates each "
-              f"(proxy ppl of the best; OWL's proxy {owl_proxy:.3f})")
-        print(f"{'seed':>6}{'ga':>12}{'random':>12}{'ga s':>8}{'rand s':>8}")
-        rows = []
-        for seed in seeds:
-            ga = search_once(session, base, target, "ga", seed, None, args.compare_candidates, owl_proxy)
-            rnd = search_once(session, base, target, "random", seed, None, args.compare_candidates, owl_proxy)
-            rows.append((ga[1].best.fitness, rnd[1].best.fitness))
-            print(f"{seed:>6}{rows[-1][0]:>12.3f}{rows[-1][1]:>12.3f}{ga[2]:>8.1f}{rnd[2]:>8.1f}", flush=True)
-        ga_mean, rnd_mean = np.mean([r[0] for r in rows]), np.mean([r[1] for r in rows])
-        wins = sum(g < r for g, r in rows)
-        print(f"{'mean':>6}{ga_mean:>12.3f}{rnd_mean:>12.3f}   GA better on {wins}/{len(rows)} seeds")
+        compare(session, base, targets[0], seeds, args.compare_candidates, args.ga_variants)
+
+
+def compare(session, base: dict, target: float, seeds: list[int], candidates: int, variants: str) -> None:
+    """Best proxy after the same number of distinct candidates: GA variants (population:mutation) vs random."""
+    probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
+    owl_proxy = proxy_of(session, probe, "owl")
+    gas = [(int(p), float(m) if m else None) for p, _, m in (v.partition(":") for v in variants.split(",") if v)]
+    names = [f"ga {p}/{m or 'auto'}" for p, m in gas] + ["random"]
+    print(f"\n== GA (population/mutation) vs random search at {target:.0%}, {candidates} distinct candidates each; "
+          f"proxy ppl of the best (OWL's proxy {owl_proxy:.3f})")
+    print(f"{'seed':>6}" + "".join(f"{n:>16}" for n in names))
+    rows = []
+    for seed in seeds:
+        row = []
+        for population, mutation in gas:
+            ga_base = {**base, "population": population, "mutation": mutation}
+            row.append(search_once(session, ga_base, target, "ga", seed, None, candidates, owl_proxy)[1].best.fitness)
+        row.append(search_once(session, base, target, "random", seed, None, candidates, owl_proxy)[1].best.fitness)
+        rows.append(row)
+        print(f"{seed:>6}" + "".join(f"{v:>16.3f}" for v in row), flush=True)
+    means = np.mean(rows, axis=0)
+    print(f"{'mean':>6}" + "".join(f"{v:>16.3f}" for v in means))
+    for i, name in enumerate(names[:-1]):
+        print(f"{name}: better than random on {sum(r[i] < r[-1] for r in rows)}/{len(rows)} seeds")
 
 
 if __name__ == "__main__":
