@@ -75,7 +75,7 @@ def test_a_refused_load_keeps_the_loaded_model(client, tmp_path):
 
 
 def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp_path):
-    status, saved, table, *_ = client.predict(*CONTROLS, 0.5, "fast", 2, False, "", "api run", "api, tiny",
+    status, saved, table, *_ = client.predict(*CONTROLS, 0.5, "fast", 2, False, "", "api run", "api, tiny", "", 0,
                                               api_name="/evaluate")
     assert status.startswith("✓ Evaluation done"), status
     assert [row[0] for row in table["data"]] == ["this function", "uniform", "owl", "dsa preset"]
@@ -161,3 +161,15 @@ def test_options_and_exposure(monkeypatch):
     app.main([])
     assert seen["allow"] is True and seen["launch"]["server_name"] == "127.0.0.1"
     assert seen["launch"]["server_port"] == 7860 and seen["launch"]["share"] is False
+
+
+def test_evaluate_with_zero_shot_tasks_shows_a_table_and_bars(client):
+    status, saved, table, *_, zs_table, zs_bars = client.predict(
+        *CONTROLS, 0.5, "fast", 1, True, "", "", "", "piqa", 4, api_name="/evaluate")
+    assert status.startswith("✓ Evaluation done"), status
+    headers, rows = zs_table["value"]["headers"], zs_table["value"]["data"]
+    assert headers[:2] == ["task", "n"] and rows[0][:2] == ["PIQA", "4"] and rows[-1][0] == "mean"
+    assert all(0 <= v <= 1 for v in rows[0][2:])
+    assert any("dense" in h for h in headers) and any("owl" in h for h in headers)
+    bars = json.loads(zs_bars["plot"])["data"]
+    assert {b["name"] for b in bars} >= {"dense", "uniform", "owl", "dsa preset", "this function"}

@@ -94,6 +94,7 @@ def stream_job(job: Job, n_outputs: int, finish: Callable[[Any], tuple], fail: C
 def build_app(workspace: Workspace, history: History) -> gr.Blocks:
     """The whole app; launch it with `launch_options()` from app.py (theme and CSS are launch options in Gradio 6)."""
     from ui import tab_builder, tab_evaluate, tab_history, tab_model, tab_search
+    from ui.structural_tab import build_structural_tab
 
     ctx = AppContext(workspace, history)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
@@ -109,6 +110,8 @@ def build_app(workspace: Workspace, history: History) -> gr.Blocks:
                 tab_evaluate.build(ctx)
             with gr.Tab("Search", id="search"):
                 tab_search.build(ctx)
+            with gr.Tab("Structural pruning", id="structural"):
+                build_structural_tab(ctx)
             with gr.Tab("History & sharing", id="history") as history_tab:
                 ctx.add(history_tab=history_tab)
                 tab_history.build(ctx)

@@ -11,11 +11,13 @@ import gradio as gr
 from dsa_core import functions as F
 from dsa_core.config import MODES
 from dsa_core.errors import ConfigError, DSAError
+from dsa_core.zeroshot.tasks import parse_tasks
 from storage import StorageError
 from ui import experiments, figures
 from ui.formula import CONTROLS, function_from_controls
 from ui.jobs import Cancelled
 from ui.layout import AppContext, error_text, permalink_for, stream_job
+from ui.zeroshot_figures import zeroshot_bars, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
 
@@ -49,6 +51,16 @@ def result_rows(kind: str, result: dict) -> list[list]:
              " · ".join(f"{p['achieved_sparsity']:.3f}" for p in s["points"])] for s in result["series"]]
 
 
+def zeroshot_outputs(result: dict) -> tuple:
+    """The zero-shot table and grouped bars of an evaluation (dense first when measured); skips without tasks."""
+    zs = ({"dense": result["dense_zeroshot"]} if result.get("dense_zeroshot") else {}) | {
+        r["label"]: r["zeroshot"] for r in result.get("rows", []) if r.get("zeroshot")}
+    if not zs:
+        return gr.skip(), gr.skip()
+    headers, rows = zeroshot_table(zs)
+    return gr.Dataframe(value=rows, headers=headers), zeroshot_bars(zs, "acc")
+
+
 def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
     with gr.Row():
@@ -58,6 +70,10 @@ def build(ctx: AppContext) -> None:
                             elem_id="eval-windows")
         dense = gr.Checkbox(False, label="Also measure the dense model", elem_id="dense")
         targets = gr.Textbox("0.3, 0.4, 0.5, 0.6, 0.7", label="Sweep targets", elem_id="sweep-targets")
+    with gr.Row():
+        tasks = gr.Textbox("", label="Zero-shot tasks (evaluate only)", placeholder="e.g. piqa, or paper for the seven",
+                           elem_id="zs-tasks")
+        tasks_limit = gr.Number(0, precision=0, minimum=0, label="Examples per task (0 = all)", elem_id="zs-limit")
     with gr.Row():
         name = gr.Textbox(label="Name", placeholder="optional", elem_id="eval-name")
         tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="eval-tags")
@@ -73,11 +89,16 @@ def build(ctx: AppContext) -> None:
         profiles = gr.Plot(label="Per-block profiles", elem_id="eval-profiles")
         bars = gr.Plot(label="Perplexity", elem_id="eval-bars")
     sweep_plot = gr.Plot(label="Perplexity against sparsity", elem_id="eval-sweep")
+    with gr.Row():
+        zs_table = gr.Dataframe(interactive=False, label="Zero-shot accuracy (acc, acc_norm; n examples)",
+                                elem_id="zs-table")
+        zs_bars = gr.Plot(label="Zero-shot accuracy", elem_id="zs-bars")
     experiment = gr.State(None)  # id of the experiment this tab saved last
     builder = [ctx[c] for c in CONTROLS]
-    outputs = [status, saved, table, profiles, bars, sweep_plot, experiment]
+    outputs = [status, saved, table, profiles, bars, sweep_plot, experiment, zs_table, zs_bars]
 
-    def run(kind: str, controls: tuple, target, mode, windows, dense, targets, name, tags, request):
+    def run(kind: str, controls: tuple, target, mode, windows, dense, targets, name, tags, request, zs_tasks="",
+            zs_limit=0):
         """Shared by both buttons: save the experiment as running, stream the job, save its outcome."""
         try:
             fn = function_from_controls(*controls)
@@ -89,7 +110,10 @@ def build(ctx: AppContext) -> None:
                 config["targets"] = points
                 work = lambda job: ws.sweep(fn, points, mode, windows, job)
             else:
-                work = lambda job: ws.evaluate(fn, target, mode, windows, bool(dense), job)
+                task_names = parse_tasks(zs_tasks) if (zs_tasks or "").strip() else ()
+                limit = int(zs_limit or 0) or None
+                config.update(tasks=list(task_names), tasks_limit=limit)
+                work = lambda job: ws.evaluate(fn, target, mode, windows, bool(dense), job, task_names, limit)
             rec = history.save(kind, config, name=name or "", tags=parse_tags(tags), environment=ws.environment())
             job = ws.start(kind, work)
         except DSAError as e:
@@ -106,12 +130,12 @@ def build(ctx: AppContext) -> None:
                                          "Evaluate at one target to see this chart.")
             return (f"✓ {kind.capitalize()} done in {job.elapsed():.1f} s.", saved_markdown(rec.id, link), rows,
                     charts.get("profiles", gr.skip()), charts.get("perplexity", gr.skip()),
-                    charts.get("sweep", empty), rec.id)
+                    charts.get("sweep", empty), rec.id, *zeroshot_outputs(result))
 
         def fail(e: BaseException) -> tuple:
             history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed",
                            results={"error": str(e)})
-            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id
+            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id, gr.skip(), gr.skip()
 
         def abandoned() -> None:
             history.update(rec.id, status="cancelled", results={"error": "The page that started it was closed."})
@@ -120,12 +144,13 @@ def build(ctx: AppContext) -> None:
 
     # Explicit parameters: Gradio places the request by its position in the signature.
     def evaluate_fn(pre1, pre2, reduction, transform1, transform2, mapping, param, target, mode, windows, dense,
-                    targets, name, tags, request: gr.Request):
+                    targets, name, tags, zs_tasks, zs_limit, request: gr.Request):
         controls = (pre1, pre2, reduction, transform1, transform2, mapping, param)
-        yield from run("evaluation", controls, target, mode, windows, dense, targets, name, tags, request)
+        yield from run("evaluation", controls, target, mode, windows, dense, targets, name, tags, request, zs_tasks,
+                       zs_limit)
 
     def sweep_fn(pre1, pre2, reduction, transform1, transform2, mapping, param, target, mode, windows, dense,
-                 targets, name, tags, request: gr.Request):
+                 targets, name, tags, zs_tasks, zs_limit, request: gr.Request):
         controls = (pre1, pre2, reduction, transform1, transform2, mapping, param)
         yield from run("sweep", controls, target, mode, windows, dense, targets, name, tags, request)
 
@@ -138,7 +163,7 @@ def build(ctx: AppContext) -> None:
             return error_text(e)
         return f"✓ Saved name and tags of experiment `{id}`."
 
-    inputs = [*builder, ctx["target"], mode, windows, dense, targets, name, tags]
+    inputs = [*builder, ctx["target"], mode, windows, dense, targets, name, tags, tasks, tasks_limit]
     evaluate.click(evaluate_fn, inputs, outputs, api_name="evaluate", show_progress="hidden", **ctx.device_queue)
     sweep.click(sweep_fn, inputs, outputs, api_name="sweep", show_progress="hidden", **ctx.device_queue)
     save.click(save_meta, [experiment, name, tags], status, api_name="save_experiment")

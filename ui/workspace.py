@@ -172,20 +172,25 @@ class Workspace:
                        dense=False).validate()
 
     def evaluate(self, fn: F.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
-                 job: Job) -> dict:
-        """Perplexity of the function and of each reference at one target, all on this session's scores."""
+                 job: Job, tasks: tuple[str, ...] = (), tasks_limit: int | None = None) -> dict:
+        """Perplexity (and zero-shot accuracy on `tasks`) of the function and of each reference at one target,
+        all on this session's scores."""
         session, _, _ = self.require()
         specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
         rows, results = [], {}
         try:
             for i, (label, spec) in enumerate(specs.items()):
                 job.stage = f"{label} ({i + 1} of {len(specs)})"
-                cfg = replace(self.eval_config(spec, target, mode, windows), dense=dense and i == 0)
+                cfg = replace(self.eval_config(spec, target, mode, windows), dense=dense and i == 0, tasks=tasks,
+                              tasks_limit=tasks_limit).validate()
                 r = run_evaluation(cfg, progress=job, session=session)
                 results.setdefault("dense_ppl", r.get("dense_ppl"))
+                if r.get("dense_zeroshot"):
+                    results["dense_zeroshot"] = r["dense_zeroshot"]
                 results.setdefault("protocol", r["protocol"])
                 rows.append({"label": label, "allocation": spec, "ppl": r["ppl"], "ratios": r["ratios"],
-                             "achieved_sparsity": r["achieved_sparsity"], "warnings": r["warnings"]})
+                             "achieved_sparsity": r["achieved_sparsity"], "warnings": r["warnings"],
+                             **({"zeroshot": r["zeroshot"]} if r.get("zeroshot") else {})})
         finally:
             session.restore()
         if results["dense_ppl"] is None:
