@@ -30,3 +30,12 @@ def fresh_tiny():
     from dsa_core.models import load_model
 
     return load_model("random:tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

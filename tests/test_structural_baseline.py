@@ -9,13 +9,7 @@ from dsa_core.structural.selection import BlockShape
 SMOLLM2 = BlockShape(n_blocks=30, hidden=576, intermediate=1536, q_dim=576, kv_dim=192)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from dsa_core.cli import main
 from dsa_core.structural.compressed import load_compressed
@@ -14,13 +13,7 @@ QUICK = ["structural", "--model", "random:tiny", "--steps", "3", "--batch-size",
          "--device", "cpu", "--target-ratio", "0.6"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_json_run_saves_the_model_and_the_history(tmp_path, monkeypatch, capsys):

@@ -37,13 +37,7 @@ def masked_logits(lm: LoadedModel, sel: Selection, ids: torch.Tensor) -> torch.T
         return lm.model(input_ids=ids, use_cache=False).logits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

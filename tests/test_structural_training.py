@@ -6,14 +6,7 @@ from dsa_core.errors import ConfigError, DataError, ModelError
 from dsa_core.models import LoadedModel
 from dsa_core.structural.training import StructuralConfig, train_selection
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import socket
 import gradio as gr
 import plotly.graph_objects as go
 import pytest
-import torch
 from gradio_client import Client
 
 from storage import History, open_database
@@ -20,13 +19,7 @@ LABELS = ["attention input", "attention output", "MLP input", "MLP intermediate"
 CURVE = [{"step": i, "loss": 5.0 - i / 10, "ce": 3.0, "reg": 2.0 - i / 10, "ratio": 1.0 - i / 50} for i in range(1, 11)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_heatmap_rows_are_structures_and_colour_is_the_kept_share():
