@@ -42,10 +42,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="", help="calibration seeds for the noise rows (e.g. 0,1,2)")
     ap.add_argument("--seed-targets", default="0.7")
     ap.add_argument("--dtype", default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="calibration batch (1 = the reference's order)")
     args = ap.parse_args()
 
     cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
-                     dtype=args.dtype, data_source="local")
+                     dtype=args.dtype, data_source="local", batch_size=args.batch_size)
     s = open_session(cfg)
     n = len(s.lm.blocks)
     ppl = lambda: s.perplexity("wikitext2", "test", args.seqlen, args.eval_windows)  # noqa: E731
@@ -66,9 +67,13 @@ def main() -> None:
         s.restore()
         prune_wanda(s.lm.model, s.calibration_windows().to(s.lm.device), target)
         ref = ppl()
-        same = sum(int((a == b).sum()) for a, b in zip(our_masks, masks(s))) / sum(m.numel() for m in our_masks)
+        theirs, per_layer = masks(s), len(s.lm.linear_layers(0))
+        same = [int((a == b).sum()) / a.numel() for a, b in zip(our_masks, theirs)]
+        first, last = np.mean(same[:per_layer]), np.mean(same[-per_layer:])
+        overall = sum(int((a == b).sum()) for a, b in zip(our_masks, theirs)) / sum(m.numel() for m in our_masks)
         rows.append((f"reference Wanda (ours {ours:.3f}, diff {100 * (ours / ref - 1):+.2f}%, same mask "
-                     f"{100 * same:.3f}%)", f"{target:.0%}", ref, time.perf_counter() - t))
+                     f"{100 * overall:.3f}%: first block {100 * first:.3f}%, last {100 * last:.3f}%)",
+                     f"{target:.0%}", ref, time.perf_counter() - t))
     seeds = [int(x) for x in args.seeds.split(",") if x]
     for target in [float(t) for t in args.seed_targets.split(",") if t] if seeds else []:
         for spec in args.allocations.split(","):
@@ -83,9 +88,9 @@ def main() -> None:
     s.restore()
     print(f"\nprotocol: WikiText-2 test ({origin}), seqlen {args.seqlen}, {windows.shape[0]} windows; calibration "
           f"{args.nsamples} windows from {s.calib_origin}, seed 0; {s.lm.device} {s.lm.dtype}")
-    print(f"{'allocation':<60}{'target':>8}{'ppl':>12}{'seconds':>10}")
+    print(f"{'allocation':<92}{'target':>8}{'ppl':>12}{'seconds':>10}")
     for name, target, p, sec in rows:
-        print(f"{name:<60}{target:>8}{p:>12.3f}{sec:>10.1f}")
+        print(f"{name:<92}{target:>8}{p:>12.3f}{sec:>10.1f}")
 
 
 if __name__ == "__main__":
