@@ -83,8 +83,9 @@ def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp
     row = next(r for r in listed(client) if r[0] == id)
     assert row[2:5] == ["evaluation", "api run", "done"] and row[6].startswith("ppl ")
 
-    message, details, name, tags, record, profiles, perplexity, sweep, search = client.predict(
+    message, details, name, tags, record, profiles, perplexity, sweep, search, widths, training = client.predict(
         [id], api_name="/open_experiment")
+    assert not widths["visible"] and not training["visible"]
     assert id in details and name == "api run" and tags == "api, tiny" and record["status"] == "done"
     assert record["config"]["allocation"] == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)"
     assert record["protocol"]["windows"] == 2 and record["environment"]["device"]

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 import pytest
 from gradio_client import Client
 
-from storage import History, open_database
+from storage import History, new_record, open_database
+from ui import experiments
 from ui import structural_figures as SF
 from ui.layout import AppContext
 from ui.structural_tab import build_structural_tab
@@ -46,6 +47,8 @@ def test_charts_and_rows_of_a_saved_result():
                "ppl": {"dense": 10.0, "compressed": 12.5, "baseline": 30.25}, "baseline": {"params": 498}}
     charts = SF.charts(results)
     assert set(charts) == {"widths", "loss"}
+    record = new_record("structural", {"model": "random:tiny"}, results=results)
+    assert set(experiments.charts(record)) == {"widths", "training"}  # what the history tab shows
     assert SF.perplexity_rows(results) == [["dense", 1000, 3000, 10.0], ["DISP-LLM", 500, 2500, 12.5],
                                            ["uniform baseline", 498, 2498, 30.25]]
 

@@ -14,10 +14,11 @@ import plotly.graph_objects as go
 
 from dsa_core.search import FAILED_FITNESS, SearchEvent, SearchResult
 from storage import ExperimentRecord
-from ui import figures
+from ui import figures, structural_figures
 from ui.workspace import OWN_LABEL
 
-CHARTS = ("profiles", "perplexity", "sweep", "search")  # the chart slots of the history tab, in order
+# The chart slots of the history tab, in order; "widths" and "training" belong to structural-pruning runs.
+CHARTS = ("profiles", "perplexity", "sweep", "search", "widths", "training")
 
 
 def search_results(events: Sequence[SearchEvent], result: SearchResult | None = None) -> dict:
@@ -67,7 +68,7 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
     """Charts that put one or more experiments side by side: profiles overlaid, perplexity bars grouped by
     experiment, sweeps and search curves overlaid."""
     single = len(records) == 1
-    profiles, bars, sweeps, curves, points = {}, {}, {}, {}, []
+    profiles, bars, sweeps, curves, points, structural = {}, {}, {}, {}, [], {}
     dense, target = None, None
     for rec in records:
         name = label(rec)
@@ -90,6 +91,9 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
                 target = rec.config.get("sparsity")
             if single:
                 points = [(c["generation"], c["fitness"]) for c in res.get("candidates", []) if c["fitness"]]
+        elif rec.kind == "structural" and single and res.get("selection"):
+            figs = structural_figures.charts(res)
+            structural = {"widths": figs["widths"], "training": figs["loss"]}
     out: dict[str, go.Figure] = {}
     if profiles:
         out["profiles"] = figures.profile_figure(profiles, target if single else None)
@@ -99,7 +103,7 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
         out["sweep"] = figures.sweep_figure(sweeps)
     if curves:
         out["search"] = figures.search_figure(curves, points, named=not single)
-    return out
+    return out | structural
 
 
 # --- listing and summaries --------------------------------------------------------------------------------------
