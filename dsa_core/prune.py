@@ -96,10 +96,10 @@ def alpha_hill(weight: torch.Tensor) -> float:
 class _StatsBuilder:
     """Accumulates BlockStats block by block from the allocation scores (Wanda's, or |W| without data)."""
 
-    def __init__(self, metric: str, sample_size: int, seed: int, with_alpha: bool):
-        self.metric, self.sample_size, self.with_alpha = metric, sample_size, with_alpha
+    def __init__(self, metric: str, sample_size: int, seed: int):
+        self.metric, self.sample_size = metric, sample_size
         self.gen = torch.Generator().manual_seed(seed)
-        self.params, self.shapes, self.samples, self.alpha = [], [], [], []
+        self.params, self.shapes, self.samples = [], [], []
         self.outliers: dict[float, list[float]] = {m: [] for m in OUTLIER_MULTIPLIERS}
 
     def add(self, layer_scores: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
@@ -116,8 +116,6 @@ class _StatsBuilder:
         self.samples.append(torch.cat(parts).numpy().astype(np.float32))
         self.params.append(numel)
         self.shapes.append([tuple(w.shape) for w in weights])
-        if self.with_alpha:
-            self.alpha.append(float(np.mean([alpha_hill(w) for w in weights])))
 
     def build(self) -> BlockStats:
         return BlockStats(
@@ -125,7 +123,6 @@ class _StatsBuilder:
             layer_shapes=self.shapes,
             score_samples=self.samples,
             outlier_ratios={m: np.asarray(v) for m, v in self.outliers.items()},
-            alpha_hill=np.asarray(self.alpha) if self.with_alpha else None,
             metric=self.metric,
         )
 
@@ -149,7 +146,6 @@ def score_model(
     batch_size: int = 8,
     sample_size: int = 2**18,
     seed: int = 0,
-    with_alpha: bool = True,
     progress: Progress = _silent,
     inputs: BlockInputs | None = None,
     with_ranks: bool = True,
@@ -159,7 +155,7 @@ def score_model(
     S.check_metric(metric)
     nm = S.parse_pattern(pattern)
     group = S.comparison_group(metric)
-    builder = _StatsBuilder("magnitude" if metric == "magnitude" else "wanda", sample_size, seed, with_alpha)
+    builder = _StatsBuilder("magnitude" if metric == "magnitude" else "wanda", sample_size, seed)
     if metric != "magnitude" and inputs is None:
         inputs = capture_block_inputs(lm, windows, batch_size)
     if metric == "magnitude":

@@ -96,7 +96,7 @@ class PruningSession:
         self.dense.restore()  # scores are always those of the dense model
         with self._timed("scoring"):
             return score_model(self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size,
-                               self.seed, with_alpha=False, progress=self.progress, inputs=inputs,
+                               self.seed, progress=self.progress, inputs=inputs,
                                with_ranks=with_ranks)
 
     def scores(self, metric: str, pattern: str = "unstructured") -> tuple[MaskCache, BlockStats]:

@@ -2,22 +2,16 @@
 evaluation, search, and the history's list, open, compare, export, import and delete. Also app.py's options."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 
 import app
+from tests.net import free_port
 
 CONTROLS = ("no_op", "no_op", "kurtosis", "no_op", "no_op", "band", 0.1)  # W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)
 TINY = ("random:tiny", "wanda", "unstructured", 0.5, "wikitext2", 4, 64, 0, "local")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ import a bad file. A failing test leaves a screenshot in test-artifacts/."""
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
 
 import app
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
@@ -17,12 +17,6 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 90_000
 PROFILE_Y = ("() => { const d = document.querySelector('#profile-plot .js-plotly-plot');"
              " return d && d.data && d.data.length ? JSON.stringify(d.data[0].y) : null; }")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_sequential_wanda_matches_reference_transcription(windows):
 
 def test_fast_and_sequential_agree_on_the_first_block(fresh_tiny, windows):
     dense = DenseWeights(fresh_tiny)
-    cache, _ = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2, with_alpha=False)
+    cache, _ = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2)
     cache.apply(np.full(4, 0.5))
     fast = [m.weight.clone() for m in fresh_tiny.linear_layers(0).values()]
     dense.restore()
@@ -63,7 +63,7 @@ def test_stats_outlier_ratios_are_exact_shares(fresh_tiny, windows):
     from dsa_core.calibration import ActivationStats, capture_block_inputs
 
     dense = DenseWeights(fresh_tiny)
-    _, stats = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2, with_alpha=False)
+    _, stats = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2)
     inputs = capture_block_inputs(fresh_tiny, windows, 2)
     layers = fresh_tiny.linear_layers(0)
     from dsa_core.calibration import run_block

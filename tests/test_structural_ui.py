@@ -2,7 +2,6 @@
 the tiny random model: the run streams, ends with a table and charts, and is saved in the history."""
 
 import json
-import socket
 
 import gradio as gr
 import plotly.graph_objects as go
@@ -10,6 +9,7 @@ import pytest
 from gradio_client import Client
 
 from storage import History, new_record, open_database
+from tests.net import free_port
 from ui import experiments
 from ui import structural_figures as SF
 from ui.layout import AppContext
@@ -51,12 +51,6 @@ def test_charts_and_rows_of_a_saved_result():
     assert set(experiments.charts(record)) == {"widths", "training"}  # what the history tab shows
     assert SF.perplexity_rows(results) == [["dense", 1000, 3000, 10.0], ["DISP-LLM", 500, 2500, 12.5],
                                            ["uniform baseline", 498, 2498, 30.25]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
