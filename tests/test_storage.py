@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import ExperimentNotFound, ExperimentRecord, History, StorageError, open_database
+from tests.strategies import json_values
 
 CONFIG = {"model": "HuggingFaceTB/SmolLM2-135M", "metric": "wanda", "pattern": "unstructured", "sparsity": 0.5,
           "allocation": "owl", "calib": "wikitext2", "nsamples": 128, "seqlen": 2048, "seed": 0}
@@ -167,14 +168,6 @@ def test_compare_keeps_order_and_names_missing_ids(history):
     history.delete(b.id)
     with pytest.raises(ExperimentNotFound, match=rf"1 of 3 experiments are not in the history \({b.id}\)"):
         history.compare([a.id, b.id, c.id])
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=25,
-)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

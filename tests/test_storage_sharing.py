@@ -21,6 +21,7 @@ from storage import (
     permalink,
     read_document,
 )
+from tests.strategies import json_values
 
 CONFIG = {"model": "HuggingFaceTB/SmolLM2-135M", "metric": "wanda", "sparsity": 0.6, "allocation": "owl"}
 RESULTS = {"ppl": 25.25, "ratios": [0.5, 0.7, 0.6], "generations": [{"best": 30.5}, {"best": 25.25}],
@@ -87,14 +88,6 @@ def test_export_refuses_what_could_not_be_imported_again(history):
     big = history.save("evaluation", {}, results={"log": "x" * MAX_IMPORT_BYTES})
     with pytest.raises(StorageError, match="over the 5 MiB that can be imported"):
         export_experiment(history, big.id)
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=25,
-)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
