@@ -5,7 +5,8 @@
     python bench/bench_engine.py --model random:llama-2-7b --eval-windows 40           # 7B shape, GPU
 
 Prints a table: load, calibration, scoring (fast-mode cache), pruning (sequential Wanda), perplexity,
-re-masking (median of 10 new allocations from the cache), end-to-end (load + sequential prune + ppl), peak memory.
+re-masking (median of 10 new allocations from the cache), end-to-end (load + sequential prune + ppl), peak memory;
+on a GPU, next to each phase its physical floor (bench/floors.py) and measured / floor.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import floors  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.pipeline import open_session, peak_memory_gb  # noqa: E402
 
@@ -68,13 +70,26 @@ def main() -> None:
             sync(dev)
             remask.append(time.perf_counter() - t)
         rows.append(("re-mask from cache (median of 10)", statistics.median(remask)))
+    floor = {}
+    if dev.type == "cuda":
+        rate, bw = floors.matmul_rate(dev, s.lm.dtype), floors.bandwidth(dev)
+        eval_tokens = windows * args.seqlen
+        f = floors.phase_floors(s.lm.model.config, s.lm.prunable_params, s.lm.dtype.itemsize,
+                                args.nsamples * args.seqlen, eval_tokens, args.seqlen, rate, bw)
+        floor = {"pruning": f["pruning"], "perplexity": f["perplexity"], "scoring (fast-mode cache, dense pass)":
+                 f["scoring"], "re-mask from cache (median of 10)": f["re-mask"]}
+        print(f"\nmeasured on this GPU: matrix rate {rate / 1e12:.0f} TFLOP/s ({s.lm.dtype}), bandwidth "
+              f"{bw / 1e9:.0f} GB/s")
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"\nmodel {cfg.model or 'smollm2'} ({s.lm.prunable_params / 1e6:.0f}M prunable), {device_name}, "
           f"{s.lm.dtype}, calibration {args.nsamples}x{args.seqlen}, {windows} eval windows, "
           f"Wanda {args.sparsity:.0%}: ppl {ppl:.3f}")
-    print(f"{'phase':<52}{'seconds':>10}")
+    print(f"{'phase':<52}{'seconds':>10}{'floor':>10}{'x floor':>9}")
     for name, sec in rows:
-        print(f"{name:<52}{sec:>10.3f}")
+        line = f"{name:<52}{sec:>10.3f}"
+        if name in floor:
+            line += f"{floor[name]:>10.3f}{sec / floor[name]:>9.1f}"
+        print(line)
     print(f"{'peak memory (GiB, ' + ('GPU allocated' if dev.type == 'cuda' else 'process RSS') + ')':<52}"
           f"{peak_memory_gb(dev):>10.2f}")
 

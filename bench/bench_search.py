@@ -3,7 +3,8 @@ genetic sampler against random search on several seeds; the fast proxy's rank co
 protocol.
 
     python bench/bench_search.py --targets 0.7 --seconds 120                 # GPU: search + final table
-    python bench/bench_search.py --targets 0.7 --compare-seeds 0,1,2 --compare-candidates 300 --no-search
+    python bench/bench_search.py --targets 0.7 --compare-seeds 0,1,2 --compare-candidates 300 --no-search \
+        --variants ga,nsga2                                                  # samplers vs random
     python bench/bench_search.py --nsamples 4 --seqlen 256 --fitness-windows 2 --final-eval-windows 4 \
         --seconds 30 --targets 0.6                                           # CPU smoke run
 
@@ -68,7 +69,9 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--compare-seeds", default="", help="seeds for GA vs random at the first target")
     ap.add_argument("--compare-candidates", type=int, default=300)
-    ap.add_argument("--ga-variants", default="24:", help="GA population:mutation pairs to compare, e.g. 24:,64:0.3")
+    ap.add_argument("--variants", default="ga,nsga2",
+                    help="samplers to compare with random, each with optional settings, e.g. "
+                         "'ga,ga:population=12:initial=60,nsga2:population=64:mutation=0.3'")
     ap.add_argument("--dtype", default=None)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -108,31 +111,49 @@ def main() -> None:
 
     seeds = [int(s) for s in args.compare_seeds.split(",") if s]
     if seeds:
-        compare(session, base, targets[0], seeds, args.compare_candidates, args.ga_variants)
+        compare(session, base, targets[0], seeds, args.compare_candidates, args.variants)
+
+
+def parse_variants(spec: str) -> list[tuple[str, dict]]:
+    """'ga,nsga2:population=64:mutation=0.3' → [(label, SearchConfig overrides), ...]."""
+    out = []
+    for item in (v for v in spec.split(",") if v):
+        sampler, *settings = item.split(":")
+        kw = {"sampler": sampler}
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            kw[name] = float(value) if name == "mutation" else int(value)
+        out.append((item, kw))
+    return out
 
 
 def compare(session, base: dict, target: float, seeds: list[int], candidates: int, variants: str) -> None:
-    """Best proxy after the same number of distinct candidates: GA variants (population:mutation) vs random."""
+    """Best proxy after the same number of distinct candidates: each sampler variant against random search."""
     probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
     owl_proxy = proxy_of(session, probe, "owl")
-    gas = [(int(p), float(m) if m else None) for p, _, m in (v.partition(":") for v in variants.split(",") if v)]
-    names = [f"ga {p}/{m or 'auto'}" for p, m in gas] + ["random"]
-    print(f"\n== GA (population/mutation) vs random search at {target:.0%}, {candidates} distinct candidates each; "
-          f"proxy ppl of the best (OWL's proxy {owl_proxy:.3f})")
-    print(f"{'seed':>6}" + "".join(f"{n:>16}" for n in names))
-    rows = []
+    specs = parse_variants(variants) + [("random", {"sampler": "random"})]
+    width = max(12, *(len(label) + 2 for label, _ in specs))
+    print(f"\n== samplers vs random search at {target:.0%}, {candidates} distinct candidates each; proxy ppl of the "
+          f"best (OWL's proxy {owl_proxy:.3f})")
+    print(f"{'seed':>6}" + "".join(f"{label:>{width}}" for label, _ in specs))
+    rows, seconds = [], []
     for seed in seeds:
-        row = []
-        for population, mutation in gas:
-            ga_base = {**base, "population": population, "mutation": mutation}
-            row.append(search_once(session, ga_base, target, "ga", seed, None, candidates, owl_proxy)[1].best.fitness)
-        row.append(search_once(session, base, target, "random", seed, None, candidates, owl_proxy)[1].best.fitness)
+        row, secs = [], []
+        for _, kw in specs:
+            overrides = {k: v for k, v in kw.items() if k != "sampler"}
+            _, result, s, _ = search_once(session, {**base, **overrides}, target, kw["sampler"], seed, None,
+                                          candidates, owl_proxy)
+            row.append(result.best.fitness)
+            secs.append(s)
+        seconds.append(secs)
         rows.append(row)
-        print(f"{seed:>6}" + "".join(f"{v:>16.3f}" for v in row), flush=True)
+        print(f"{seed:>6}" + "".join(f"{v:>{width}.3f}" for v in row), flush=True)
     means = np.mean(rows, axis=0)
-    print(f"{'mean':>6}" + "".join(f"{v:>16.3f}" for v in means))
-    for i, name in enumerate(names[:-1]):
-        print(f"{name}: better than random on {sum(r[i] < r[-1] for r in rows)}/{len(rows)} seeds")
+    print(f"{'mean':>6}" + "".join(f"{v:>{width}.3f}" for v in means))
+    print(f"{'s/run':>6}" + "".join(f"{v:>{width}.1f}" for v in np.mean(seconds, axis=0)))
+    for i, (label, _) in enumerate(specs[:-1]):
+        print(f"{label}: better than random on {sum(r[i] < r[-1] for r in rows)}/{len(rows)} seeds, mean "
+              f"{means[i]:.3f} vs {means[-1]:.3f}")
 
 
 if __name__ == "__main__":

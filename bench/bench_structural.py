@@ -1,7 +1,8 @@
 """DISP-LLM structural pruning of SmolLM2 in one run: train the hypernetwork, compress, and measure parameter
 count against the target, WikiText-2 test perplexity (dense, compressed, uniform-width baseline at the same
 count) and greedy generation speed at batch 1 and 16 (dense, compressed, baseline, and the compressed model's
-class at full widths, which separates the speed of the implementation from the speed of pruning).
+class at full widths, which separates the speed of the implementation from the speed of pruning). Kept widths
+are multiples of 8 (`--align`); a row with the same hypernetwork fitted to exact widths shows what that buys.
 
     python bench/bench_structural.py                                   # GPU defaults: ≤ 5 minutes on an H100
     python bench/bench_structural.py --steps 20 --seqlen 128 --batch-size 1 --eval-windows 4 \\
@@ -25,10 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dsa_core import data  # noqa: E402
+from dsa_core.evaluate import perplexity  # noqa: E402
 from dsa_core.models import load_model  # noqa: E402
-from dsa_core.structural.compressed import compress  # noqa: E402
+from dsa_core.structural.compressed import as_loaded, compress  # noqa: E402
 from dsa_core.structural.runner import run_structural  # noqa: E402
-from dsa_core.structural.selection import BlockShape, Selection  # noqa: E402
+from dsa_core.structural.selection import BlockShape, Selection, fit_budget  # noqa: E402
 from dsa_core.structural.training import StructuralConfig  # noqa: E402
 
 
@@ -77,6 +79,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="default: bf16 on GPU, fp32 on CPU")
     ap.add_argument("--data-source", default="local")
+    ap.add_argument("--align", type=int, default=8, help="kept widths are multiples of this")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", default=None, help="save the compressed model here")
     ap.add_argument("--json", default=None, help="write the full result to this file")
@@ -88,8 +91,8 @@ def main() -> None:
     cfg = StructuralConfig(
         model=args.model, target_ratio=args.target_ratio, steps=args.steps, batch_size=args.batch_size,
         seqlen=args.seqlen, lr=args.lr, lam=args.lam, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
-        baseline_samples=args.baseline_samples, max_train_seconds=args.max_train_seconds, seed=args.seed,
-        data_source=args.data_source, device=args.device, dtype=args.dtype,
+        baseline_samples=args.baseline_samples, max_train_seconds=args.max_train_seconds, align=args.align,
+        seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
     ).validate()
 
     def progress(phase: str, done: int, total: int) -> None:
@@ -98,12 +101,19 @@ def main() -> None:
 
     run = run_structural(cfg, progress=progress, lm=lm, save_dir=args.save)
     result = run.result
-    full = compress(lm, Selection.full(BlockShape.from_config(lm.model.config)))
+    shape = BlockShape.from_config(lm.model.config)
+    full = compress(lm, Selection.full(shape))
+    # The same hypernetwork fitted to the budget without rounding widths to multiples of 8: what alignment buys.
+    exact_sel = fit_budget(shape, run.hypernetwork.scores(), args.target_ratio, align=1)
+    exact = compress(lm, exact_sel)
+    test_windows = data.eval_windows(data.tokenize(lm.tokenizer, data.load_text("wikitext2", "test",
+                                     args.data_source).text), args.eval_seqlen, args.eval_windows)
+    exact_ppl = perplexity(as_loaded(exact, lm, "exact widths"), test_windows, 8 if lm.device.type == "cuda" else 1)
 
     test_ids = data.tokenize(lm.tokenizer, data.load_text("wikitext2", "test", args.data_source).text)
     batches = [int(b) for b in args.batches.split(",")]
-    models = {"dense": lm.model, "DISP-LLM": run.compressed, "uniform baseline": run.baseline,
-              "DISP class, full widths": full}
+    models = {"dense": lm.model, "DISP-LLM": run.compressed, "DISP-LLM, exact widths": exact,
+              "uniform baseline": run.baseline, "DISP class, full widths": full}
     speed: dict[str, dict[int, float]] = {name: {} for name in models}
     for b in batches:
         prompts = data.eval_windows(test_ids, args.prompt_len, b).to(lm.device)
@@ -129,6 +139,8 @@ def main() -> None:
     print(header)
     rows = [("dense", p["dense_block_linear"], p["dense_total"], ppl["dense"]),
             ("DISP-LLM", p["kept_block_linear"], p["compressed_total"], ppl["compressed"]),
+            ("DISP-LLM, exact widths", exact_sel.params, p["compressed_total"] - p["kept_block_linear"]
+             + exact_sel.params, exact_ppl),
             ("uniform baseline", base_params, p["compressed_total"] - p["kept_block_linear"] + base_params,
              ppl["baseline"]),
             ("DISP class, full widths", p["dense_block_linear"], p["dense_total"], None)]

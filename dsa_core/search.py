@@ -2,9 +2,10 @@
 
 A trial chooses one operation per slot of an AllocationFunction plus the mapping's λ; its fitness is the fast
 proxy: re-mask from the cached score order, perplexity on a fixed slice of WikiText-2 validation (never the
-test split). NSGAIISampler serves as a single-objective genetic algorithm (population, crossover, mutation,
-elitist selection); RandomSampler with the same budget is the baseline. The study lives in a SQLAlchemy
-database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
+test split). The genetic algorithm is dsa_core.evolution's sampler (elitist selection, tournament, crossover,
+mutation, children pre-selected by the allocations they give); Optuna's NSGAIISampler as a single-objective GA
+is there to compare with, and RandomSampler with the same budget is the baseline. The study lives in a
+SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from dsa_core import workers as W
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evaluate import perplexity
+from dsa_core.evolution import EvolutionSampler
 from dsa_core.session import PruningSession
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ga", "random")
+SAMPLERS = ("ga", "nsga2", "random")
 FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes the GA
 WAIT_S = 1.0  # how often a worker with nothing left to claim looks at the study again
 
@@ -51,7 +53,9 @@ class SearchConfig:
     dtype: str | None = None
     sampler: str = "ga"
     population: int = 24
-    mutation: float | None = None  # per-gene mutation probability of the GA; None: Optuna's 1 / number of genes
+    mutation: float | None = None  # per-gene mutation probability of the GA; None: 1 / number of genes
+    initial: int | None = None  # random functions before the GA evolves (None: one population)
+    preselect: int = 16  # children the GA breeds per trial; the surrogate picks one to evaluate (1: no surrogate)
     budget_candidates: int | None = 200
     budget_seconds: float | None = None
     fitness_windows: int = 8
@@ -73,6 +77,10 @@ class SearchConfig:
             raise ConfigError("Search budgets must be positive.")
         if self.mutation is not None and not 0 < self.mutation <= 1:
             raise ConfigError(f"Mutation probability {self.mutation} must lie in (0, 1].")
+        if self.preselect < 1:
+            raise ConfigError("The GA breeds at least one child per trial (preselect ≥ 1).")
+        if self.initial is not None and self.initial < 2:
+            raise ConfigError("The GA needs at least 2 random functions to start from.")
         if self.population < 2 or self.fitness_windows < 1 or self.top_k < 1:
             raise ConfigError("Population must be ≥ 2, fitness windows ≥ 1 and top-k ≥ 1.")
         lo, hi = self.lam_range
@@ -140,12 +148,23 @@ class Fitness:
                 self.memo[text] = Candidate(text, FAILED_FITNESS, [], [str(e)])
         return self.memo[text]
 
+    def phenotype(self, params: dict) -> np.ndarray | None:
+        """The allocation a trial's params give, without evaluating it (None when the function fails)."""
+        try:
+            return allocate(self.stats, function_from_params(params), self.cfg.sparsity).ratios
+        except DSAError:
+            return None
+
 
 def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
     """A new or existing study (resume by name). Its configuration is kept in the study itself, so that
     workers and resumed runs need only the name and the storage URL."""
     name = cfg.study or f"dsa-{uuid.uuid4().hex[:8]}"
     if cfg.sampler == "ga":
+        sampler = EvolutionSampler(search_space(cfg), population=cfg.population, mutation=cfg.mutation,
+                                   initial=cfg.initial, preselect=cfg.preselect, seed=cfg.seed,
+                                   key=lambda params: F.to_text(function_from_params(params)))
+    elif cfg.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(
             population_size=cfg.population, crossover=optuna.samplers.nsgaii.UniformCrossover(), seed=cfg.seed,
             mutation_prob=cfg.mutation,
@@ -225,6 +244,8 @@ def run_search(
     once in the study: a trial proposing one already complete or in flight (or beyond the budget) is told
     PRUNED with a `skipped` user attribute (dsa_core.workers.claim)."""
     fitness = Fitness(session, cfg)
+    if isinstance(study.sampler, EvolutionSampler):
+        study.sampler.phenotype = fitness.phenotype
     space = search_space(cfg)
     start, evaluated, trials, stopped = time.perf_counter(), 0, 0, False
     while True:

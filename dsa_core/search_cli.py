@@ -30,7 +30,11 @@ def add_search_parsers(sub, add_model_options) -> None:
     s.add_argument("--budget-candidates", type=int, default=None)
     s.add_argument("--budget-seconds", type=float, default=None)
     s.add_argument("--sampler", choices=SAMPLERS, default="ga")
-    s.add_argument("--population", type=int, default=24)
+    s.add_argument("--population", type=int, default=24, help="GA: how many of the best functions breed")
+    s.add_argument("--mutation", type=float, default=None, help="GA: per-gene mutation probability")
+    s.add_argument("--initial", type=int, default=None, help="GA: random functions before evolving")
+    s.add_argument("--preselect", type=int, default=16,
+                   help="GA: children bred per trial, the most promising evaluated (1: no pre-selection)")
     s.add_argument("--fitness-windows", type=int, default=8, help="WikiText-2 validation windows of the proxy")
     s.add_argument("--top-k", type=int, default=3, help="candidates re-evaluated faithfully at the end")
     s.add_argument("--final-eval-windows", type=int, default=None, help="cap on test windows (quick runs)")
@@ -69,7 +73,9 @@ def search_command(args: argparse.Namespace) -> int:
     cfg = SearchConfig(
         model=args.model, metric=args.metric, sparsity=args.sparsity, calib=args.calib, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
-        sampler=args.sampler, population=args.population, budget_candidates=args.budget_candidates,
+        sampler=args.sampler, population=args.population, mutation=args.mutation, initial=args.initial,
+        preselect=args.preselect,
+        budget_candidates=args.budget_candidates,
         budget_seconds=args.budget_seconds, fitness_windows=args.fitness_windows, top_k=args.top_k,
         final_eval_windows=args.final_eval_windows, study=args.study,
     ).validate()

@@ -38,6 +38,8 @@ def add_structural_parser(sub) -> None:
                    help="calibration windows for the baseline's activation norms")
     p.add_argument("--max-train-seconds", type=float, default=None,
                    help="stop training after this long, whatever --steps says")
+    p.add_argument("--align", type=int, default=d.align,
+                   help="round kept widths to multiples of this (1: exact widths)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default=None)
@@ -52,7 +54,8 @@ def config_from_args(args: argparse.Namespace) -> StructuralConfig:
         seqlen=args.seqlen, lr=args.lr, lam=args.lam, temperature=args.temperature, offset=args.offset,
         calib=args.calib, data_source=args.data_source, eval_seqlen=args.eval_seqlen,
         eval_windows=args.eval_windows, baseline=not args.no_baseline, baseline_samples=args.baseline_samples,
-        max_train_seconds=args.max_train_seconds, seed=args.seed, device=args.device, dtype=args.dtype,
+        max_train_seconds=args.max_train_seconds, align=args.align, seed=args.seed, device=args.device,
+        dtype=args.dtype,
     ).validate()
 
 

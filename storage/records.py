@@ -157,6 +157,16 @@ def check_status(status: object) -> str:
     return status
 
 
+def _check_unicode(value: str, what: str) -> None:
+    """A lone surrogate (half of a UTF-16 pair, which JSON's \\ud800 escapes can produce) is no UTF-8 text:
+    no database stores it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StorageError(f"{what} holds a lone surrogate character (\\ud800–\\udfff), which is not valid "
+                           "Unicode text; nothing was saved.") from None
+
+
 def check_text(value: object, what: str, limit: int) -> str:
     if not isinstance(value, str):
         raise StorageError(f"The {what} must be text, not {type(value).__name__}.")
@@ -164,6 +174,7 @@ def check_text(value: object, what: str, limit: int) -> str:
         raise StorageError(f"The {what} is {len(value)} characters long; at most {limit} are kept.")
     if "\x00" in value:
         raise StorageError(f"The {what} contains a NUL character, which databases cannot store as text.")
+    _check_unicode(value, f"The {what}")
     return value
 
 
@@ -200,7 +211,10 @@ def to_json_value(value: Any, what: str) -> Any:
             raise StorageError(f"{what} holds more than {MAX_NODES} values; store a summary instead.")
         if depth > MAX_DEPTH:
             raise StorageError(f"{what} is nested more than {MAX_DEPTH} levels deep at {path}.")
-        if v is None or isinstance(v, bool | str):
+        if isinstance(v, str):
+            _check_unicode(v, path)
+            return v
+        if v is None or isinstance(v, bool):
             return v
         if isinstance(v, int):
             return int(v)
@@ -213,6 +227,7 @@ def to_json_value(value: Any, what: str) -> Any:
             for k, item in v.items():
                 if not isinstance(k, str):
                     raise StorageError(f"{path} has a key {k!r} that is not text; JSON keys must be strings.")
+                _check_unicode(k, f"A key of {path}")
                 out[k] = walk(item, f"{path}.{k}", depth + 1)
             return out
         if isinstance(v, list | tuple):

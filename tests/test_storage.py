@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import ExperimentNotFound, ExperimentRecord, History, StorageError, open_database
-from tests.strategies import json_values
+from tests.strategies import TEXT, json_values
 
 CONFIG = {"model": "HuggingFaceTB/SmolLM2-135M", "metric": "wanda", "pattern": "unstructured", "sparsity": 0.5,
           "allocation": "owl", "calib": "wikitext2", "nsamples": 128, "seqlen": 2048, "seed": 0}
@@ -171,7 +171,7 @@ def test_compare_keeps_order_and_names_missing_ids(history):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(results=st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+@given(results=st.dictionaries(st.text(TEXT, max_size=8), json_values, max_size=5))
 def test_any_json_results_round_trip(history, results):
     saved = history.save("search", CONFIG, results=results)
     assert history.get(saved.id).results == results

@@ -21,7 +21,7 @@ from storage import (
     permalink,
     read_document,
 )
-from tests.strategies import json_values
+from tests.strategies import TEXT, json_values
 
 CONFIG = {"model": "HuggingFaceTB/SmolLM2-135M", "metric": "wanda", "sparsity": 0.6, "allocation": "owl"}
 RESULTS = {"ppl": 25.25, "ratios": [0.5, 0.7, 0.6], "generations": [{"best": 30.5}, {"best": 25.25}],
@@ -91,8 +91,8 @@ def test_export_refuses_what_could_not_be_imported_again(history):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(results=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
-       name=st.text(st.characters(exclude_characters="\x00"), max_size=50))
+@given(results=st.dictionaries(st.text(TEXT, max_size=8), json_values, max_size=5),
+       name=st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=50))
 def test_any_experiment_round_trips(history, results, name):
     original = history.save("sweep", CONFIG, name=name, results=results)
     imported = import_experiment(history, export_experiment(history, original.id))
@@ -142,6 +142,8 @@ HOSTILE = {
     "bad id": (encoded(valid_doc(id="../../etc/passwd")), "at experiment/id"),
     "impossible date": (encoded(valid_doc(created_at="2025-13-45T00:00:00")), "created_at is not an ISO 8601"),
     "NUL in the name": (encoded(valid_doc(name="a\x00b")), "cannot be stored: The name contains a NUL"),
+    "lone surrogate in the name": (encoded(valid_doc(name="a\ud800b")), "The name holds a lone surrogate"),
+    "lone surrogate in the results": (encoded(valid_doc(results={"note": "\udfff"})), "results.note holds a lone"),
     "NaN literal": (VALID.replace(b"25.25", b"NaN", 1), "contains NaN, which is not a JSON number"),
     "Infinity literal": (VALID.replace(b"25.25", b"-Infinity", 1), "contains -Infinity"),
     "number overflowing to inf": (VALID.replace(b"25.25", b"1e999", 1), "number 1e999, too large"),

@@ -29,6 +29,14 @@ def test_uniform_widths_meet_the_budget(target):
         uniform_widths(SMOLLM2, 1.5)
 
 
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7, 0.9])
+def test_aligned_uniform_widths_are_multiples_of_eight_near_the_budget(target):
+    hidden, mid = uniform_widths(SMOLLM2, target, align=8)
+    assert hidden % 8 == 0 and mid % 8 == 0
+    kept = SMOLLM2.block_params(torch.tensor([hidden, hidden, hidden, mid, hidden])) * SMOLLM2.n_blocks
+    assert int(kept) / SMOLLM2.dense_params == pytest.approx(target, abs=0.005)
+
+
 def test_baseline_shares_one_hidden_index_set_and_meets_the_budget(tiny, windows):
     sel = uniform_selection(tiny, windows, 0.6, batch_size=2)
     shared = sel.keep[0][0]

@@ -61,6 +61,22 @@ def test_fit_budget_lands_within_one_channel_of_the_target(target, seed):
     assert all(k.numel() >= 1 for block in sel.keep for k in block)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.05, 0.99), st.integers(0, 10_000))
+def test_aligned_fit_budget_keeps_multiples_of_eight_near_the_target(target, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = [torch.randn(w, generator=g) for _ in range(SHAPE.n_blocks) for w in SHAPE.full_widths]
+    sel = fit_budget(SHAPE, scores, target, align=8)
+    assert (sel.widths % 8 == 0).all() and (sel.widths >= 8).all()
+    # Each structure keeps its best-scored channels.
+    for block, flat in zip(sel.keep, group_by_block(scores)):
+        for keep, s in zip(block, flat):
+            assert set(keep.tolist()) == set(torch.topk(s, keep.numel()).indices.tolist())
+    step = 8 * max(3 * SHAPE.hidden, 2 * SHAPE.intermediate, SHAPE.q_dim + 2 * SHAPE.kv_dim)
+    floor = fit_budget(SHAPE, [torch.full_like(s, -1.0) for s in scores], 0.001, align=8).params
+    assert abs(sel.params - target * SHAPE.dense_params) <= step or sel.params == floor
+
+
 def test_fit_budget_keeps_the_highest_scores():
     scores = [torch.arange(w, dtype=torch.float32) for _ in range(SHAPE.n_blocks) for w in SHAPE.full_widths]
     sel = fit_budget(SHAPE, scores, 0.5)

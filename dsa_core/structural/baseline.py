@@ -18,8 +18,15 @@ from dsa_core.models import LoadedModel
 from dsa_core.structural.selection import BlockShape, Selection
 
 
-def uniform_widths(shape: BlockShape, target: float) -> tuple[int, int]:
-    """Hidden and intermediate widths shared by all blocks whose kept parameters are closest to `target`."""
+def _multiples(width: float, full: int, align: int) -> list[int]:
+    """The multiples of `align` (or the full width) just below and above `width`, within [align, full]."""
+    lo = align * math.floor(width / align)
+    return sorted({min(full, max(align, w)) for w in (lo, lo + align)})
+
+
+def uniform_widths(shape: BlockShape, target: float, align: int = 1) -> tuple[int, int]:
+    """Hidden and intermediate widths shared by all blocks whose kept parameters are closest to `target`,
+    each a multiple of `align` (or the full width)."""
     if not 0.0 < target <= 1.0:
         raise ConfigError(f"Target ratio {target} is outside (0, 1]; give the share of parameters to keep.")
     per_hidden = 2 * shape.q_dim + 2 * shape.kv_dim  # q/k/v read and o_proj writes each hidden channel
@@ -27,9 +34,10 @@ def uniform_widths(shape: BlockShape, target: float) -> tuple[int, int]:
     # Scale both widths by s: s·H·per_hidden + 3·s²·H·I = budget.
     a, b = 3 * shape.hidden * shape.intermediate, shape.hidden * per_hidden
     s = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
-    hidden = min(shape.hidden, max(1, round(s * shape.hidden)))
-    mid = min(shape.intermediate, max(1, round((budget - hidden * per_hidden) / (3 * hidden))))
-    return hidden, mid
+    # Of the aligned widths around the solution, the pair whose count is closest to the budget.
+    pairs = [(h, m) for h in _multiples(s * shape.hidden, shape.hidden, align)
+             for m in _multiples((budget - h * per_hidden) / (3 * h), shape.intermediate, align)]
+    return min(pairs, key=lambda hm: abs(hm[0] * per_hidden + 3 * hm[0] * hm[1] - budget))
 
 
 @torch.no_grad()
@@ -68,10 +76,11 @@ def activation_norms(lm: LoadedModel, windows: torch.Tensor, batch_size: int) ->
     return hidden.cpu(), (mid_sq.sqrt() * column_norms).cpu()
 
 
-def uniform_selection(lm: LoadedModel, windows: torch.Tensor, target: float, batch_size: int = 4) -> Selection:
+def uniform_selection(lm: LoadedModel, windows: torch.Tensor, target: float, batch_size: int = 4,
+                      align: int = 1) -> Selection:
     """The baseline's selection at `target` of the blocks' linear-layer parameters."""
     shape = BlockShape.from_config(lm.model.config)
-    hidden_w, mid_w = uniform_widths(shape, target)
+    hidden_w, mid_w = uniform_widths(shape, target, align)
     hidden_score, mid_score = activation_norms(lm, windows, batch_size)
     shared = torch.sort(torch.topk(hidden_score, hidden_w).indices).values
     keep = [[shared, shared, shared, torch.sort(torch.topk(mid_score[i], mid_w).indices).values, shared]

@@ -33,6 +33,7 @@ class StructuralRun:
     compressed: nn.Module
     selection: Selection
     baseline: nn.Module | None = None
+    hypernetwork: nn.Module | None = None  # the trained generator: its scores give other fits of the budget
 
 
 def _params(model: nn.Module) -> int:
@@ -103,7 +104,7 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     if cfg.baseline:
         calib_windows = data.calibration_windows(ids, cfg.baseline_samples, cfg.seqlen, cfg.seed)
         with oom_as_error("choosing the baseline's channels"):
-            base_sel = uniform_selection(lm, calib_windows, cfg.target_ratio, bs)
+            base_sel = uniform_selection(lm, calib_windows, cfg.target_ratio, bs, cfg.align)
         baseline = compress(lm, base_sel)
         result["baseline"] = _selection_summary(base_sel)
         result["ppl"]["baseline"] = ppl(as_loaded(baseline, lm, "baseline"), "perplexity (baseline)")
@@ -142,4 +143,4 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
         environment=environment(lm),
     )
     return StructuralRun(result=result, dense=lm, compressed=compressed, selection=trained.selection,
-                         baseline=baseline)
+                         baseline=baseline, hypernetwork=trained.hypernetwork)

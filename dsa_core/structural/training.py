@@ -50,6 +50,7 @@ class StructuralConfig:
     baseline: bool = True
     baseline_samples: int = 32
     max_train_seconds: float | None = None  # stop training early after this long (the curve shows where)
+    align: int = 8  # kept widths are multiples of this (GPU matrix kernels want 8); 1 keeps exact widths
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
@@ -68,6 +69,8 @@ class StructuralConfig:
             raise ConfigError("The Gumbel-sigmoid temperature must be positive.")
         if self.eval_windows is not None and self.eval_windows < 1:
             raise ConfigError("--eval-windows must be at least 1.")
+        if self.align < 1:
+            raise ConfigError("Channel alignment must be at least 1.")
         if self.baseline_samples < 1:
             raise ConfigError("The baseline needs at least one calibration window.")
         if self.max_train_seconds is not None and self.max_train_seconds <= 0:
@@ -149,6 +152,6 @@ def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, p
     hn.eval()
     scores = hn.scores()
     raw = Selection.from_masks(shape, [(s > 0).float() for s in scores])
-    selection = fit_budget(shape, scores, cfg.target_ratio)
+    selection = fit_budget(shape, scores, cfg.target_ratio, cfg.align)
     log.info("hypernetwork kept %.4f of the parameters; fitted to %.4f", raw.ratio, selection.ratio)
     return TrainingResult(selection=selection, raw_ratio=raw.ratio, curve=curve, hypernetwork=hn)

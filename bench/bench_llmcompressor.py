@@ -1,0 +1,204 @@
+"""Wanda and SparseGPT through llm-compressor and through dsa_core, side by side: the same model, weights, dtype,
+device and calibration windows; seconds for the prune and WikiText-2 test perplexity of each, and ours/theirs.
+
+    python bench/bench_llmcompressor.py                          # GPU: 128x2048, 50% and 70%, whole test split
+    python bench/bench_llmcompressor.py --nsamples 4 --seqlen 256 --eval-windows 4 --targets 0.5   # CPU quick run
+    python bench/bench_llmcompressor.py --model random:llama-2-7b --eval-windows 8   # 7B shape: speed only
+
+Prints a table: per method and target, each tool's seconds, perplexity and achieved sparsity; on the dsa_core row
+ours/theirs for time and perplexity, and the share of weights whose pruned-or-kept state agrees between the two.
+
+llm-compressor 0.14.0.1 (transformers 5.15 to 5.17) pins compressed-tensors 0.19.0, which dsa_core.export's
+compressed-tensors calls do not run on: install its wheels into a folder of their own, first on the path for this
+script alone (datasets and loguru, which it also needs, come from the other carried wheels in /tmp/site):
+    pip install --no-deps --target /tmp/site-llmc .carry/whl-llmc/*.whl
+    PYTHONPATH=/tmp/site-llmc:/tmp/site python bench/bench_llmcompressor.py
+
+What is timed, for both tools, from dense weights already on the device: the calibration forward passes and the
+pruning, block after block (inputs of block i+1 go through the pruned block i). Not timed: loading the model,
+reading and tokenising the calibration text (the windows are drawn once and fed to both), perplexity. For
+llm-compressor the whole `oneshot` call is timed (argument parsing, graph tracing, its hooks), since that is what
+its users pay; it gets its own copy of the dense model, already on the device, so its sequential onloading moves
+no weights. Both prune every linear layer of the decoder blocks (not lm_head) to the same ratio: Wanda per output
+row, SparseGPT per 128-column block with 1% dampening (both tools' defaults). A warm-up (one window, each tool,
+each method, untimed) comes first so that neither pays the device's first-call costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dsa_core.config import EvalConfig  # noqa: E402
+from dsa_core.evaluate import perplexity  # noqa: E402
+from dsa_core.models import BLOCK_PATHS, LoadedModel  # noqa: E402
+from dsa_core.pipeline import open_session  # noqa: E402
+from dsa_core.prune import achieved_sparsity, prune_sequential  # noqa: E402
+
+METHODS = ("wanda", "sparsegpt")
+
+
+def llmcompressor_api():
+    """oneshot, the two modifiers and remove_dispatch; a readable exit where llm-compressor is not installed."""
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # its per-layer INFO and METRIC lines drown the table
+    try:
+        import compressed_tensors
+        import llmcompressor
+        from compressed_tensors.offload import remove_dispatch
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+    except ImportError as e:
+        raise SystemExit(f"llm-compressor is not importable ({e}); install the wheels in .carry/whl-llmc with "
+                         "pip install --no-deps --target DIR and put DIR first on PYTHONPATH.") from e
+    versions = f"llmcompressor {llmcompressor.__version__}, compressed-tensors {compressed_tensors.__version__}"
+    modifiers = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}
+    return oneshot, modifiers, remove_dispatch, versions
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def calibration_loader(windows: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
+    """Our calibration windows, in our order and batches, as the dict batches llm-compressor's pipelines read."""
+    rows = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows]
+    return torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=False)
+
+
+def prune_ours(lm: LoadedModel, windows: torch.Tensor, method: str, target: float, batch_size: int) -> float:
+    """Seconds of dsa_core's sequential prune from the token windows (block 0's inputs captured anew, as
+    llm-compressor captures them in each oneshot call)."""
+    sync(lm.device)
+    start = time.perf_counter()
+    prune_sequential(lm, windows, method, np.full(len(lm.blocks), target), "unstructured", batch_size)
+    sync(lm.device)
+    return time.perf_counter() - start
+
+
+def prune_theirs(api, lm: LoadedModel, windows: torch.Tensor, method: str, target: float, batch_size: int,
+                 offload: str) -> tuple[LoadedModel, float]:
+    """A copy of the model (dense as it is now) pruned by llm-compressor's oneshot, and the seconds oneshot took."""
+    oneshot, modifiers, remove_dispatch, _ = api
+    model = copy.deepcopy(lm.model)
+    # The decoder blocks are the targets: each one's linear layers get the ratio, as ours do; lm_head is left alone.
+    blocks = rf"re:^{re.escape(BLOCK_PATHS[lm.arch])}\.\d+$"
+    recipe = modifiers[method](sparsity=target, mask_structure="0:0", targets=[blocks])
+    loader = calibration_loader(windows, batch_size)
+    with tempfile.TemporaryDirectory(prefix="bench-llmc-") as tmp:
+        if not model.config.name_or_path:  # a random:<shape> model; oneshot re-reads the config from its path
+            model.config.save_pretrained(tmp)
+            model.config._name_or_path = tmp
+        sync(lm.device)
+        start = time.perf_counter()
+        oneshot(model=model, processor=lm.tokenizer, recipe=recipe, dataset=loader,
+                sequential_offload_device=offload)
+        sync(lm.device)
+        seconds = time.perf_counter() - start
+    remove_dispatch(model)  # back to plain parameters, so that perplexity runs the model as ours runs
+    return dataclasses.replace(lm, model=model), seconds
+
+
+def same_mask(a: LoadedModel, b: LoadedModel) -> float:
+    """Share of prunable weights that are zero in both models or non-zero in both."""
+    same = total = 0
+    for i in range(len(a.blocks)):
+        for m, n in zip(a.linear_layers(i).values(), b.linear_layers(i).values()):
+            same += int(((m.weight == 0) == (n.weight == 0)).sum())
+            total += m.weight.numel()
+    return same / total
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--eval-windows", type=int, default=None)
+    ap.add_argument("--targets", default="0.5,0.7")
+    ap.add_argument("--methods", default="wanda,sparsegpt")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--data-source", default="local")
+    ap.add_argument("--batch-size", type=int, default=None, help="calibration batch of both tools (default: ours)")
+    ap.add_argument("--offload-device", default="cpu",
+                    help="where llm-compressor keeps activations between blocks (its default: cpu)")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed one-window run of each tool")
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    if unknown := set(methods) - set(METHODS):
+        raise SystemExit(f"Unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}.")
+    targets = [float(t) for t in args.targets.split(",") if t]
+
+    api = llmcompressor_api()
+    cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
+                     dtype=args.dtype, device=args.device, data_source=args.data_source, batch_size=args.batch_size)
+    s = open_session(cfg)
+    lm, dev = s.lm, s.lm.device
+    calib = s.calibration_windows()
+    evals, origin = s.eval_windows("wikitext2", "test", args.seqlen, args.eval_windows)
+    ppl_batch = 8 if dev.type == "cuda" else 1
+    ppl = lambda model: perplexity(model, evals, ppl_batch)  # noqa: E731
+
+    # (method, target, tool, seconds, ppl, sparsity, (time ours/theirs, ppl ours/theirs, same mask) or None)
+    rows = [("dense", "-", "-", None, ppl(lm), achieved_sparsity(lm)[0], None)]
+    if not args.no_warmup:
+        for method in methods:
+            s.restore()
+            warm, _ = prune_theirs(api, lm, calib[:1], method, targets[0], s.batch_size, args.offload_device)
+            del warm
+            prune_ours(lm, calib[:1], method, targets[0], s.batch_size)
+        free(dev)
+    for target in targets:
+        for method in methods:
+            s.restore()
+            theirs, their_s = prune_theirs(api, lm, calib, method, target, s.batch_size, args.offload_device)
+            our_s = prune_ours(lm, calib, method, target, s.batch_size)
+            their_ppl, our_ppl = ppl(theirs), ppl(lm)
+            agree = same_mask(lm, theirs)
+            rows.append((method, f"{target:.0%}", "llm-compressor", their_s, their_ppl, achieved_sparsity(theirs)[0],
+                         None))
+            rows.append((method, f"{target:.0%}", "dsa_core", our_s, our_ppl, achieved_sparsity(lm)[0],
+                         (our_s / their_s, our_ppl / their_ppl, agree)))
+            del theirs
+            free(dev)
+    s.restore()
+
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print(f"\nprotocol: model {cfg.model or 'smollm2'} ({lm.prunable_params / 1e6:.0f}M prunable), {device_name}, "
+          f"{lm.dtype}; WikiText-2 test ({origin}), seqlen {args.seqlen}, {evals.shape[0]} windows; calibration "
+          f"{args.nsamples} windows from {s.calib_origin}, seed 0, batch {s.batch_size}; uniform unstructured; "
+          f"llm-compressor activations offloaded to {args.offload_device}; "
+          f"{'no warm-up' if args.no_warmup else 'after a one-window warm-up'}; {api[3]}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
+    print(f"{'method':<11}{'target':>7}  {'tool':<16}{'seconds':>9}{'ppl':>11}{'sparsity':>10}"
+          f"{'time ours/theirs':>18}{'ppl ours/theirs':>17}{'same mask':>11}")
+    for method, target, tool, sec, p, sparsity, ratios in rows:
+        seconds = "" if sec is None else f"{sec:.2f}"
+        vs = ["", "", ""] if ratios is None else [f"{ratios[0]:.3f}x", f"{ratios[1]:.4f}x", f"{100 * ratios[2]:.3f}%"]
+        print(f"{method:<11}{target:>7}  {tool:<16}{seconds:>9}{p:>11.3f}{100 * sparsity:>9.2f}%"
+              f"{vs[0]:>18}{vs[1]:>17}{vs[2]:>11}")
+
+
+if __name__ == "__main__":
+    main()

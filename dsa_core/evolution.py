@@ -1,0 +1,150 @@
+"""DSA's evolutionary search as an Optuna sampler: elitist selection, tournament, uniform crossover, mutation,
+and pre-selection of children by a surrogate of the fitness.
+
+Optuna's NSGAIISampler, used as a single-objective GA, lost to random search on SmolLM2 (bench/bench_search.py,
+3 of 3 seeds). The space is rugged in the genes: one changed op, or a crossover of two good functions, gives an
+unrelated allocation, so recombining genes alone searches little better than drawing at random. It is smooth in
+what the genes produce (the phenotype: each block's sparsity ratio): allocations that differ a little score
+about the same. So each trial breeds `preselect` new children and evaluates only the one whose ratios lie
+nearest, by a k-nearest-neighbour estimate, to the allocations that scored best so far; a child whose ratios
+repeat an evaluated allocation is not new and is never proposed. λ moves by a small Gaussian step rather than a
+fresh draw. The first `initial` trials are random (Optuna's RandomSampler, so a GA and a random search of one
+seed share them); every later trial is bred from two parents, each the winner of a tournament among the best
+`population` functions found so far (by any worker of the study).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+RETRIES = 100  # draws per wanted child (and batches of children) before giving up and returning a random function
+NEIGHBOURS = 5  # of the k-nearest-neighbour fitness estimate
+PHENOTYPE_DECIMALS = 6  # ratios equal to this many decimals are one allocation
+
+Phenotype = Callable[[dict], "np.ndarray | None"]  # params -> per-block ratios (None: the function fails)
+
+
+class EvolutionSampler(optuna.samplers.BaseSampler):
+    """A steady-state GA over a fixed space of categorical genes and one float gene (λ).
+
+    `key` maps params to the identity of what they encode (an allocation function's canonical text), so that
+    novelty is judged on functions rather than raw params. `phenotype` (set by the search once the model's block
+    statistics exist) maps params to the allocation they give; without it children are not pre-selected.
+    `mutation` is the per-gene probability of a categorical redraw (default 1 / number of genes); λ moves by a
+    Gaussian step of `step_sd` of its range with probability ½. Completed trials carry their ratios in the
+    `ratios` user attribute. Children's phenotypes are computed in `threads` threads (default: one per core)."""
+
+    def __init__(self, space: dict[str, BaseDistribution], population: int = 24, mutation: float | None = None,
+                 initial: int | None = None, preselect: int = 16, tournament: int = 2, step_sd: float = 0.1,
+                 seed: int | None = None, key: Callable[[dict], Any] | None = None,
+                 phenotype: Phenotype | None = None, threads: int | None = None):
+        self._space = space
+        self._population = population
+        self._mutation = mutation if mutation is not None else 1.0 / len(space)
+        self._initial = initial if initial is not None else population
+        self._preselect = preselect
+        self._tournament = tournament
+        self._step_sd = step_sd
+        self._key = key or (lambda params: tuple(sorted(params.items())))
+        self.phenotype = phenotype
+        self._threads = threads or os.cpu_count() or 1
+        self._keys: dict[int, Any] = {}  # trial id -> key (params of a trial never change once set)
+        self._rng = np.random.RandomState(seed)
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._space
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                                      TrialState.PRUNED))
+                  if set(t.params) == set(self._space)]
+        done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        if len(done) < self._initial:
+            return {}  # Optuna falls back to sample_independent: random
+        seen = {self._trial_key(t) for t in trials}
+        elite, keys = [], set()
+        for t in done:
+            if self._trial_key(t) not in keys and len(elite) < self._population:
+                keys.add(self._trial_key(t))
+                elite.append(t)
+        known = [(np.asarray(t.user_attrs["ratios"]), t.value) for t in done if t.user_attrs.get("ratios")]
+        wanted = self._preselect if self.phenotype is not None and known else 1
+        evaluated = {np.round(r, PHENOTYPE_DECIMALS).tobytes() for r, _ in known}
+        for _ in range(RETRIES):
+            batch = []
+            for _ in range(RETRIES * wanted):
+                child = self._breed(elite)
+                if self._key(child) not in seen:
+                    seen.add(self._key(child))
+                    batch.append(child)
+                    if len(batch) == wanted:
+                        break
+            if wanted == 1 or not batch:
+                return batch[0] if batch else {}
+            # Phenotypes of new (pre-process, reduction) pairs take a pass over the score samples: in threads,
+            # since numpy releases the GIL for them.
+            with ThreadPoolExecutor(min(len(batch), self._threads)) as pool:
+                ratios = list(pool.map(self.phenotype, batch))
+            children = [(c, r) for c, r in zip(batch, ratios)
+                        if r is None or np.round(r, PHENOTYPE_DECIMALS).tobytes() not in evaluated]
+            if children:  # else every child allocates exactly as an evaluated function: breed again
+                return min(children, key=lambda c: _estimate(c[1], known))[0]
+        return {}
+
+    def _trial_key(self, trial: FrozenTrial) -> Any:
+        if trial._trial_id not in self._keys:
+            self._keys[trial._trial_id] = self._key(trial.params)
+        return self._keys[trial._trial_id]
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def _breed(self, elite: list[FrozenTrial]) -> dict[str, Any]:
+        a, b = self._select(elite), self._select(elite)
+        child = {name: (a.params[name] if self._rng.rand() < 0.5 else b.params[name]) for name in self._space}
+        return self._mutate(child)
+
+    def _select(self, elite: list[FrozenTrial]) -> FrozenTrial:
+        picks = self._rng.choice(len(elite), size=min(self._tournament, len(elite)), replace=False)
+        return elite[min(picks)]  # elite is sorted best first
+
+    def _mutate(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = dict(params)
+        for name, dist in self._space.items():
+            if isinstance(dist, CategoricalDistribution):
+                if self._rng.rand() < self._mutation:
+                    out[name] = dist.choices[self._rng.randint(len(dist.choices))]
+            elif isinstance(dist, FloatDistribution) and self._rng.rand() < 0.5:
+                value = out[name] + self._rng.normal(0.0, self._step_sd * (dist.high - dist.low))
+                if dist.step is not None:
+                    value = dist.low + round((value - dist.low) / dist.step) * dist.step
+                out[name] = float(min(dist.high, max(dist.low, value)))
+        return out
+
+
+def _estimate(ratios: np.ndarray | None, known: list[tuple[np.ndarray, float]]) -> float:
+    """Log-fitness of an allocation estimated from the evaluated ones nearest to it (inverse-distance weights);
+    +inf for a function that fails, so that it is picked only when nothing else is new."""
+    if ratios is None:
+        return np.inf
+    points = np.stack([r for r, _ in known])
+    values = np.log(np.maximum([v for _, v in known], 1e-12))
+    d = np.linalg.norm(points - ratios, axis=1)
+    nearest = np.argsort(d)[:NEIGHBOURS]
+    w = 1.0 / (d[nearest] + 1e-9)
+    return float(np.sum(w * values[nearest]) / np.sum(w))
