@@ -156,6 +156,12 @@ class Fitness:
             return None
 
 
+def _comparable(cfg: SearchConfig, **overrides) -> dict:
+    """A configuration as resuming compares it: budgets may change between runs, and settings added since a study
+    was saved take their defaults (through SearchConfig.from_dict)."""
+    return {k: v for k, v in {**cfg.to_dict(), **overrides}.items() if k not in ("budget_candidates", "budget_seconds")}
+
+
 def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
     """A new or existing study (resume by name). Its configuration is kept in the study itself, so that
     workers and resumed runs need only the name and the storage URL."""
@@ -177,9 +183,7 @@ def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
     if saved is None:
         cfg.study = name
         study.set_user_attr("config", cfg.to_dict())
-    elif {k: v for k, v in saved.items() if k not in ("budget_candidates", "budget_seconds")} != {
-        k: v for k, v in {**cfg.to_dict(), "study": name}.items() if k not in ("budget_candidates", "budget_seconds")
-    }:
+    elif _comparable(SearchConfig.from_dict(saved)) != _comparable(cfg, study=name):
         raise ConfigError(f"Study '{name}' exists with another configuration; resume it with the same settings.")
     return study
 

@@ -97,6 +97,16 @@ def test_resume_continues_a_saved_study(session, tmp_path):
     assert result.evaluated == 4  # the first five came from the saved study, not re-evaluated
 
 
+def test_a_study_saved_before_newer_settings_existed_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = S.SearchConfig(**QUICK, budget_candidates=5, study="old").validate()
+    study = S.create_study(cfg, url)
+    older = {k: v for k, v in study.user_attrs["config"].items() if k not in ("initial", "preselect")}
+    study.set_user_attr("config", older)  # as a version without these settings saved it
+    resumed, saved = S.load_study("old", url)
+    assert saved.preselect == S.SearchConfig().preselect and resumed.study_name == "old"
+
+
 def test_resume_with_another_configuration_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     S.create_study(S.SearchConfig(**QUICK, study="s", budget_candidates=3), url)
