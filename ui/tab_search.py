@@ -20,7 +20,8 @@ def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
     with gr.Row():
         sampler = gr.Radio(list(SAMPLERS), value="ga", label="Sampler", elem_id="sampler",
-                           info="ga: genetic algorithm (NSGA-II, one objective); random: the baseline")
+                           info="ga: genetic algorithm, children pre-selected by their allocations; nsga2: Optuna's "
+                                "NSGA-II as a one-objective GA; random: the baseline")
         population = gr.Number(8, precision=0, minimum=2, label="Population", elem_id="population")
         budget = gr.Number(40, precision=0, minimum=0, label="Budget: candidates (0 = none)", elem_id="budget")
         seconds = gr.Number(0, minimum=0, label="Budget: seconds (0 = none)", elem_id="budget-seconds")
