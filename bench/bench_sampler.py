@@ -31,7 +31,7 @@ def time_sampler(session, cfg: S.SearchConfig, trials: int, threads: int) -> flo
     fitness = S.Fitness(session, cfg)
     study = optuna.create_study(sampler=S.EvolutionSampler(
         S.search_space(cfg), population=cfg.population, preselect=cfg.preselect, seed=cfg.seed, threads=threads,
-        key=lambda p: S.F.to_text(S.function_from_params(p)), phenotype=fitness.phenotype))
+        key=S.function_text, phenotype=fitness.phenotype))
     space = S.search_space(cfg)
     profile = np.linspace(cfg.sparsity - 0.1, cfg.sparsity + 0.1, stats.num_blocks)
     asking = 0.0

@@ -106,11 +106,10 @@ def main() -> None:
     # The same hypernetwork fitted to the budget without rounding widths to multiples of 8: what alignment buys.
     exact_sel = fit_budget(shape, run.hypernetwork.scores(), args.target_ratio, align=1)
     exact = compress(lm, exact_sel)
-    test_windows = data.eval_windows(data.tokenize(lm.tokenizer, data.load_text("wikitext2", "test",
-                                     args.data_source).text), args.eval_seqlen, args.eval_windows)
+    test_ids = data.tokenize(lm.tokenizer, data.load_text("wikitext2", "test", args.data_source).text)
+    test_windows = data.eval_windows(test_ids, args.eval_seqlen, args.eval_windows)
     exact_ppl = perplexity(as_loaded(exact, lm, "exact widths"), test_windows, 8 if lm.device.type == "cuda" else 1)
 
-    test_ids = data.tokenize(lm.tokenizer, data.load_text("wikitext2", "test", args.data_source).text)
     batches = [int(b) for b in args.batches.split(",")]
     models = {"dense": lm.model, "DISP-LLM": run.compressed, "DISP-LLM, exact widths": exact,
               "uniform baseline": run.baseline, "DISP class, full widths": full}

@@ -114,6 +114,11 @@ def function_from_params(params: dict) -> F.AllocationFunction:
     return F.function_from_slots({k: v for k, v in params.items() if k != "lam"}, lam=round(params["lam"], 4))
 
 
+def function_text(params: dict) -> str:
+    """The canonical text of a trial's function: what the study, the memo and the GA's novelty check key on."""
+    return F.to_text(function_from_params(params))
+
+
 @dataclass
 class Candidate:
     text: str
@@ -169,7 +174,7 @@ def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
     if cfg.sampler == "ga":
         sampler = EvolutionSampler(search_space(cfg), population=cfg.population, mutation=cfg.mutation,
                                    initial=cfg.initial, preselect=cfg.preselect, seed=cfg.seed,
-                                   key=lambda params: F.to_text(function_from_params(params)))
+                                   key=function_text)
     elif cfg.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(
             population_size=cfg.population, crossover=optuna.samplers.nsgaii.UniformCrossover(), seed=cfg.seed,

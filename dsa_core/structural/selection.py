@@ -183,11 +183,11 @@ def fit_budget(shape: BlockShape, scores: Sequence[torch.Tensor], target: float,
     flat = [s.detach().float().cpu() for s in scores]
     order = [torch.argsort(s, descending=True, stable=True) for s in flat]
     ascending = [torch.sort(s).values for s in flat]
+    full = torch.tensor([len(a) for a in ascending])
 
     def counts(threshold: float) -> torch.Tensor:
-        above = torch.tensor([len(a) - int(torch.searchsorted(a, threshold, right=True)) for a in ascending])
+        above = full - torch.tensor([int(torch.searchsorted(a, threshold, right=True)) for a in ascending])
         rounded = torch.round(above.double() / align).long() * align
-        full = torch.tensor([len(a) for a in ascending])
         return torch.minimum(full, rounded.clamp(min=align))
 
     def ratio(threshold: float) -> float:
