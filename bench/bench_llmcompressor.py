@@ -4,9 +4,13 @@ device and calibration windows; seconds for the prune and WikiText-2 test perple
     python bench/bench_llmcompressor.py                          # GPU: 128x2048, 50% and 70%, whole test split
     python bench/bench_llmcompressor.py --nsamples 4 --seqlen 256 --eval-windows 4 --targets 0.5   # CPU quick run
     python bench/bench_llmcompressor.py --model random:llama-2-7b --eval-windows 8   # 7B shape: speed only
+    python bench/bench_llmcompressor.py --seeds 0,1,2 --methods wanda   # calibration seeds: is a ppl gap noise?
 
 Prints a table: per method and target, each tool's seconds, perplexity and achieved sparsity; on the dsa_core row
 ours/theirs for time and perplexity, and the share of weights whose pruned-or-kept state agrees between the two.
+With several calibration seeds, a second table gives per method and target the perplexity ratio on each seed,
+their geometric mean, and on how many seeds ours is the lower: at 70% a few mask flips early in the model move
+perplexity by tens of percent either way (bench/quality.py), so one seed cannot say which tool prunes better.
 
 llm-compressor 0.14.0.1 (transformers 5.15 to 5.17) pins compressed-tensors 0.19.0, which dsa_core.export's
 compressed-tensors calls do not run on: install its wheels into a folder of their own, first on the path for this
@@ -43,6 +47,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dsa_core import data  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.evaluate import perplexity  # noqa: E402
 from dsa_core.models import BLOCK_PATHS, LoadedModel  # noqa: E402
@@ -144,60 +149,83 @@ def main() -> None:
     ap.add_argument("--offload-device", default="cpu",
                     help="where llm-compressor keeps activations between blocks (its default: cpu)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed one-window run of each tool")
+    ap.add_argument("--seeds", default="0", help="calibration seeds; each draws its own windows for both tools")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
         raise SystemExit(f"Unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}.")
     targets = [float(t) for t in args.targets.split(",") if t]
+    seeds = [int(k) for k in args.seeds.split(",") if k]
 
     api = llmcompressor_api()
     cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
                      dtype=args.dtype, device=args.device, data_source=args.data_source, batch_size=args.batch_size)
     s = open_session(cfg)
     lm, dev = s.lm, s.lm.device
-    calib = s.calibration_windows()
+    calib_text = data.load_text(s.calib, "train", s.data_source)
+    calib_ids = data.tokenize(lm.tokenizer, calib_text.text)
     evals, origin = s.eval_windows("wikitext2", "test", args.seqlen, args.eval_windows)
     ppl_batch = 8 if dev.type == "cuda" else 1
     ppl = lambda model: perplexity(model, evals, ppl_batch)  # noqa: E731
 
-    # (method, target, tool, seconds, ppl, sparsity, (time ours/theirs, ppl ours/theirs, same mask) or None)
-    rows = [("dense", "-", "-", None, ppl(lm), achieved_sparsity(lm)[0], None)]
+    # (seed, method, target, tool, seconds, ppl, sparsity, (time ours/theirs, ppl ours/theirs, same mask) or None)
+    rows = [("-", "dense", "-", "-", None, ppl(lm), achieved_sparsity(lm)[0], None)]
     if not args.no_warmup:
+        warm_windows = data.calibration_windows(calib_ids, 1, args.seqlen, seeds[0])
         for method in methods:
             s.restore()
-            warm, _ = prune_theirs(api, lm, calib[:1], method, targets[0], s.batch_size, args.offload_device)
+            warm, _ = prune_theirs(api, lm, warm_windows, method, targets[0], s.batch_size, args.offload_device)
             del warm
-            prune_ours(lm, calib[:1], method, targets[0], s.batch_size)
+            prune_ours(lm, warm_windows, method, targets[0], s.batch_size)
         free(dev)
-    for target in targets:
-        for method in methods:
-            s.restore()
-            theirs, their_s = prune_theirs(api, lm, calib, method, target, s.batch_size, args.offload_device)
-            our_s = prune_ours(lm, calib, method, target, s.batch_size)
-            their_ppl, our_ppl = ppl(theirs), ppl(lm)
-            agree = same_mask(lm, theirs)
-            rows.append((method, f"{target:.0%}", "llm-compressor", their_s, their_ppl, achieved_sparsity(theirs)[0],
-                         None))
-            rows.append((method, f"{target:.0%}", "dsa_core", our_s, our_ppl, achieved_sparsity(lm)[0],
-                         (our_s / their_s, our_ppl / their_ppl, agree)))
-            del theirs
-            free(dev)
+    for seed in seeds:
+        calib = data.calibration_windows(calib_ids, args.nsamples, args.seqlen, seed)
+        for target in targets:
+            for method in methods:
+                s.restore()
+                theirs, their_s = prune_theirs(api, lm, calib, method, target, s.batch_size, args.offload_device)
+                our_s = prune_ours(lm, calib, method, target, s.batch_size)
+                their_ppl, our_ppl = ppl(theirs), ppl(lm)
+                agree = same_mask(lm, theirs)
+                rows.append((seed, method, f"{target:.0%}", "llm-compressor", their_s, their_ppl,
+                             achieved_sparsity(theirs)[0], None))
+                rows.append((seed, method, f"{target:.0%}", "dsa_core", our_s, our_ppl, achieved_sparsity(lm)[0],
+                             (our_s / their_s, our_ppl / their_ppl, agree)))
+                del theirs
+                free(dev)
     s.restore()
 
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"\nprotocol: model {cfg.model or 'smollm2'} ({lm.prunable_params / 1e6:.0f}M prunable), {device_name}, "
           f"{lm.dtype}; WikiText-2 test ({origin}), seqlen {args.seqlen}, {evals.shape[0]} windows; calibration "
-          f"{args.nsamples} windows from {s.calib_origin}, seed 0, batch {s.batch_size}; uniform unstructured; "
+          f"{args.nsamples} windows from {calib_text.origin}, seeds {args.seeds}, batch {s.batch_size}; "
+          "uniform unstructured; "
           f"llm-compressor activations offloaded to {args.offload_device}; "
           f"{'no warm-up' if args.no_warmup else 'after a one-window warm-up'}; {api[3]}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
-    print(f"{'method':<11}{'target':>7}  {'tool':<16}{'seconds':>9}{'ppl':>11}{'sparsity':>10}"
+    print(f"{'seed':>4}  {'method':<11}{'target':>7}  {'tool':<16}{'seconds':>9}{'ppl':>11}{'sparsity':>10}"
           f"{'time ours/theirs':>18}{'ppl ours/theirs':>17}{'same mask':>11}")
-    for method, target, tool, sec, p, sparsity, ratios in rows:
+    for seed, method, target, tool, sec, p, sparsity, ratios in rows:
         seconds = "" if sec is None else f"{sec:.2f}"
         vs = ["", "", ""] if ratios is None else [f"{ratios[0]:.3f}x", f"{ratios[1]:.4f}x", f"{100 * ratios[2]:.3f}%"]
-        print(f"{method:<11}{target:>7}  {tool:<16}{seconds:>9}{p:>11.3f}{100 * sparsity:>9.2f}%"
+        print(f"{seed:>4}  {method:<11}{target:>7}  {tool:<16}{seconds:>9}{p:>11.3f}{100 * sparsity:>9.2f}%"
               f"{vs[0]:>18}{vs[1]:>17}{vs[2]:>11}")
+    if len(seeds) > 1:
+        print_seed_summary(rows, seeds)
+
+
+def print_seed_summary(rows: list[tuple], seeds: list[int]) -> None:
+    """Per method and target: ours/theirs on each seed, the geometric means, and the seeds where ours is lower."""
+    ours = [r for r in rows if r[3] == "dsa_core"]
+    print(f"\n{'method':<11}{'target':>7}  {'ppl ours/theirs per seed':<36}{'geo. mean':>10}{'time':>8}"
+          f"{'ours lower':>12}")
+    for method, target in dict.fromkeys((r[1], r[2]) for r in ours):
+        cells = [r for r in ours if (r[1], r[2]) == (method, target)]
+        ppl_ratios = np.array([r[7][1] for r in cells])
+        time_ratios = np.array([r[7][0] for r in cells])
+        per_seed = " ".join(f"{x:.3f}" for x in ppl_ratios)
+        print(f"{method:<11}{target:>7}  {per_seed:<36}{np.exp(np.log(ppl_ratios).mean()):>9.3f}x"
+              f"{np.exp(np.log(time_ratios).mean()):>7.3f}x{f'{int((ppl_ratios < 1).sum())}/{len(seeds)}':>12}")
 
 
 if __name__ == "__main__":

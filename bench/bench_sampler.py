@@ -1,7 +1,9 @@
 """Time the GA sampler spends per trial (breeding, computing the children's allocations, pre-selection), apart from
 evaluating candidates: SmolLM2's real block statistics, a synthetic fitness (distance of the ratios to a fixed
-profile), so that only the sampler is timed. Compares breeding in one thread with one thread per core, in one
-process, each from an empty reduction memo.
+profile), so that only the sampler is timed. Compares computing the children's allocations in one thread with one
+thread per core, in one process, each from an empty reduction memo (in both, a new pre-process/reduction pair's
+blocks are spread over one thread per core). On a GPU the search breeds while a candidate is evaluated
+(dsa_core.search.run_search), so this time is hidden there as long as it stays below a candidate's evaluation.
 
     python bench/bench_sampler.py --trials 300          # CPU is enough: the sampler never touches the GPU
 """

@@ -57,6 +57,8 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         self.phenotype = phenotype
         self._threads = threads or os.cpu_count() or 1
         self._keys: dict[int, Any] = {}  # trial id -> key (params of a trial never change once set)
+        self._ratios: dict[int, tuple[np.ndarray, bytes] | None] = {}  # complete trial id -> see _trial_ratios
+        self._prepared: dict[str, Any] | None = None  # params bred ahead by `prepare`
         self._rng = np.random.RandomState(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
 
@@ -67,8 +69,21 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._space
 
+    def prepare(self, study: optuna.Study) -> None:
+        """Breed the next trial's params now, from the study as it stands; the next `sample_relative` returns them.
+        The search calls this on a second thread while it evaluates a trial, so breeding costs no wall time."""
+        self._prepared = self._propose(study)
+
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if self._prepared is not None:
+            params, self._prepared = self._prepared, None
+            return params
+        return self._propose(study)
+
+    def _propose(self, study: optuna.Study) -> dict[str, Any]:
+        """A child of the best functions so far, new in key and in phenotype; {} while the study is in its
+        random phase (Optuna then samples each param independently, at random)."""
         trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
                                                                       TrialState.PRUNED))
                   if set(t.params) == set(self._space)]
@@ -81,9 +96,12 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             if self._trial_key(t) not in keys and len(elite) < self._population:
                 keys.add(self._trial_key(t))
                 elite.append(t)
-        known = [(np.asarray(t.user_attrs["ratios"]), t.value) for t in done if t.user_attrs.get("ratios")]
+        known = [(self._trial_ratios(t), t.value) for t in done if self._trial_ratios(t) is not None]
         wanted = self._preselect if self.phenotype is not None and known else 1
-        evaluated = {np.round(r, PHENOTYPE_DECIMALS).tobytes() for r, _ in known}
+        evaluated = {key for (_, key), _ in known}
+        if known:  # the k-NN estimate's data, once per trial rather than once per child
+            points = np.stack([r for (r, _), _ in known])
+            log_fitness = np.log(np.maximum([v for _, v in known], 1e-12))
         for _ in range(RETRIES):
             batch = []
             for _ in range(RETRIES * wanted):
@@ -100,10 +118,19 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             with ThreadPoolExecutor(min(len(batch), self._threads)) as pool:
                 ratios = list(pool.map(self.phenotype, batch))
             children = [(c, r) for c, r in zip(batch, ratios)
-                        if r is None or np.round(r, PHENOTYPE_DECIMALS).tobytes() not in evaluated]
+                        if r is None or _phenotype_key(r) not in evaluated]
             if children:  # else every child allocates exactly as an evaluated function: breed again
-                return min(children, key=lambda c: _estimate(c[1], known))[0]
+                return min(children, key=lambda c: _estimate(c[1], points, log_fitness))[0]
         return {}
+
+    def _trial_ratios(self, trial: FrozenTrial) -> tuple[np.ndarray, bytes] | None:
+        """A complete trial's allocation and its phenotype key, converted once (a trial's attributes never
+        change once it is complete); None when it recorded none."""
+        if trial._trial_id not in self._ratios:
+            ratios = trial.user_attrs.get("ratios")
+            r = np.asarray(ratios, dtype=np.float64) if ratios else None
+            self._ratios[trial._trial_id] = None if r is None else (r, _phenotype_key(r))
+        return self._ratios[trial._trial_id]
 
     def _trial_key(self, trial: FrozenTrial) -> Any:
         if trial._trial_id not in self._keys:
@@ -137,14 +164,16 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         return out
 
 
-def _estimate(ratios: np.ndarray | None, known: list[tuple[np.ndarray, float]]) -> float:
-    """Log-fitness of an allocation estimated from the evaluated ones nearest to it (inverse-distance weights);
-    +inf for a function that fails, so that it is picked only when nothing else is new."""
+def _phenotype_key(ratios: np.ndarray) -> bytes:
+    return np.round(ratios, PHENOTYPE_DECIMALS).tobytes()
+
+
+def _estimate(ratios: np.ndarray | None, points: np.ndarray, log_fitness: np.ndarray) -> float:
+    """Log-fitness of an allocation estimated from the evaluated ones (rows of `points`) nearest to it
+    (inverse-distance weights); +inf for a function that fails, so that it is picked only when nothing else is new."""
     if ratios is None:
         return np.inf
-    points = np.stack([r for r, _ in known])
-    values = np.log(np.maximum([v for _, v in known], 1e-12))
     d = np.linalg.norm(points - ratios, axis=1)
-    nearest = np.argsort(d)[:NEIGHBOURS]
+    nearest = np.argpartition(d, NEIGHBOURS)[:NEIGHBOURS] if len(d) > NEIGHBOURS else np.arange(len(d))
     w = 1.0 / (d[nearest] + 1e-9)
-    return float(np.sum(w * values[nearest]) / np.sum(w))
+    return float(np.sum(w * log_fitness[nearest]) / np.sum(w))

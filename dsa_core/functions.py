@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,8 @@ from dsa_core.stats import BlockStats
 MAPPINGS = {"band": 0.08, "multiplicative": 0.3}  # mapping -> default hyper-parameter (OWL's λ, AlphaPruning's ε)
 _TAIL_NAMES = {"band": "BAND", "multiplicative": "MULT"}
 _PARAM_RANGE = {"band": (0.0, 0.5), "multiplicative": (0.0, 1.0)}
+# Shared by every caller (the search's breeding threads included); its tasks never wait on the pool themselves.
+_BLOCK_POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dsa-reduce")
 
 
 @dataclass(frozen=True)
@@ -233,24 +237,29 @@ def importances(f: AllocationFunction, stats: BlockStats) -> tuple[np.ndarray, l
 
 
 def _reduce(f: AllocationFunction, stats: BlockStats) -> tuple[np.ndarray, dict[int, tuple]]:
-    """Per-block value after pre-process and reduction, and the first hazard met in each block."""
-    n = stats.num_blocks
+    """Per-block value after pre-process and reduction, and the first hazard met in each block. Blocks run in
+    threads: numpy releases the GIL on arrays this size, and one new (pre, reduction) pair is the critical path
+    of a search's breeding and of the web app's redraw."""
     reduction = ops.get(ops.REDUCTION, f.reduction)
     exact = [r for m, r in stats.outlier_ratios.items() if abs(m - ops.OUTLIER_M) < 1e-9]
-    values, cause = np.empty(n), {}
-    with np.errstate(all="ignore"):
-        for b, sample in enumerate(stats.score_samples):
-            if not f.pre and f.reduction == "outlier_ratio" and exact:
-                values[b] = float(exact[0][b])
-                continue
-            x = np.asarray(sample, dtype=np.float64)
+
+    def block(b: int) -> tuple[float, tuple | None]:
+        if not f.pre and f.reduction == "outlier_ratio" and exact:
+            return float(exact[0][b]), None
+        cause = None
+        with np.errstate(all="ignore"):
+            x = np.asarray(stats.score_samples[b], dtype=np.float64)
             for name in f.pre:
                 x = ops.get(ops.PRE, name).fn(x)
-                if b not in cause and not np.isfinite(x).all():
-                    cause[b] = (name, "non-finite scores", None)
-            values[b] = reduction.fn(x, int(stats.params[b])) if x.size else math.nan
-        for b in np.flatnonzero(~np.isfinite(values)):
-            cause.setdefault(int(b), (f.reduction, str(values[b]), None))
+                if cause is None and not np.isfinite(x).all():
+                    cause = (name, "non-finite scores", None)
+            return (reduction.fn(x, int(stats.params[b])) if x.size else math.nan), cause
+
+    results = list(_BLOCK_POOL.map(block, range(stats.num_blocks)))
+    values = np.array([v for v, _ in results], dtype=np.float64)
+    cause = {b: c for b, (_, c) in enumerate(results) if c is not None}
+    for b in np.flatnonzero(~np.isfinite(values)):
+        cause.setdefault(int(b), (f.reduction, str(values[b]), None))
     return values, cause
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -257,45 +258,57 @@ def run_search(
         study.sampler.phenotype = fitness.phenotype
     space = search_space(cfg)
     start, evaluated, trials, stopped = time.perf_counter(), 0, 0, False
-    while True:
-        W.fail_stale(study)
-        progress = W.study_progress(study)
-        for text, t in progress.done.items():  # what this and the other workers completed
-            fitness.memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
-        if cfg.budget_candidates is not None and len(progress.done) >= cfg.budget_candidates:
-            break
-        if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds:
-            break
-        if stop is not None and stop.is_set():
-            stopped = True
-            break
-        if trials >= 20 * (cfg.budget_candidates or 10_000):  # the space is exhausted: only repeats remain
-            break
-        if cfg.budget_candidates is not None and len(progress.done) + len(progress.in_flight) >= \
-                cfg.budget_candidates:
-            time.sleep(WAIT_S)  # other workers are finishing the budget; wait in case one of them dies
-            continue
-        trial = W.ask(study, space)
-        trials += 1
-        with W.heartbeat(study, trial):
-            fn = function_from_params(trial.params)
-            text = F.to_text(fn)
-            verdict = W.claim(study, trial, text, cfg.budget_candidates)
-            cached = text in fitness.memo
-            if verdict is None:
-                cand = fitness(fn)
-                trial.set_user_attr("ratios", cand.ratios)
-                evaluated += W.tell(study, trial, cand.fitness)  # cached only when a tell failed before
-            else:  # a repeat, or a function beyond the budget: recorded, never evaluated twice
-                trial.set_user_attr("skipped", verdict)
-                W.tell(study, trial, state=TrialState.PRUNED)
-        if on_event is not None and (verdict is None or cached):
-            cand, best = fitness.memo[text], study.best_trial
-            on_event(SearchEvent(
-                candidate=trial.number, generation=trial.number // cfg.population, text=cand.text,
-                fitness=cand.fitness, best_text=best.user_attrs["text"], best_fitness=best.value,
-                best_ratios=best.user_attrs.get("ratios", []), elapsed=time.perf_counter() - start, cached=cached,
-            ))
+    breed_ahead = isinstance(study.sampler, EvolutionSampler) and session.lm.device.type == "cuda"
+    with ThreadPoolExecutor(1, thread_name_prefix="dsa-breed") as breeder:
+        while True:
+            W.fail_stale(study)
+            progress = W.study_progress(study)
+            for text, t in progress.done.items():  # what this and the other workers completed
+                fitness.memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
+            if cfg.budget_candidates is not None and len(progress.done) >= cfg.budget_candidates:
+                break
+            if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds:
+                break
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            if trials >= 20 * (cfg.budget_candidates or 10_000):  # the space is exhausted: only repeats remain
+                break
+            if cfg.budget_candidates is not None and len(progress.done) + len(progress.in_flight) >= \
+                    cfg.budget_candidates:
+                time.sleep(WAIT_S)  # other workers are finishing the budget; wait in case one of them dies
+                continue
+            trial = W.ask(study, space)
+            trials += 1
+            with W.heartbeat(study, trial):
+                fn = function_from_params(trial.params)
+                text = F.to_text(fn)
+                verdict = W.claim(study, trial, text, cfg.budget_candidates)
+                cached = text in fitness.memo
+                if verdict is None:
+                    # On a GPU the GA breeds the next trial's params on a second thread while this one is evaluated:
+                    # breeding is CPU work and evaluation mostly waits on the GPU (on a CPU both want the same cores).
+                    # Waited for before this trial is told, so it is bred from the same study state every run (this
+                    # trial in flight): a seeded search stays reproducible.
+                    breeding = None
+                    if breed_ahead and (cfg.budget_candidates is None
+                                        or len(progress.done) + len(progress.in_flight) + 1 < cfg.budget_candidates):
+                        breeding = breeder.submit(study.sampler.prepare, study)
+                    cand = fitness(fn)
+                    if breeding is not None:
+                        breeding.result()
+                    trial.set_user_attr("ratios", cand.ratios)
+                    evaluated += W.tell(study, trial, cand.fitness)  # cached only when a tell failed before
+                else:  # a repeat, or a function beyond the budget: recorded, never evaluated twice
+                    trial.set_user_attr("skipped", verdict)
+                    W.tell(study, trial, state=TrialState.PRUNED)
+            if on_event is not None and (verdict is None or cached):
+                cand, best = fitness.memo[text], study.best_trial
+                on_event(SearchEvent(
+                    candidate=trial.number, generation=trial.number // cfg.population, text=cand.text,
+                    fitness=cand.fitness, best_text=best.user_attrs["text"], best_fitness=best.value,
+                    best_ratios=best.user_attrs.get("ratios", []), elapsed=time.perf_counter() - start, cached=cached,
+                ))
     session.restore()
     return summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
 
