@@ -7,7 +7,8 @@ device and calibration windows; seconds for the prune and WikiText-2 test perple
     python bench/bench_llmcompressor.py --seeds 0,1,2 --methods wanda   # calibration seeds: is a ppl gap noise?
 
 Prints a table: per method and target, each tool's seconds, perplexity and achieved sparsity; on the dsa_core row
-ours/theirs for time and perplexity, and the share of weights whose pruned-or-kept state agrees between the two.
+ours/theirs for time and perplexity, and the share of weights whose pruned-or-kept state agrees between the two
+(over all blocks, and in block 0, whose inputs are the same for both).
 With several calibration seeds, a second table gives per method and target the perplexity ratio on each seed,
 their geometric mean, and on how many seeds ours is the lower: at 70% a few mask flips early in the model move
 perplexity by tens of percent either way (bench/quality.py), so one seed cannot say which tool prunes better.
@@ -118,14 +119,19 @@ def prune_theirs(api, lm: LoadedModel, windows: torch.Tensor, method: str, targe
     return dataclasses.replace(lm, model=model), seconds
 
 
-def same_mask(a: LoadedModel, b: LoadedModel) -> float:
-    """Share of prunable weights that are zero in both models or non-zero in both."""
+def same_mask(a: LoadedModel, b: LoadedModel) -> tuple[float, float]:
+    """Share of prunable weights that are zero in both models or non-zero in both: over all blocks, and in block 0.
+    Block 0 sees the same inputs in both tools, so there any disagreement is the algorithms'; later blocks also
+    inherit the float-order differences of the activations propagated through pruned blocks."""
     same = total = 0
+    first = 0.0
     for i in range(len(a.blocks)):
         for m, n in zip(a.linear_layers(i).values(), b.linear_layers(i).values()):
             same += int(((m.weight == 0) == (n.weight == 0)).sum())
             total += m.weight.numel()
-    return same / total
+        if i == 0:
+            first = same / total
+    return same / total, first
 
 
 def free(device: torch.device) -> None:
@@ -168,7 +174,8 @@ def main() -> None:
     ppl_batch = 8 if dev.type == "cuda" else 1
     ppl = lambda model: perplexity(model, evals, ppl_batch)  # noqa: E731
 
-    # (seed, method, target, tool, seconds, ppl, sparsity, (time ours/theirs, ppl ours/theirs, same mask) or None)
+    # (seed, method, target, tool, seconds, ppl, sparsity,
+    #  (time ours/theirs, ppl ours/theirs, (same mask, same mask in block 0)) or None)
     rows = [("-", "dense", "-", "-", None, ppl(lm), achieved_sparsity(lm)[0], None)]
     if not args.no_warmup:
         warm_windows = data.calibration_windows(calib_ids, 1, args.seqlen, seeds[0])
@@ -204,12 +211,13 @@ def main() -> None:
           f"{'no warm-up' if args.no_warmup else 'after a one-window warm-up'}; {api[3]}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     print(f"{'seed':>4}  {'method':<11}{'target':>7}  {'tool':<16}{'seconds':>9}{'ppl':>11}{'sparsity':>10}"
-          f"{'time ours/theirs':>18}{'ppl ours/theirs':>17}{'same mask':>11}")
+          f"{'time ours/theirs':>18}{'ppl ours/theirs':>17}{'same mask':>11}{'block 0':>10}")
     for seed, method, target, tool, sec, p, sparsity, ratios in rows:
         seconds = "" if sec is None else f"{sec:.2f}"
-        vs = ["", "", ""] if ratios is None else [f"{ratios[0]:.3f}x", f"{ratios[1]:.4f}x", f"{100 * ratios[2]:.3f}%"]
+        vs = ["", "", "", ""] if ratios is None else [f"{ratios[0]:.3f}x", f"{ratios[1]:.4f}x",
+                                                      f"{100 * ratios[2][0]:.3f}%", f"{100 * ratios[2][1]:.3f}%"]
         print(f"{seed:>4}  {method:<11}{target:>7}  {tool:<16}{seconds:>9}{p:>11.3f}{100 * sparsity:>9.2f}%"
-              f"{vs[0]:>18}{vs[1]:>17}{vs[2]:>11}")
+              f"{vs[0]:>18}{vs[1]:>17}{vs[2]:>11}{vs[3]:>10}")
     if len(seeds) > 1:
         print_seed_summary(rows, seeds)
 
