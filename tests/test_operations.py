@@ -4,6 +4,9 @@ composes into readable LaTeX."""
 import numpy as np
 import pytest
 import scipy.stats
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from dsa_core import operations as ops
 from dsa_core.errors import ConfigError
@@ -114,3 +117,25 @@ def test_compose_builds_the_published_formula_without_breaking_latex_commands():
     assert ops.compose("x^{2}", r"\log|S|") == r"\left(\log|S|\right)^{2}"
     assert ops.compose(r"\frac{x-\min x}{\max x-\min x}", "S") == r"\frac{S-\min S}{\max S-\min S}"
     assert ops.compose("e^{x}", r"\mathrm{var}(S)") == r"e^{\mathrm{var}(S)}"
+
+
+# Few distinct values, so that ties are common; infinities and NaN, which block scores meet after exp or log.
+SAMPLES = arrays(np.float64, st.integers(1, 300),
+                 elements=st.sampled_from([-np.inf, -2.5, -1.0, 0.0, 0.0, 1e-300, 0.5, 1.0, 3.0, 7.25, np.inf, np.nan])
+                 | st.floats(-1e6, 1e6, allow_nan=False))
+
+
+def same(a: float, b: float) -> bool:
+    return (np.isnan(a) and np.isnan(b)) or a == b
+
+
+@given(SAMPLES, st.sampled_from([0.0, 0.25, 0.5, 0.9, 0.99, 1.0]))
+def test_quantile_is_numpys_bit_for_bit(x, q):
+    with np.errstate(invalid="ignore"):  # inf − inf, in both
+        assert same(ops._quantile(x, q), float(np.quantile(x, q)))
+
+
+@given(SAMPLES)
+def test_median_is_numpys_bit_for_bit(x):
+    with np.errstate(invalid="ignore"):
+        assert same(ops.get(ops.REDUCTION, "median").fn(x, x.size), float(np.median(x)))
