@@ -15,6 +15,7 @@ seed share them); every later trial is bred from two parents, each the winner of
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,8 +57,7 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
         self._key = key or (lambda params: tuple(sorted(params.items())))
         self.phenotype = phenotype
         self._threads = threads or os.cpu_count() or 1
-        self._keys: dict[int, Any] = {}  # trial id -> key (params of a trial never change once set)
-        self._ratios: dict[int, tuple[np.ndarray, bytes] | None] = {}  # complete trial id -> see _trial_ratios
+        self._history = _History(self._space, self._key)
         self._prepared: dict[str, Any] | None = None  # params bred ahead by `prepare`
         self._rng = np.random.RandomState(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
@@ -84,24 +84,22 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
     def _propose(self, study: optuna.Study) -> dict[str, Any]:
         """A child of the best functions so far, new in key and in phenotype; {} while the study is in its
         random phase (Optuna then samples each param independently, at random)."""
-        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
-                                                                      TrialState.PRUNED))
-                  if set(t.params) == set(self._space)]
-        done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-        if len(done) < self._initial:
+        running = self._history.update(study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)))
+        ranked = self._history.ranked
+        if len(ranked) < self._initial:
             return {}  # Optuna falls back to sample_independent: random
-        seen = {self._trial_key(t) for t in trials}
+        seen = self._history.keys | running
         elite, keys = [], set()
-        for t in done:
-            if self._trial_key(t) not in keys and len(elite) < self._population:
-                keys.add(self._trial_key(t))
+        for _, _, key, t in ranked:
+            if key not in keys:
+                keys.add(key)
                 elite.append(t)
-        known = [(self._trial_ratios(t), t.value) for t in done if self._trial_ratios(t) is not None]
-        wanted = self._preselect if self.phenotype is not None and known else 1
-        evaluated = {key for (_, key), _ in known}
-        if known:  # the k-NN estimate's data, once per trial rather than once per child
-            points = np.stack([r for (r, _), _ in known])
-            log_fitness = np.log(np.maximum([v for _, v in known], 1e-12))
+                if len(elite) == self._population:
+                    break
+        points, log_fitness = self._history.known()
+        wanted = self._preselect if self.phenotype is not None and len(points) else 1
+        evaluated = self._history.evaluated
         for _ in range(RETRIES):
             batch = []
             for _ in range(RETRIES * wanted):
@@ -122,20 +120,6 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             if children:  # else every child allocates exactly as an evaluated function: breed again
                 return min(children, key=lambda c: _estimate(c[1], points, log_fitness))[0]
         return {}
-
-    def _trial_ratios(self, trial: FrozenTrial) -> tuple[np.ndarray, bytes] | None:
-        """A complete trial's allocation and its phenotype key, converted once (a trial's attributes never
-        change once it is complete); None when it recorded none."""
-        if trial._trial_id not in self._ratios:
-            ratios = trial.user_attrs.get("ratios")
-            r = np.asarray(ratios, dtype=np.float64) if ratios else None
-            self._ratios[trial._trial_id] = None if r is None else (r, _phenotype_key(r))
-        return self._ratios[trial._trial_id]
-
-    def _trial_key(self, trial: FrozenTrial) -> Any:
-        if trial._trial_id not in self._keys:
-            self._keys[trial._trial_id] = self._key(trial.params)
-        return self._keys[trial._trial_id]
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -162,6 +146,56 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
                     value = dist.low + round((value - dist.low) / dist.step) * dist.step
                 out[name] = float(min(dist.high, max(dist.low, value)))
         return out
+
+
+class _History:
+    """What the sampler knows of a study's trials, taken in once each: a finished trial (COMPLETE or PRUNED) never
+    changes, so each call reads only the trials finished since the last one rather than rebuilding everything,
+    which at a few thousand trials cost more than breeding."""
+
+    def __init__(self, space: dict[str, BaseDistribution], key: Callable[[dict], Any]):
+        self._names = set(space)
+        self._key = key
+        self._taken: set[int] = set()  # ids of the finished trials taken in
+        self.keys: set = set()  # their keys
+        self.ranked: list[tuple[float, int, Any, FrozenTrial]] = []  # (value, number, key, trial), best first
+        self.evaluated: set[bytes] = set()  # phenotype keys of the complete trials' allocations
+        self._points = np.empty((0, 0))  # their allocations, a row each (rows beyond _rows are spare capacity)
+        self._log_fitness = np.empty(0)
+        self._rows = 0
+
+    def update(self, trials: list[FrozenTrial]) -> set:
+        """Take in the newly finished trials; returns the keys of the running ones."""
+        running = set()
+        for t in trials:
+            if t._trial_id in self._taken or set(t.params) != self._names:
+                continue
+            key = self._key(t.params)
+            if t.state == TrialState.RUNNING:
+                running.add(key)
+                continue
+            self._taken.add(t._trial_id)
+            self.keys.add(key)
+            if t.state == TrialState.COMPLETE:
+                bisect.insort(self.ranked, (t.value, t.number, key, t), key=lambda r: r[:2])
+                if t.user_attrs.get("ratios"):
+                    self._add(np.asarray(t.user_attrs["ratios"], dtype=np.float64), t.value)
+        return running
+
+    def _add(self, ratios: np.ndarray, value: float) -> None:
+        if self._rows == len(self._points):  # grow by doubling: appending stays O(blocks) on average
+            grown = np.empty((max(16, 2 * self._rows), len(ratios)))
+            if self._rows:
+                grown[:self._rows] = self._points[:self._rows]
+            self._points, self._log_fitness = grown, np.resize(self._log_fitness, len(grown))
+        self._points[self._rows] = ratios
+        self._log_fitness[self._rows] = np.log(max(value, 1e-12))
+        self._rows += 1
+        self.evaluated.add(_phenotype_key(ratios))
+
+    def known(self) -> tuple[np.ndarray, np.ndarray]:
+        """The evaluated allocations (a row each) and the log of their fitness."""
+        return self._points[:self._rows], self._log_fitness[:self._rows]
 
 
 def _phenotype_key(ratios: np.ndarray) -> bytes:
