@@ -36,8 +36,16 @@ from dsa_core.stats import BlockStats
 MAPPINGS = {"band": 0.08, "multiplicative": 0.3}  # mapping -> default hyper-parameter (OWL's λ, AlphaPruning's ε)
 _TAIL_NAMES = {"band": "BAND", "multiplicative": "MULT"}
 _PARAM_RANGE = {"band": (0.0, 0.5), "multiplicative": (0.0, 1.0)}
-# Shared by every caller (the search's breeding threads included); its tasks never wait on the pool themselves.
-_BLOCK_POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dsa-reduce")
+_block_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): see _blocks_pool
+
+
+def _blocks_pool() -> ThreadPoolExecutor:
+    """The threads that reduce blocks, shared by every caller (the search's breeding threads included; its tasks
+    never wait on the pool themselves). One per process: a forked child does not inherit the parent's threads."""
+    global _block_pool
+    if _block_pool is None or _block_pool[0] != os.getpid():
+        _block_pool = (os.getpid(), ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dsa-reduce"))
+    return _block_pool[1]
 
 
 @dataclass(frozen=True)
@@ -255,7 +263,7 @@ def _reduce(f: AllocationFunction, stats: BlockStats) -> tuple[np.ndarray, dict[
                     cause = (name, "non-finite scores", None)
             return (reduction.fn(x, int(stats.params[b])) if x.size else math.nan), cause
 
-    results = list(_BLOCK_POOL.map(block, range(stats.num_blocks)))
+    results = list(_blocks_pool().map(block, range(stats.num_blocks)))
     values = np.array([v for v, _ in results], dtype=np.float64)
     cause = {b: c for b, (_, c) in enumerate(results) if c is not None}
     for b in np.flatnonzero(~np.isfinite(values)):

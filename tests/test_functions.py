@@ -1,6 +1,9 @@
 """DSA allocation functions: published text forms read and write back exactly, every function round-trips through
 text and JSON, the presets reproduce their references, and numerical hazards are always reported."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -202,3 +205,24 @@ def test_reductions_are_memoised_per_pre_process_and_reduction():
     expected, expected_warnings = F.importances(second, fresh)
     np.testing.assert_array_equal(values, expected)
     assert warnings == expected_warnings
+
+
+def test_a_forked_process_computes_importances_too():
+    """Blocks are reduced in a thread pool; a forked child (a server's worker, a data loader) has none of its
+    parent's threads and must get a pool of its own rather than wait on dead ones."""
+    stats = make_stats(8, seed=3)
+    F.importances(F.DSA_PRESET, stats)  # the parent's pool now exists
+    expected = F.importances(F.parse("W:(LOG)-(MEDIAN)-(ATAN)"), make_stats(8, seed=3))[0]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child reports through the pipe)
+        signal.alarm(20)
+        values = F.importances(F.parse("W:(LOG)-(MEDIAN)-(ATAN)"), stats)[0]
+        os.write(write, values.tobytes())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        got = np.frombuffer(pipe.read(), dtype=np.float64)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    np.testing.assert_array_equal(got, expected)
