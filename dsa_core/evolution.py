@@ -104,8 +104,9 @@ class EvolutionSampler(optuna.samplers.BaseSampler):
             batch = []
             for _ in range(RETRIES * wanted):
                 child = self._breed(elite)
-                if self._key(child) not in seen:
-                    seen.add(self._key(child))
+                key = self._key(child)
+                if key not in seen:
+                    seen.add(key)
                     batch.append(child)
                     if len(batch) == wanted:
                         break

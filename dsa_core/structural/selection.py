@@ -182,7 +182,7 @@ def fit_budget(shape: BlockShape, scores: Sequence[torch.Tensor], target: float,
         raise ConfigError(f"Channel alignment {align} must be at least 1.")
     flat = [s.detach().float().cpu() for s in scores]
     order = [torch.argsort(s, descending=True, stable=True) for s in flat]
-    ascending = [torch.sort(s).values for s in flat]
+    ascending = [s[o].flip(0) for s, o in zip(flat, order)]
     full = torch.tensor([len(a) for a in ascending])
 
     def counts(threshold: float) -> torch.Tensor:
