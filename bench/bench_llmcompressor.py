@@ -171,8 +171,7 @@ def main() -> None:
     calib_text = data.load_text(s.calib, "train", s.data_source)
     calib_ids = data.tokenize(lm.tokenizer, calib_text.text)
     evals, origin = s.eval_windows("wikitext2", "test", args.seqlen, args.eval_windows)
-    ppl_batch = 8 if dev.type == "cuda" else 1
-    ppl = lambda model: perplexity(model, evals, ppl_batch)  # noqa: E731
+    ppl = lambda model: perplexity(model, evals)  # noqa: E731
 
     # (seed, method, target, tool, seconds, ppl, sparsity,
     #  (time ours/theirs, ppl ours/theirs, (same mask, same mask in block 0)) or None)

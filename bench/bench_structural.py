@@ -108,7 +108,7 @@ def main() -> None:
     exact = compress(lm, exact_sel)
     test_ids = data.tokenize(lm.tokenizer, data.load_text("wikitext2", "test", args.data_source).text)
     test_windows = data.eval_windows(test_ids, args.eval_seqlen, args.eval_windows)
-    exact_ppl = perplexity(as_loaded(exact, lm, "exact widths"), test_windows, 8 if lm.device.type == "cuda" else 1)
+    exact_ppl = perplexity(as_loaded(exact, lm, "exact widths"), test_windows)
 
     batches = [int(b) for b in args.batches.split(",")]
     models = {"dense": lm.model, "DISP-LLM": run.compressed, "DISP-LLM, exact widths": exact,

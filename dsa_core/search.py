@@ -146,8 +146,7 @@ class Fitness:
             try:
                 result = allocate(self.stats, fn, self.cfg.sparsity)
                 self.session.apply(result.ratios, self.cfg.metric)
-                bs = 8 if self.session.lm.device.type == "cuda" else 1
-                ppl = perplexity(self.session.lm, self.windows, bs)
+                ppl = perplexity(self.session.lm, self.windows)
                 fitness = ppl if math.isfinite(ppl) else FAILED_FITNESS
                 self.memo[text] = Candidate(text, fitness, [float(r) for r in result.ratios], result.warnings)
             except DSAError as e:

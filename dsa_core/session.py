@@ -157,6 +157,5 @@ class PruningSession:
     def perplexity(self, dataset: str = "wikitext2", split: str = "test", seqlen: int | None = None,
                    limit: int | None = None, batch_size: int | None = None) -> float:
         windows, _ = self.eval_windows(dataset, split, seqlen, limit)
-        bs = batch_size or (8 if self.lm.device.type == "cuda" else 1)
         with self._timed("perplexity"):
-            return perplexity(self.lm, windows, bs, lambda d, t: self.progress("perplexity", d, t))
+            return perplexity(self.lm, windows, batch_size, lambda d, t: self.progress("perplexity", d, t))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dsa_core import data
-from dsa_core.evaluate import perplexity
+from dsa_core.evaluate import default_batch_size, perplexity
 from dsa_core.models import LoadedModel, load_model
 from dsa_core.pipeline import environment, oom_as_error, peak_memory_gb
 from dsa_core.structural.baseline import uniform_selection
@@ -88,7 +88,7 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     compressed = compress(lm, trained.selection)
     lap("compression")
 
-    bs = 8 if lm.device.type == "cuda" else 1
+    bs = default_batch_size(lm.device)
 
     def ppl(model: LoadedModel, phase: str) -> float:
         with oom_as_error("measuring perplexity"):
