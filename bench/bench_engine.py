@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import floors  # noqa: E402
-from dsa_core.config import EvalConfig  # noqa: E402
+from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core.pipeline import open_session, peak_memory_gb  # noqa: E402
 
 
@@ -34,19 +34,12 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--eval-windows", type=int, default=None)
+    add_setup_options(ap)
     ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--dtype", default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--data-source", default="local")
     ap.add_argument("--skip-cache", action="store_true", help="skip the fast-mode cache (saves memory)")
     args = ap.parse_args()
 
-    cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
-                     sparsity=args.sparsity, dtype=args.dtype, device=args.device, data_source=args.data_source)
+    cfg = setup_config(args, sparsity=args.sparsity)
     t0 = time.perf_counter()
     s = open_session(cfg)
     dev = s.lm.device

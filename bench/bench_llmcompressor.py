@@ -48,8 +48,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core import data  # noqa: E402
-from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.evaluate import perplexity  # noqa: E402
 from dsa_core.models import BLOCK_PATHS, LoadedModel  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
@@ -142,15 +142,9 @@ def free(device: torch.device) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--eval-windows", type=int, default=None)
+    add_setup_options(ap)
     ap.add_argument("--targets", default="0.5,0.7")
     ap.add_argument("--methods", default="wanda,sparsegpt")
-    ap.add_argument("--dtype", default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--data-source", default="local")
     ap.add_argument("--batch-size", type=int, default=None, help="calibration batch of both tools (default: ours)")
     ap.add_argument("--offload-device", default="cpu",
                     help="where llm-compressor keeps activations between blocks (its default: cpu)")
@@ -164,8 +158,7 @@ def main() -> None:
     seeds = [int(k) for k in args.seeds.split(",") if k]
 
     api = llmcompressor_api()
-    cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
-                     dtype=args.dtype, device=args.device, data_source=args.data_source, batch_size=args.batch_size)
+    cfg = setup_config(args, batch_size=args.batch_size)
     s = open_session(cfg)
     lm, dev = s.lm, s.lm.device
     calib_text = data.load_text(s.calib, "train", s.data_source)

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core.allocation import allocate  # noqa: E402
-from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
 from dsa_core.session import PruningSession  # noqa: E402
 from tests.reference_wanda import prune_wanda  # noqa: E402
@@ -32,21 +32,16 @@ def masks(s: PruningSession) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--eval-windows", type=int, default=None)
+    add_setup_options(ap)
     ap.add_argument("--targets", default="0.5,0.6,0.7")
     ap.add_argument("--allocations", default="uniform,owl")
     ap.add_argument("--reference", default="0.5,0.7", help="targets at which to run the reference transcription")
     ap.add_argument("--seeds", default="", help="calibration seeds for the noise rows (e.g. 0,1,2)")
     ap.add_argument("--seed-targets", default="0.7")
-    ap.add_argument("--dtype", default=None)
     ap.add_argument("--batch-size", type=int, default=None, help="calibration batch (1 = the reference's order)")
     args = ap.parse_args()
 
-    cfg = EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows,
-                     dtype=args.dtype, data_source="local", batch_size=args.batch_size)
+    cfg = setup_config(args, batch_size=args.batch_size)
     s = open_session(cfg)
     n = len(s.lm.blocks)
     ppl = lambda: s.perplexity("wikitext2", "test", args.seqlen, args.eval_windows)  # noqa: E731
