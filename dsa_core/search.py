@@ -273,8 +273,8 @@ def run_search(
                 break
             if trials >= 20 * (cfg.budget_candidates or 10_000):  # the space is exhausted: only repeats remain
                 break
-            if cfg.budget_candidates is not None and len(progress.done) + len(progress.in_flight) >= \
-                    cfg.budget_candidates:
+            claimed = len(progress.done) + len(progress.in_flight)  # by any worker, this one's next trial aside
+            if cfg.budget_candidates is not None and claimed >= cfg.budget_candidates:
                 time.sleep(WAIT_S)  # other workers are finishing the budget; wait in case one of them dies
                 continue
             trial = W.ask(study, space)
@@ -290,8 +290,7 @@ def run_search(
                     # Waited for before this trial is told, so it is bred from the same study state every run (this
                     # trial in flight): a seeded search stays reproducible.
                     breeding = None
-                    if breed_ahead and (cfg.budget_candidates is None
-                                        or len(progress.done) + len(progress.in_flight) + 1 < cfg.budget_candidates):
+                    if breed_ahead and (cfg.budget_candidates is None or claimed + 1 < cfg.budget_candidates):
                         breeding = breeder.submit(study.sampler.prepare, study)
                     cand = fitness(fn)
                     if breeding is not None:

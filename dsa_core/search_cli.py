@@ -74,10 +74,9 @@ def search_command(args: argparse.Namespace) -> int:
         model=args.model, metric=args.metric, sparsity=args.sparsity, calib=args.calib, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
         sampler=args.sampler, population=args.population, mutation=args.mutation, initial=args.initial,
-        preselect=args.preselect,
-        budget_candidates=args.budget_candidates,
-        budget_seconds=args.budget_seconds, fitness_windows=args.fitness_windows, top_k=args.top_k,
-        final_eval_windows=args.final_eval_windows, study=args.study,
+        preselect=args.preselect, budget_candidates=args.budget_candidates, budget_seconds=args.budget_seconds,
+        fitness_windows=args.fitness_windows, top_k=args.top_k, final_eval_windows=args.final_eval_windows,
+        study=args.study,
     ).validate()
     storage = args.storage or default_storage()
     study = create_study(cfg, storage)
