@@ -1,17 +1,23 @@
 """Perplexity with the standard protocol: non-overlapping windows, ppl = exp(mean token NLL).
 
-`perplexity` measures a model on token windows from dsa_core.data; it never changes weights.
+`perplexity` measures a model on token windows from dsa_core.data; `FixedWindowsPerplexity` measures one set of
+windows again and again, as the search does. Neither changes weights.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from dsa_core.graphs import CapturedWork, on_one_gpu
 from dsa_core.models import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -21,15 +27,20 @@ def nll_sum(lm: LoadedModel, windows: torch.Tensor, batch_size: int,
     total, count = 0.0, 0
     for start in range(0, windows.shape[0], batch_size):
         ids = windows[start : start + batch_size].to(lm.device)
-        logits = lm.model(input_ids=ids, use_cache=False).logits
-        # Per window, so that float32 logits of one window at a time bound the extra memory.
-        for b in range(ids.shape[0]):
-            total += float(F.cross_entropy(logits[b, :-1].float(), ids[b, 1:], reduction="sum"))
+        for nll in _window_nlls(lm, ids).tolist():
+            total += nll
         count += ids.shape[0] * (ids.shape[1] - 1)
-        del logits
         if progress:
             progress(min(start + batch_size, windows.shape[0]), windows.shape[0])
     return total, count
+
+
+def _window_nlls(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Each window's summed next-token NLL (float32), from one forward pass over the batch `ids`."""
+    logits = lm.model(input_ids=ids, use_cache=False).logits
+    # Per window, so that float32 logits of one window at a time bound the extra memory.
+    return torch.stack([F.cross_entropy(logits[b, :-1].float(), ids[b, 1:], reduction="sum")
+                        for b in range(ids.shape[0])])
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -41,3 +52,44 @@ def perplexity(lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = 
                progress: Callable[[int, int], None] | None = None) -> float:
     total, count = nll_sum(lm, windows, batch_size or default_batch_size(lm.device), progress)
     return math.exp(total / count)
+
+
+class FixedWindowsPerplexity:
+    """`perplexity` of one fixed set of windows, measured again and again while the weights change in place: the
+    search's fitness. On a GPU that holds the whole model, the forward passes and losses are replayed from a CUDA
+    graph (dsa_core.graphs): a small model's forward launches kernels from Python (SmolLM2, 8 windows: about 1,400),
+    and that CPU time is taken from the search's breeding thread. Elsewhere, or when capture fails, `perplexity`."""
+
+    def __init__(self, lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = None):
+        self.lm, self.windows = lm, windows
+        self.batch_size = batch_size or default_batch_size(lm.device)
+        self.count = windows.shape[0] * (windows.shape[1] - 1)
+        self.graph: CapturedWork[torch.Tensor] | None = None
+        if on_one_gpu(_model_tensors(lm.model), lm.device):
+            ids = windows.to(lm.device)  # there before capture: a copy from host memory is not capturable
+            # Plain functions, not methods: a graph in a reference cycle is freed only by a garbage collection.
+            self.graph = CapturedWork(partial(_batched_nlls, lm, ids, self.batch_size),
+                                      partial(_model_tensors, lm.model), lm.device)
+
+    def __call__(self) -> float:
+        if self.graph is not None:
+            try:
+                nlls = self.graph().tolist()
+            except RuntimeError as e:
+                log.warning("Measuring perplexity without a CUDA graph, which failed: %s", str(e).splitlines()[0])
+                self.graph = None
+            else:
+                total = 0.0
+                for nll in nlls:  # summed in nll_sum's order, so that the result equals perplexity's
+                    total += nll
+                return math.exp(total / self.count)
+        return perplexity(self.lm, self.windows, self.batch_size)
+
+
+def _batched_nlls(lm: LoadedModel, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    starts = range(0, ids.shape[0], batch_size)
+    return torch.cat([_window_nlls(lm, ids[start : start + batch_size]) for start in starts])
+
+
+def _model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from dsa_core import scores as S
 from dsa_core.calibration import ActivationStats, BlockInputs, capture_block_inputs, run_block
+from dsa_core.graphs import CapturedWork, on_one_gpu
 from dsa_core.models import LoadedModel
 from dsa_core.stats import OUTLIER_MULTIPLIERS, BlockStats
 
@@ -47,18 +48,41 @@ class DenseWeights:
                 module.weight.copy_(dense)
 
 
-@dataclass
 class MaskCache:
-    """Per layer, the rank of each weight in its comparison group (row or layer; or its n:m group)."""
+    """Per layer, the rank of each weight in its comparison group (row or layer; or its n:m group).
 
-    dense: DenseWeights
-    ranks: list[list[torch.Tensor]]
-    group: str
-    nm: tuple[int, int] | None
+    On a GPU that holds the weights, their dense copies and the ranks, `apply` replays a CUDA graph of the masking
+    kernels (dsa_core.graphs), each layer's pruned count given in a device tensor: launching 2 kernels per layer
+    from Python takes longer than the GPU needs for them."""
+
+    def __init__(self, dense: DenseWeights, ranks: list[list[torch.Tensor]], group: str, nm: tuple[int, int] | None):
+        self.dense, self.ranks, self.group, self.nm = dense, ranks, group, nm
+        self._graph: CapturedWork[None] | None = None
+        # The graph's input: per layer, the rank of the last weight pruned (count − 1, so that it fits the ranks'
+        # int16 even when a whole group of 2¹⁵ is pruned; the comparison casts it to the ranks' type).
+        self._last_pruned: torch.Tensor | None = None
+        layers = [(module, w, rank) for block, block_ranks in zip(dense.layers, ranks)
+                  for (module, w), rank in zip(block, block_ranks)]
+        device = layers[0][2].device if layers else torch.device("cpu")
+        if nm is None and on_one_gpu(_layer_tensors(layers), device):
+            self._last_pruned = torch.zeros(len(layers), dtype=torch.int64, device=device)
+            # Plain functions of the layers, not methods: a graph in a reference cycle is freed only by a collection.
+            self._graph = CapturedWork(partial(_mask_layers, layers, self._last_pruned),
+                                       partial(_layer_tensors, layers), device)
 
     @torch.no_grad()
     def apply(self, ratios: np.ndarray) -> None:
         """Prune every block to its ratio (ignored for n:m patterns, whose ratio is n/m) from the dense weights."""
+        if self._graph is not None:
+            last = [S.pruned_count(rank, float(ratios[b]), self.group) - 1
+                    for b, block in enumerate(self.ranks) for rank in block]
+            try:
+                self._last_pruned.copy_(torch.tensor(last))
+                self._graph()
+                return
+            except RuntimeError as e:
+                log.warning("Re-masking without a CUDA graph, which failed: %s", str(e).splitlines()[0])
+                self._graph = None
         for b, block in enumerate(self.dense.layers):
             for (module, dense), rank in zip(block, self.ranks[b]):
                 if self.nm is not None:
@@ -67,6 +91,15 @@ class MaskCache:
                     keep = S.keep_mask_from_rank(rank, float(ratios[b]), self.group)
                 w = module.weight  # where it lives now: a block offloaded to CPU memory may be away from its cache
                 torch.mul(dense.to(w.device), keep.to(w.device), out=w)
+
+
+def _mask_layers(layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]], last_pruned: torch.Tensor) -> None:
+    for i, (module, dense, rank) in enumerate(layers):
+        torch.mul(dense, rank > last_pruned[i], out=module.weight)
+
+
+def _layer_tensors(layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    return [t for module, dense, rank in layers for t in (module.weight, dense, rank)]
 
 
 def achieved_sparsity(lm: LoadedModel) -> tuple[float, list[float]]:

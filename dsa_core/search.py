@@ -27,7 +27,7 @@ from dsa_core import functions as F
 from dsa_core import workers as W
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
-from dsa_core.evaluate import perplexity
+from dsa_core.evaluate import FixedWindowsPerplexity
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.session import PruningSession
 
@@ -137,6 +137,7 @@ class Fitness:
         self.stats = session.stats(cfg.metric)
         session.scores(cfg.metric)
         self.windows, self.origin = session.eval_windows("wikitext2", "validation", cfg.seqlen, cfg.fitness_windows)
+        self.perplexity = FixedWindowsPerplexity(session.lm, self.windows)
         self.memo: dict[str, Candidate] = {}
 
     def __call__(self, fn: F.AllocationFunction | str) -> Candidate:
@@ -146,7 +147,7 @@ class Fitness:
             try:
                 result = allocate(self.stats, fn, self.cfg.sparsity)
                 self.session.apply(result.ratios, self.cfg.metric)
-                ppl = perplexity(self.session.lm, self.windows)
+                ppl = self.perplexity()
                 fitness = ppl if math.isfinite(ppl) else FAILED_FITNESS
                 self.memo[text] = Candidate(text, fitness, [float(r) for r in result.ratios], result.warnings)
             except DSAError as e:

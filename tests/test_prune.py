@@ -1,9 +1,11 @@
+import weakref
+
 import numpy as np
 import pytest
 import torch
 
 from dsa_core import data
-from dsa_core.prune import DenseWeights, achieved_sparsity, prune_sequential, score_model
+from dsa_core.prune import DenseWeights, MaskCache, achieved_sparsity, prune_sequential, score_model
 from tests.reference_wanda import prune_wanda
 
 
@@ -74,3 +76,39 @@ def test_stats_outlier_ratios_are_exact_shares(fresh_tiny, windows):
     expected = (all_scores > 5 * all_scores.mean()).float().mean().item()
     assert stats.outlier_ratios[5.0][0] == pytest.approx(expected, rel=1e-5)
     assert stats.params[0] == all_scores.numel()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("metric", ["wanda", "magnitude"])  # ranks within rows, within layers
+def test_replayed_masking_equals_eager_masking(windows, metric):
+    from dsa_core.models import load_model
+
+    lm = load_model("random:tiny", device="cuda")
+    dense = DenseWeights(lm)
+    cache, _ = score_model(lm, dense, windows, metric, batch_size=2, sample_size=1000)
+    assert cache._graph is not None
+    eager = MaskCache(dense, [[r.cpu() for r in b] for b in cache.ranks], cache.group, None)  # ranks off the GPU: eager
+    assert eager._graph is None
+    graph = weakref.ref(cache._graph)
+    for ratios in ([0.1, 0.3, 0.5, 0.7], [0.0] * 4, [1.0] * 4, [0.55, 0.0, 1.0, 0.25]):
+        cache.apply(np.array(ratios))
+        replayed = [m.weight.clone() for i in range(4) for m in lm.linear_layers(i).values()]
+        eager.apply(np.array(ratios))
+        assert all(torch.equal(a, m.weight) for a, m in
+                   zip(replayed, (m for i in range(4) for m in lm.linear_layers(i).values())))
+    del cache  # no reference cycle holds the graph: it goes at once (see test_graphs)
+    assert graph() is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_replayed_masking_prunes_a_whole_int16_group():
+    """A row of 2¹⁵ weights has int16 ranks 0…32767; pruning all of it must not overflow the graph's input."""
+    layer = torch.nn.Linear(2**15, 2, bias=False).cuda()
+    dense = DenseWeights.__new__(DenseWeights)
+    dense.layers = [[(layer, layer.weight.detach().clone())]]
+    rank = torch.stack([torch.randperm(2**15, device="cuda") for _ in range(2)]).to(torch.int16)
+    cache = MaskCache(dense, [[rank]], "row", None)
+    cache.apply(np.array([1.0]))
+    assert cache._graph is not None and int((layer.weight != 0).sum()) == 0
+    cache.apply(np.array([0.0]))
+    assert torch.equal(layer.weight, dense.layers[0][0][1])

@@ -64,8 +64,8 @@ def test_memo_scores_a_repeated_function_once(session, monkeypatch):
     cfg = S.SearchConfig(**QUICK, budget_candidates=3).validate()
     fitness = S.Fitness(session, cfg)
     calls = []
-    real = S.perplexity
-    monkeypatch.setattr(S, "perplexity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fitness.perplexity
+    monkeypatch.setattr(fitness, "perplexity", lambda: calls.append(1) or real())
     fn = F.DSA_PRESET
     first, again = fitness(fn), fitness(F.parse(F.to_text(fn)))
     assert first is again and len(calls) == 1
