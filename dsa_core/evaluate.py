@@ -27,12 +27,19 @@ def nll_sum(lm: LoadedModel, windows: torch.Tensor, batch_size: int,
     total, count = 0.0, 0
     for start in range(0, windows.shape[0], batch_size):
         ids = windows[start : start + batch_size].to(lm.device)
-        for nll in _window_nlls(lm, ids).tolist():
-            total += nll
+        total = _accumulate(total, _window_nlls(lm, ids).tolist())
         count += ids.shape[0] * (ids.shape[1] - 1)
         if progress:
             progress(min(start + batch_size, windows.shape[0]), windows.shape[0])
     return total, count
+
+
+def _accumulate(total: float, nlls: list[float]) -> float:
+    """`total` plus each window's NLL in turn: the one order of nll_sum and FixedWindowsPerplexity, so that their
+    results are equal (not sum(), which since Python 3.12 adds floats with compensation)."""
+    for nll in nlls:
+        total += nll
+    return total
 
 
 def _window_nlls(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
@@ -79,10 +86,7 @@ class FixedWindowsPerplexity:
                 log.warning("Measuring perplexity without a CUDA graph, which failed: %s", str(e).splitlines()[0])
                 self.graph = None
             else:
-                total = 0.0
-                for nll in nlls:  # summed in nll_sum's order, so that the result equals perplexity's
-                    total += nll
-                return math.exp(total / self.count)
+                return math.exp(_accumulate(0.0, nlls) / self.count)
         return perplexity(self.lm, self.windows, self.batch_size)
 
 
