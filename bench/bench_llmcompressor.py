@@ -5,6 +5,7 @@ device and calibration windows; seconds for the prune and WikiText-2 test perple
     python bench/bench_llmcompressor.py --nsamples 4 --seqlen 256 --eval-windows 4 --targets 0.5   # CPU quick run
     python bench/bench_llmcompressor.py --model random:llama-2-7b --eval-windows 8   # 7B shape: speed only
     python bench/bench_llmcompressor.py --seeds 0,1,2 --methods wanda   # calibration seeds: is a ppl gap noise?
+    python bench/bench_llmcompressor.py --dtype fp64   # without float rounding: do the two tools prune alike?
 
 Prints a table: per method and target, each tool's seconds, perplexity and achieved sparsity; on the dsa_core row
 ours/theirs for time and perplexity, and the share of weights whose pruned-or-kept state agrees between the two
@@ -73,6 +74,20 @@ def llmcompressor_api():
     versions = f"llmcompressor {llmcompressor.__version__}, compressed-tensors {compressed_tensors.__version__}"
     modifiers = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}
     return oneshot, modifiers, remove_dispatch, versions
+
+
+def widen_their_statistics(dtype: torch.dtype) -> None:
+    """For a float64 model, llm-compressor's Wanda and SparseGPT statistics in float64, as ours then are. Its modules
+    fix them at float32 (WANDA_PRECISION, SGPT_PRECISION, the row scalars' default dtype), which would bring back
+    the rounding differences a float64 comparison is run to remove."""
+    if dtype != torch.float64:
+        return
+    from llmcompressor.modifiers.pruning.sparsegpt import sgpt_sparsify
+    from llmcompressor.modifiers.pruning.wanda import base, wanda_sparsify
+
+    wanda_sparsify.WANDA_PRECISION = sgpt_sparsify.SGPT_PRECISION = torch.float64
+    base.make_empty_row_scalars = lambda module, device=None: torch.zeros(
+        module.weight.shape[1], dtype=torch.float64, device=module.weight.device if device is None else device)
 
 
 def sync(device: torch.device) -> None:
@@ -161,14 +176,25 @@ def main() -> None:
     cfg = setup_config(args, batch_size=args.batch_size)
     s = open_session(cfg)
     lm, dev = s.lm, s.lm.device
+    widen_their_statistics(lm.dtype)
     calib_text = data.load_text(s.calib, "train", s.data_source)
     calib_ids = data.tokenize(lm.tokenizer, calib_text.text)
     evals, origin = s.eval_windows("wikitext2", "test", args.seqlen, args.eval_windows)
     ppl = lambda model: perplexity(model, evals)  # noqa: E731
 
-    # (seed, method, target, tool, seconds, ppl, sparsity,
-    #  (time ours/theirs, ppl ours/theirs, (same mask, same mask in block 0)) or None)
-    rows = [("-", "dense", "-", "-", None, ppl(lm), achieved_sparsity(lm)[0], None)]
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print(f"\nprotocol: model {cfg.model or 'smollm2'} ({lm.prunable_params / 1e6:.0f}M prunable), {device_name}, "
+          f"{lm.dtype}; WikiText-2 test ({origin}), seqlen {args.seqlen}, {evals.shape[0]} windows; calibration "
+          f"{args.nsamples} windows from {calib_text.origin}, seeds {args.seeds}, batch {s.batch_size}; "
+          "uniform unstructured; "
+          f"llm-compressor activations offloaded to {args.offload_device}; "
+          f"{'no warm-up' if args.no_warmup else 'after a one-window warm-up'}; {api[3]}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
+    print(f"{'seed':>4}  {'method':<11}{'target':>7}  {'tool':<16}{'seconds':>9}{'ppl':>11}{'sparsity':>10}"
+          f"{'time ours/theirs':>18}{'ppl ours/theirs':>17}{'same mask':>11}{'block 0':>10}")
+    # Each row is printed as it is measured, so that a run stopped midway still reports what it finished.
+    rows = []
+    add_row(rows, "-", "dense", "-", "-", None, ppl(lm), achieved_sparsity(lm)[0], None)
     if not args.no_warmup:
         warm_windows = data.calibration_windows(calib_ids, 1, args.seqlen, seeds[0])
         for method in methods:
@@ -186,32 +212,27 @@ def main() -> None:
                 our_s = prune_ours(lm, calib, method, target, s.batch_size)
                 their_ppl, our_ppl = ppl(theirs), ppl(lm)
                 agree = same_mask(lm, theirs)
-                rows.append((seed, method, f"{target:.0%}", "llm-compressor", their_s, their_ppl,
-                             achieved_sparsity(theirs)[0], None))
-                rows.append((seed, method, f"{target:.0%}", "dsa_core", our_s, our_ppl, achieved_sparsity(lm)[0],
-                             (our_s / their_s, our_ppl / their_ppl, agree)))
+                add_row(rows, seed, method, f"{target:.0%}", "llm-compressor", their_s, their_ppl,
+                        achieved_sparsity(theirs)[0], None)
+                add_row(rows, seed, method, f"{target:.0%}", "dsa_core", our_s, our_ppl, achieved_sparsity(lm)[0],
+                        (our_s / their_s, our_ppl / their_ppl, agree))
                 del theirs
                 free(dev)
     s.restore()
-
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    print(f"\nprotocol: model {cfg.model or 'smollm2'} ({lm.prunable_params / 1e6:.0f}M prunable), {device_name}, "
-          f"{lm.dtype}; WikiText-2 test ({origin}), seqlen {args.seqlen}, {evals.shape[0]} windows; calibration "
-          f"{args.nsamples} windows from {calib_text.origin}, seeds {args.seeds}, batch {s.batch_size}; "
-          "uniform unstructured; "
-          f"llm-compressor activations offloaded to {args.offload_device}; "
-          f"{'no warm-up' if args.no_warmup else 'after a one-window warm-up'}; {api[3]}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}")
-    print(f"{'seed':>4}  {'method':<11}{'target':>7}  {'tool':<16}{'seconds':>9}{'ppl':>11}{'sparsity':>10}"
-          f"{'time ours/theirs':>18}{'ppl ours/theirs':>17}{'same mask':>11}{'block 0':>10}")
-    for seed, method, target, tool, sec, p, sparsity, ratios in rows:
-        seconds = "" if sec is None else f"{sec:.2f}"
-        vs = ["", "", "", ""] if ratios is None else [f"{ratios[0]:.3f}x", f"{ratios[1]:.4f}x",
-                                                      f"{100 * ratios[2][0]:.3f}%", f"{100 * ratios[2][1]:.3f}%"]
-        print(f"{seed:>4}  {method:<11}{target:>7}  {tool:<16}{seconds:>9}{p:>11.3f}{100 * sparsity:>9.2f}%"
-              f"{vs[0]:>18}{vs[1]:>17}{vs[2]:>11}{vs[3]:>10}")
     if len(seeds) > 1:
         print_seed_summary(rows, seeds)
+
+
+def add_row(rows: list[tuple], seed, method: str, target: str, tool: str, sec: float | None, p: float,
+            sparsity: float, ratios: tuple | None) -> None:
+    """Keep a table row and print it: (time ours/theirs, ppl ours/theirs, (same mask, same mask in block 0)) are the
+    ratios of a dsa_core row, None on the others."""
+    rows.append((seed, method, target, tool, sec, p, sparsity, ratios))
+    seconds = "" if sec is None else f"{sec:.2f}"
+    vs = ["", "", "", ""] if ratios is None else [f"{ratios[0]:.3f}x", f"{ratios[1]:.4f}x",
+                                                  f"{100 * ratios[2][0]:.3f}%", f"{100 * ratios[2][1]:.3f}%"]
+    print(f"{seed:>4}  {method:<11}{target:>7}  {tool:<16}{seconds:>9}{p:>11.3f}{100 * sparsity:>9.2f}%"
+          f"{vs[0]:>18}{vs[1]:>17}{vs[2]:>11}{vs[3]:>10}", flush=True)
 
 
 def print_seed_summary(rows: list[tuple], seeds: list[int]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dsa_core.models import LoadedModel
+from dsa_core.models import LoadedModel, widened
 
 
 class _Captured(Exception):
@@ -100,12 +100,12 @@ class ActivationStats:
                 return
             self._prev = (x, name)
             self.root[name] = name
-            x = x.reshape(-1, x.shape[-1]).float()
+            x = widened(x.reshape(-1, x.shape[-1]))
             if name not in self.sq:
-                self.sq[name] = torch.zeros(x.shape[1], device=x.device)
+                self.sq[name] = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
                 self.count[name] = 0
                 if self.hessian:
-                    self.H[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+                    self.H[name] = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
             self.sq[name] += x.pow(2).sum(0)
             self.count[name] += x.shape[0]
             if self.hessian:
@@ -119,6 +119,6 @@ class ActivationStats:
         return self.sq[r] / self.count[r]
 
     def hessian_of(self, name: str) -> torch.Tensor:
-        """SparseGPT's H = 2/N · XXᵀ (float32); a fresh tensor, safe to modify."""
+        """SparseGPT's H = 2/N · XXᵀ (float32, or float64 for a float64 model); a fresh tensor, safe to modify."""
         r = self.root[name]
         return self.H[r] * (2.0 / self.count[r])

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from dsa_core.config import MODES, EvalConfig
 from dsa_core.errors import DSAError
 from dsa_core.export_cli import add_export_parser, export_command
+from dsa_core.models import DTYPES
 from dsa_core.scores import METRICS, PATTERNS
 from dsa_core.search_cli import add_search_parsers, search_command, worker_command
 from dsa_core.structural_cli import add_structural_parser, structural_command
@@ -46,7 +47,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu; default: cuda when present")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default=None)
+    p.add_argument("--dtype", choices=[*DTYPES, "auto"], default=None)
     p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
                    help="where WikiText-2 comes from: the hub, the shipped copy, or the hub when reachable")
     p.add_argument("--batch-size", type=int, default=None)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dsa_core.graphs import CapturedWork, on_one_gpu
-from dsa_core.models import LoadedModel
+from dsa_core.models import LoadedModel, widened
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,11 @@ def _accumulate(total: float, nlls: list[float]) -> float:
 
 
 def _window_nlls(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
-    """Each window's summed next-token NLL (float32), from one forward pass over the batch `ids`."""
+    """Each window's summed next-token NLL (float32; float64 for a float64 model), from one forward pass over
+    the batch `ids`."""
     logits = lm.model(input_ids=ids, use_cache=False).logits
     # Per window, so that float32 logits of one window at a time bound the extra memory.
-    return torch.stack([F.cross_entropy(logits[b, :-1].float(), ids[b, 1:], reduction="sum")
+    return torch.stack([F.cross_entropy(widened(logits[b, :-1]), ids[b, 1:], reduction="sum")
                         for b in range(ids.shape[0])])
 
 

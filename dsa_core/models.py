@@ -24,7 +24,8 @@ from dsa_core.errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp64 is for checks, not speed: float rounding can no longer flip the near-ties of a pruning score's order.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 # Where each supported family keeps its decoder blocks, as attribute paths from the *ForCausalLM object.
 BLOCK_PATHS = {
@@ -92,6 +93,11 @@ class LoadedModel:
             "prunable_params": self.prunable_params,
             "blocks": blocks,
         }
+
+
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32, or in float64 if it is: scores, statistics and losses keep the precision the model has."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def pick_device(device: str | None = None) -> torch.device:

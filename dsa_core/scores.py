@@ -14,6 +14,7 @@ import re
 import torch
 
 from dsa_core.errors import ConfigError
+from dsa_core.models import widened
 
 METRICS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -40,12 +41,12 @@ def comparison_group(metric: str) -> str:
 
 
 def wanda(weight: torch.Tensor, col_sqnorm: torch.Tensor) -> torch.Tensor:
-    """|W_ij| · ‖X_j‖₂ (float32)."""
-    return weight.float().abs() * col_sqnorm.sqrt().unsqueeze(0)
+    """|W_ij| · ‖X_j‖₂ (float32, or float64 for a float64 model)."""
+    return widened(weight).abs() * col_sqnorm.sqrt().unsqueeze(0)
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:
-    return weight.float().abs()
+    return widened(weight).abs()
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +68,7 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[tor
 
 def sparsegpt_saliency(weight: torch.Tensor, Hinv_factor: torch.Tensor) -> torch.Tensor:
     """w² / [H⁻¹]²_jj, the OBS error of removing each weight; SparseGPT's pruning score."""
-    return weight.float().pow(2) / torch.diag(Hinv_factor).pow(2).unsqueeze(0)
+    return widened(weight).pow(2) / torch.diag(Hinv_factor).pow(2).unsqueeze(0)
 
 
 def rank_in_group(scores: torch.Tensor, group: str) -> torch.Tensor:
@@ -121,7 +122,7 @@ def sparsegpt_prune_(
     """Prune `weight` in place with SparseGPT (Frantar & Alistarh, 2023): masks chosen per 128-column block
     by w²/[H⁻¹]²_jj (or per n:m group), and the OBS update spreads each removed weight's error over the
     columns not yet processed. A transcription of the reference `fasterprune`, without quantisation."""
-    W = weight.float().clone()
+    W = widened(weight).clone()
     Hinv, dead = inverse_hessian_factor(H, percdamp)
     W[:, dead] = 0
     rows, cols = W.shape
@@ -135,9 +136,10 @@ def sparsegpt_prune_(
         mask1 = torch.zeros_like(W1, dtype=torch.bool)
         k = int(W1.numel() * ratio)
         if nm is None and k > 0:
-            # The reference prunes `tmp <= sorted[k]`, one weight more than asked; we prune exactly k.
+            # As the reference: `tmp <= sorted[k]`, one weight more than k per block (its users' numbers are made
+            # so); where k is 0 we prune nothing, not the reference's one weight, so that a ratio of 0 keeps all.
             tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, -1).pow(2)
-            mask1 = tmp <= torch.kthvalue(tmp.flatten(), k).values
+            mask1 = tmp <= torch.kthvalue(tmp.flatten(), min(k + 1, tmp.numel())).values
         for i in range(count):
             w = W1[:, i]
             d = Hinv1[i, i]

@@ -1,6 +1,7 @@
 """A straightforward transcription of the published Wanda pruning loop (Sun et al., 2024, `prune_wanda`
 and `WrappedGPT` of the reference repository), batch size one, kept only as the yardstick that tests hold
-dsa_core's batched implementation to. Not used by the product."""
+dsa_core's batched implementation to. Not used by the product. One change: the statistics are float32 as
+published, or float64 for a float64 model, so that a check in float64 is float64 throughout."""
 
 import torch
 from torch import nn
@@ -10,7 +11,8 @@ class WrappedGPT:
     def __init__(self, layer):
         self.layer = layer
         self.rows, self.columns = layer.weight.data.shape
-        self.scaler_row = torch.zeros((self.columns), device=layer.weight.device)
+        self.scaler_row = torch.zeros((self.columns), device=layer.weight.device,
+                                      dtype=torch.promote_types(layer.weight.dtype, torch.float32))
         self.nsamples = 0
 
     def add_batch(self, inp, out):
@@ -22,7 +24,7 @@ class WrappedGPT:
         inp = inp.t()
         self.scaler_row *= self.nsamples / (self.nsamples + tmp)
         self.nsamples += tmp
-        inp = inp.type(torch.float32)
+        inp = inp.type(self.scaler_row.dtype)
         self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
 
 

@@ -54,3 +54,10 @@ def test_dense_allocation_leaves_the_model_unpruned():
     out = run("evaluate", *QUICK, "--allocation", "dense", "--json")
     result = json.loads(out.stdout)
     assert result["achieved_sparsity"] < 0.01
+
+
+def test_float64_is_a_dtype_and_the_result_names_it():
+    out = run("evaluate", *QUICK, "--dtype", "fp64", "--sparsity", "0.7", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["environment"]["dtype"] == "float64" and result["ppl"] > 1

@@ -72,6 +72,17 @@ def test_sparsegpt_hits_ratio_and_beats_mask_only_pruning():
     assert err(pruned) < 0.9 * err(W * (pruned != 0))
 
 
+def test_sparsegpt_prunes_as_the_reference_one_weight_more_per_block_and_none_below_one():
+    W, _, H = _layer_problem(seed=4)
+    pruned = W.clone()
+    S.sparsegpt_prune_(pruned, H, 0.25)
+    # Per 128-column block, the weights at or below the (k+1)-th smallest saliency, k = ⌊0.25 · 32 · 128⌋.
+    assert [int((pruned[:, i : i + 128] == 0).sum()) for i in (0, 128)] == [1025, 1025]
+    few = W.clone()
+    S.sparsegpt_prune_(few, H, 1e-4)  # k = 0: nothing, where the reference would prune one weight per block
+    assert int((few == 0).sum()) == 0
+
+
 def test_sparsegpt_ratio_zero_keeps_weights_and_nm_pattern():
     W, _, H = _layer_problem(seed=3)
     same = W.clone()
