@@ -3,6 +3,7 @@ and a check of dsa_core's Wanda against a straightforward transcription of the p
 
     python bench/quality.py                       # GPU: seqlen 2048, 128 calibration windows, whole test split
     python bench/quality.py --nsamples 8 --seqlen 512 --eval-windows 8 --targets 0.5   # CPU quick run
+    python bench/quality.py --dtype fp64 --targets ""   # the reference check with no float rounding in the masks
 
 Prints a table; every row carries the same protocol (printed once above the table).
 """

@@ -21,7 +21,7 @@ from torch import nn
 from dsa_core import scores as S
 from dsa_core.calibration import ActivationStats, BlockInputs, capture_block_inputs, run_block
 from dsa_core.graphs import CapturedWork, on_one_gpu
-from dsa_core.models import LoadedModel
+from dsa_core.models import LoadedModel, widened
 from dsa_core.stats import OUTLIER_MULTIPLIERS, BlockStats
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def achieved_sparsity(lm: LoadedModel) -> tuple[float, list[float]]:
 def alpha_hill(weight: torch.Tensor) -> float:
     """PL_Alpha_Hill of a weight's empirical spectral density (AlphaPruning's 'xmin_mid' estimator):
     Hill estimate over the upper half of the eigenvalues of WᵀW."""
-    eigs = torch.linalg.svdvals(weight.float()).pow(2).sort().values
+    eigs = torch.linalg.svdvals(widened(weight)).pow(2).sort().values
     eigs = eigs[eigs > 1e-5]
     i = len(eigs) // 2
     n = len(eigs) - i

@@ -76,6 +76,16 @@ def test_float64_models_keep_float64_statistics_and_scores(windows):
     assert wanda(layer.weight, acts.column_sqnorm(name)).dtype == torch.float64
 
 
+def test_alpha_hill_of_a_float64_weight_is_computed_in_float64():
+    from dsa_core.prune import alpha_hill
+
+    w = torch.randn(64, 48, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eigs = np.sort(np.linalg.svd(w.numpy(), compute_uv=False) ** 2)
+    half, n = len(eigs) // 2, len(eigs) - len(eigs) // 2
+    expected = 1 + n / (np.log(eigs[half:]).sum() - n * np.log(eigs[half]))
+    assert alpha_hill(w) == pytest.approx(expected, rel=1e-12)
+
+
 def test_fast_and_sequential_agree_on_the_first_block(fresh_tiny, windows):
     dense = DenseWeights(fresh_tiny)
     cache, _ = score_model(fresh_tiny, dense, windows, "wanda", batch_size=2)
