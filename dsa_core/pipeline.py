@@ -76,6 +76,9 @@ def protocol(cfg: EvalConfig, session: PruningSession, windows: int, eval_origin
         "seqlen": cfg.seqlen,
         "windows": windows,
         "join": "rows joined with \\n\\n, tokenised once, non-overlapping windows, tail dropped",
+        # True: every window (evaluation and calibration) starts with <bos> and holds seqlen - 1 text tokens
+        # (Gemma); false: the literature's protocol, only the text's first window starts with <bos>.
+        "bos_per_window": session.lm.bos_per_window,
         "calibration": cfg.calib,
         "calibration_source": session.calib_origin,
         "nsamples": cfg.nsamples,

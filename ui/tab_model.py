@@ -12,7 +12,7 @@ from dsa_core.models import DEFAULT_MODEL
 from dsa_core.scores import METRICS, PATTERNS
 from ui.layout import AppContext, error_text, stream_job
 
-MODELS = [DEFAULT_MODEL, "random:tiny"]
+MODELS = [DEFAULT_MODEL, "gemma3-270m", "random:tiny"]
 BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]
 
 
@@ -31,10 +31,10 @@ def block_rows(d: dict) -> list[list]:
 
 def build(ctx: AppContext) -> None:
     ws = ctx.workspace
-    where = ("smollm2 (SmolLM2-135M-Instruct, the default), random:tiny, a Hugging Face hub id, a local directory "
-             "or a .gguf file" if ws.allow_local_paths else
-             "smollm2 (the default), random:tiny or a Hugging Face hub id; local paths are disabled because this "
-             "app is reachable from other machines")
+    where = ("smollm2 (SmolLM2-135M-Instruct, the default), gemma3-270m (Gemma 3 270M), random:tiny, a Hugging Face "
+             "hub id, a local directory or a .gguf file" if ws.allow_local_paths else
+             "smollm2 (the default), gemma3-270m, random:tiny or a Hugging Face hub id; local paths are disabled "
+             "because this app is reachable from other machines")
     with gr.Row():
         model = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, label="Model", info=where,
                             elem_id="model", scale=3)
