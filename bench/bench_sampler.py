@@ -23,27 +23,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dsa_core import search as S  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
+from dsa_core.evolution import EvolutionSampler  # noqa: E402
+from dsa_core.fitness import FAILED_FITNESS  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
+from dsa_core.spaces import FunctionSpace, function_text  # noqa: E402
 
 
 def time_sampler(session, cfg: S.SearchConfig, trials: int, threads: int) -> float:
     """Mean seconds of `study.ask` per trial."""
     stats = session.stats(cfg.metric)
     stats.reductions.clear()
-    fitness = S.Fitness(session, cfg)
-    study = optuna.create_study(sampler=S.EvolutionSampler(
+    space = FunctionSpace(stats, cfg.sparsity, cfg.lam_range)
+    study = optuna.create_study(sampler=EvolutionSampler(
         S.search_space(cfg), population=cfg.population, preselect=cfg.preselect, seed=cfg.seed, threads=threads,
-        key=S.function_text, phenotype=fitness.phenotype))
-    space = S.search_space(cfg)
+        key=function_text, phenotype=space.phenotype))
+    distributions = S.search_space(cfg)
     profile = np.linspace(cfg.sparsity - 0.1, cfg.sparsity + 0.1, stats.num_blocks)
     asking = 0.0
     for _ in range(trials):
         t = time.perf_counter()
-        trial = study.ask(space)
+        trial = study.ask(distributions)
         asking += time.perf_counter() - t
-        ratios = fitness.phenotype(trial.params)
+        ratios = space.phenotype(trial.params)
         trial.set_user_attr("ratios", [] if ratios is None else ratios.tolist())
-        study.tell(trial, S.FAILED_FITNESS if ratios is None else float(np.sum((ratios - profile) ** 2)))
+        study.tell(trial, FAILED_FITNESS if ratios is None else float(np.sum((ratios - profile) ** 2)))
     return asking / trials
 
 

@@ -1,20 +1,27 @@
-"""The DSA search on a real model: candidates per second, time to beat OWL, and the final faithful table; the
-genetic sampler against random search on several seeds; the fast proxy's rank correlation with the faithful
-protocol.
+"""The search on a real model, as a user gets it: the first-ranked result of a search against uniform, OWL,
+AlphaPruning, ATP (β searched on the same validation fitness) and the DSA preset, with the faithful protocol
+(sequential pruning, WikiText-2 test); candidates per second per fidelity stage; the fitnesses' rank correlation
+with test perplexity; transfer of a found function to other targets and models.
 
-    python bench/bench_search.py --targets 0.7 --seconds 120                 # GPU: search + final table
-    python bench/bench_search.py --targets 0.7 --compare-seeds 0,1,2 --compare-candidates 300 --no-search \
-        --variants ga,nsga2                                                  # samplers vs random
-    python bench/bench_search.py --nsamples 4 --seqlen 256 --fitness-windows 2 --final-eval-windows 4 \
-        --seconds 30 --targets 0.6                                           # CPU smoke run
+Each measurement is one job writing one JSON file, so jobs run in parallel (several per GPU) and a job cut short
+loses nothing of the others; `report` prints the tables from a folder of them.
 
-Everything in one process and on the same calibration windows, so the rows of a table are comparable.
-Searched functions are fitted on WikiText-2 validation (the proxy) and reported on the test split.
+    python bench/bench_search.py refs --metric wanda --target 0.7 --out runs/b          # baselines + correlation
+    python bench/bench_search.py run --metric wanda --target 0.7 --space hybrid --seconds 120 --seed 0 --out runs/b
+    python bench/bench_search.py transfer --from runs/b/smollm2_wanda_70_hybrid_s0.json --targets 0.6,0.8 \
+        --model gemma3-270m --out runs/b
+    python bench/bench_search.py report runs/b
+    python bench/bench_search.py run --nsamples 8 --seqlen 256 --fidelity 256,1k --eval-windows 4 --seconds 30 \
+        --target 0.6 --out /tmp/b                                                       # CPU smoke run
+
+Searches fit the fitness on WikiText-2 validation (ppl) or calibration tokens (kl); only the final rows read the
+test split, and the result reported is the search's first-ranked candidate, never the best by test perplexity.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -26,145 +33,243 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core import search as S  # noqa: E402
-from dsa_core.config import EvalConfig  # noqa: E402
-from dsa_core.pipeline import open_session  # noqa: E402
+from dsa_core.allocation import allocate  # noqa: E402
+from dsa_core.errors import DSAError  # noqa: E402
+from dsa_core.fitness import Fitness  # noqa: E402
+from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
+from dsa_core.pipeline import environment, open_session  # noqa: E402
+from dsa_core.spaces import function_text  # noqa: E402
+
+FITNESS_KINDS = ("ppl", "kl")
 
 
-def search_once(session, base: dict, target: float, sampler: str, seed: int, seconds: float | None,
-                candidates: int | None, owl_proxy: float):
-    cfg = S.SearchConfig(**base, sparsity=target, sampler=sampler, seed=seed, budget_seconds=seconds,
-                         budget_candidates=candidates).validate()
-    beat_owl: list[float] = []
-    evaluated_at: list[float] = []  # seconds into the search at which each new candidate's fitness came
+def model_name(args) -> str:
+    return (args.model or "smollm2").replace("/", "_").replace(":", "_")
+
+
+def job_path(args, kind: str, extra: str = "") -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{model_name(args)}_{args.metric}_{round(args.target * 100)}_{kind}{extra}.json"
+
+
+def open_job(args):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    session = open_session(setup_config(args))
+    session.scores(args.metric)
+    return session
+
+
+def search_config(args, **kw) -> S.SearchConfig:
+    return S.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
+                          seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
+                          fitness=args.fitness, fidelity=args.fidelity, final_eval_windows=args.eval_windows,
+                          top_k=args.top_k, **kw).validate()
+
+
+def fitnesses(session, args, windows: list[int], have: Fitness) -> dict[str, Fitness]:
+    """Both fitnesses at the search's last fidelity, to compare them on the same candidates (`have`, the search's
+    own, serves for its kind: a second KL cache of Gemma's logits would take 17 GB more)."""
+    return {k: have if k == have.kind else Fitness(session, args.metric, args.target, k, windows[-1:])
+            for k in FITNESS_KINDS}
+
+
+def measure_all(fits: dict[str, Fitness], key: str, ratios) -> dict[str, float]:
+    return {k: f.measure(key, ratios, len(f.stages) - 1) for k, f in fits.items()}
+
+
+def write(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record, indent=1))
+    print(f"wrote {path}", flush=True)
+
+
+def cmd_refs(args) -> None:
+    """The references at one target (faithful test ppl and both fitnesses), and the fitnesses' rank correlation
+    with test ppl over random allocations near uniform (level switches) and random functions."""
+    session = open_job(args)
+    cfg = search_config(args, budget_candidates=1)
+    fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:])
+    started = time.perf_counter()
+    refs = S.references(session, cfg, fit)
+    atp_s = time.perf_counter() - started
+    fits = fitnesses(session, args, cfg.stage_windows(), fit)
+    rows = S.faithful_table(session, cfg, [], refs=refs)
+    for r in rows:
+        r.update(fitness=measure_all(fits, r["label"], r["ratios"]))
+        print(f"{r['label']:<12}{r['ppl']:>10.3f}  ppl-fit {r['fitness']['ppl']:.4g}  kl {r['fitness']['kl']:.4g}  "
+              f"{r['allocation']}", flush=True)
+    rng = np.random.RandomState(args.seed)
+    stats = session.stats(args.metric)
+    grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
+    randoms = []
+    for i in range(args.random):
+        if i % 2 == 0:  # an allocation: many level switches away from uniform
+            levels = grid.snap(np.full(len(grid), args.target))
+            for _ in range(1 + i):
+                levels = grid.mutate(levels, rng)
+            ratios, label = grid.ratios(levels), grid.key(levels)
+        else:  # a random function
+            params = {k: (d.choices[rng.randint(len(d.choices))] if hasattr(d, "choices") else
+                          float(rng.uniform(d.low, d.high))) for k, d in S.search_space(cfg).items()}
+            try:
+                label = function_text(params)
+                ratios = allocate(stats, label, args.target).ratios
+            except DSAError:
+                continue
+        randoms.append({"label": label, "ratios": [float(r) for r in ratios],
+                        "fitness": measure_all(fits, label, ratios)})
+    test = S.faithful_table(session, cfg, [S.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms], refs=[])
+    for r, t in zip(randoms, test):
+        r["ppl"] = t["ppl"]
+    corr = {}
+    for k in FITNESS_KINDS:
+        corr[k] = {"random": spearmanr([r["fitness"][k] for r in randoms], [r["ppl"] for r in randoms]).statistic,
+                   "references": spearmanr([r["fitness"][k] for r in rows], [r["ppl"] for r in rows]).statistic}
+        print(f"Spearman({k} fitness, test ppl): {len(randoms)} random candidates {corr[k]['random']:.3f}; "
+              f"{len(rows)} references {corr[k]['references']:.3f}", flush=True)
+    write(job_path(args, "refs"), {"args": vars(args), "rows": rows, "random": randoms, "spearman": corr,
+                                   "atp_seconds": atp_s, "timings": session.timings,
+                                   "environment": environment(session.lm)})
+
+
+def cmd_run(args) -> None:
+    """One search; its top-k re-evaluated faithfully; both fitnesses of each, for the correlation over tables."""
+    session = open_job(args)
+    cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
+                        budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens)
+    fit = Fitness(session, args.metric, args.target, cfg.fitness, cfg.stage_windows())
+    curve: list[tuple[float, float]] = []
 
     def on_event(e: S.SearchEvent) -> None:
-        if not e.cached:
-            evaluated_at.append(e.elapsed)
-        if not beat_owl and e.best_fitness < owl_proxy:
-            beat_owl.append(e.elapsed)
+        if not curve or e.best_fitness < curve[-1][1]:
+            curve.append((e.elapsed, e.best_fitness))
 
-    start = time.perf_counter()
-    result = S.run_search(session, cfg, S.create_study(cfg), on_event=on_event)
-    seconds = time.perf_counter() - start
-    # Candidates/s in each quarter of the search: breeding is slowest early, while (pre-process, reduction) pairs
-    # are new to the memo, so one overall rate hides where the time went.
-    counts, _ = np.histogram(evaluated_at, bins=4, range=(0.0, seconds))
-    quarters = counts / (seconds / 4)
-    return cfg, result, seconds, (beat_owl[0] if beat_owl else math.nan), quarters
+    started = time.perf_counter()
+    result = S.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg), on_event=on_event, fitness=fit))
+    search_s = time.perf_counter() - started
+    print(f"{cfg.space} {args.metric} {args.target:.0%} seed {args.seed}: {result.evaluated} candidates in "
+          f"{search_s:.1f} s ({result.evaluated / search_s:.2f}/s); per stage "
+          + ", ".join(f"{t['tokens']} tok: {t['per_second']:.1f}/s" for t in result.throughput), flush=True)
+    fits = fitnesses(session, args, cfg.stage_windows(), fit)
+    rows = S.faithful_table(session, cfg, result.top, refs=[])
+    for r, c in zip(rows, result.top):
+        r.update(fitness=measure_all(fits, c.text, c.ratios), search_fitness=c.fitness, rerank=c.rerank)
+        print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
+    write(job_path(args, args.space + ("_proj" if args.granularity == "projection" else ""), f"_s{args.seed}"), {
+        "args": vars(args), "config": cfg.to_dict(), "rows": rows, "evaluated": result.evaluated,
+        "search_seconds": search_s, "throughput": result.throughput, "phases": result.phases,
+        "start_ratios": result.start_ratios, "curve": curve, "timings": session.timings,
+        "environment": environment(session.lm)})
 
 
-def proxy_of(session, cfg: S.SearchConfig, spec: str) -> float:
-    """The search's fitness (fast proxy) of any allocation: a baseline name or a function's text form."""
-    value = S.Fitness(session, cfg)(spec).fitness
-    session.restore()
-    return value
+def cmd_transfer(args) -> None:
+    """Functions found elsewhere (other targets, other models) applied faithfully here, beside uniform and OWL."""
+    session = open_job(args)
+    found = [json.loads(Path(p).read_text()) for p in args.sources]
+    out = []
+    for target in [float(t) for t in args.targets.split(",")]:
+        cfg = search_config(argparse.Namespace(**{**vars(args), "target": target}), budget_candidates=1)
+        texts = [(f"{model_name(argparse.Namespace(model=f['args']['model']))} {f['args']['target']:.0%}",
+                  _function_of(f)) for f in found]
+        texts = [(label, text) for label, text in texts if text]
+        rows = S.faithful_table(session, cfg, [], refs=[("uniform", "uniform"), ("owl", "owl"), *texts])
+        for r in rows:
+            print(f"{target:.0%} {r['label']:<22}{r['ppl']:>10.3f}  {r['allocation']}", flush=True)
+        out.append({"target": target, "rows": rows})
+    name = "transfer_" + "_".join(Path(p).stem for p in args.sources)
+    args.target = 0.0
+    write(Path(args.out) / f"{model_name(args)}_{name}.json", {"args": vars(args), "tables": out})
+
+
+def _function_of(record: dict) -> str | None:
+    """The found function of a run: a function search's first-ranked result, or a hybrid's first phase's best."""
+    if record["phases"]:
+        return record["phases"][0]["best"]
+    text = record["rows"][0]["allocation"]
+    return text if text.startswith("W:") else None
+
+
+def cmd_report(args) -> None:
+    records = [json.loads(p.read_text()) | {"file": p.name} for p in sorted(Path(args.folder).glob("*.json"))]
+    refs = [r for r in records if r["file"].endswith("_refs.json")]
+    runs = [r for r in records if "evaluated" in r]
+    for ref in refs:
+        a = ref["args"]
+        model, metric, target = a["model"] or "smollm2", a["metric"], a["target"]
+        best_label, best = min(((r["label"], r["ppl"]) for r in ref["rows"]), key=lambda x: x[1])
+        print(f"\n== {model}, {metric}, {target:.0%}: WikiText-2 test ppl (faithful); best reference {best_label} "
+              f"{best:.2f}")
+        print(f"{'allocation':<26}{'test ppl':>10}{'vs best ref':>13}{'fitness':>11}  {'candidates':>10}  found in")
+        for r in ref["rows"]:
+            print(f"{r['label'] + (' ' + r['allocation'] if r['label'] == 'atp' else ''):<26}{r['ppl']:>10.2f}"
+                  f"{100 * (r['ppl'] / best - 1):>12.1f}%{r['fitness'][a['fitness']]:>11.4g}")
+        mine = [r for r in runs if (r["args"]["model"], r["args"]["metric"], r["args"]["target"]) ==
+                (a["model"], metric, target)]
+        for r in sorted(mine, key=lambda r: (r["args"]["space"], r["args"]["seed"])):
+            first = r["rows"][0]
+            grain = "/proj" if r["args"]["granularity"] == "projection" else ""
+            label = f"{r['args']['space']}{grain} s{r['args']['seed']} #1"
+            print(f"{label:<26}{first['ppl']:>10.2f}{100 * (first['ppl'] / best - 1):>12.1f}%"
+                  f"{first['search_fitness']:>11.4g}  {r['evaluated']:>10}  {r['search_seconds']:.0f} s")
+        for k, v in ref["spearman"].items():
+            over_tables = [(row["fitness"][k], row["ppl"]) for row in ref["rows"]]
+            over_tables += [(row["fitness"][k], row["ppl"]) for r in mine for row in r["rows"]]
+            rho = spearmanr(*zip(*over_tables)).statistic if len(over_tables) > 2 else math.nan
+            print(f"Spearman({k} fitness, test ppl): {len(ref['random'])} random candidates {v['random']:.3f}; "
+                  f"this table's {len(over_tables)} rows {rho:.3f}")
+    print("\n== throughput: candidates/s per fidelity stage (tokens: rate), and overall distinct candidates/s")
+    for r in runs:
+        a = r["args"]
+        print(f"{(a['model'] or 'smollm2'):<14}{a['metric']:<10}{a['target']:.0%} {a['space']:<11} s{a['seed']}  "
+              + "  ".join(f"{t['tokens']}: {t['per_second']:.1f}/s" for t in r["throughput"])
+              + f"  overall {r['evaluated'] / r['search_seconds']:.1f}/s")
+    seeds: dict[tuple, dict[str, dict[int, float]]] = {}
+    for r in runs:
+        a = r["args"]
+        seeds.setdefault((a["model"] or "smollm2", a["metric"], a["target"]), {}).setdefault(
+            a["space"], {})[a["seed"]] = r["rows"][0]["ppl"]
+    for (model, metric, target), spaces in seeds.items():
+        if {"hybrid", "function", "allocation"} <= set(spaces) and len(spaces["hybrid"]) > 1:
+            print(f"\n== equal budgets, {model} {metric} {target:.0%}: first-ranked test ppl per seed")
+            common = sorted(set(spaces["hybrid"]) & set(spaces["function"]) & set(spaces["allocation"]))
+            print(f"{'seed':>6}{'function':>12}{'allocation':>12}{'hybrid':>12}")
+            for s in common:
+                print(f"{s:>6}" + "".join(f"{spaces[k][s]:>12.2f}" for k in ("function", "allocation", "hybrid")))
+            wins = sum(spaces["hybrid"][s] < min(spaces["function"][s], spaces["allocation"][s]) for s in common)
+            print(f"hybrid beats both on {wins} of {len(common)} seeds")
+    for r in records:
+        if "tables" in r:
+            print(f"\n== transfer to {r['args']['model'] or 'smollm2'} ({r['file']})")
+            for t in r["tables"]:
+                print(f"{t['target']:.0%}: " + "; ".join(f"{row['label']} {row['ppl']:.2f}" for row in t["rows"]))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--fitness-windows", type=int, default=8)
-    ap.add_argument("--final-eval-windows", type=int, default=None)
-    ap.add_argument("--targets", default="0.6,0.7")
-    ap.add_argument("--seconds", type=float, default=120.0, help="search budget per target")
-    ap.add_argument("--population", type=int, default=24)
-    ap.add_argument("--mutation", type=float, default=None, help="GA per-gene mutation probability")
-    ap.add_argument("--top-k", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-search", action="store_true")
-    ap.add_argument("--compare-seeds", default="", help="seeds for GA vs random at the first target")
-    ap.add_argument("--compare-candidates", type=int, default=300)
-    ap.add_argument("--variants", default="ga,nsga2",
-                    help="samplers to compare with random, each with optional settings, e.g. "
-                         "'ga,ga:population=12:initial=60,nsga2:population=64:mutation=0.3'")
-    ap.add_argument("--dtype", default=None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("refs", "run", "transfer"):
+        p = sub.add_parser(name)
+        add_setup_options(p)
+        p.add_argument("--metric", default="wanda")
+        p.add_argument("--target", type=float, default=0.7)
+        p.add_argument("--fitness", default="kl", choices=FITNESS_KINDS)
+        p.add_argument("--fidelity", default="2k,16k,64k")
+        p.add_argument("--top-k", type=int, default=3)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True)
+        p.add_argument("--random", type=int, default=8, help="refs: random candidates for the correlation")
+    run = sub.choices["run"]
+    run.add_argument("--space", default="hybrid", choices=tuple(S.SPACES))
+    run.add_argument("--granularity", default="block", choices=S.GRANULARITIES)
+    run.add_argument("--seconds", type=float, default=120.0)
+    run.add_argument("--rerank-tokens", type=int, default=0)
+    sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
+    sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
+    sub.add_parser("report").add_argument("folder")
     args = ap.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    session = open_session(EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen,
-                                      dtype=args.dtype, data_source="local"))
-    base = dict(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
-                population=args.population, mutation=args.mutation, fitness_windows=args.fitness_windows,
-                top_k=args.top_k,
-                final_eval_windows=args.final_eval_windows)
-    session.scores("wanda")
-    dev = session.lm.device
-    print(f"model {args.model or 'smollm2'} on {dev} {session.lm.dtype}; calibration {args.nsamples}x{args.seqlen} "
-          f"from {session.calib_origin}; proxy = {args.fitness_windows} WikiText-2 validation windows; final = "
-          f"sequential Wanda, WikiText-2 test ({args.final_eval_windows or 'all'} windows)", flush=True)
-
-    targets = [float(t) for t in args.targets.split(",") if t]
-    for target in targets if not args.no_search else []:
-        probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
-        owl_proxy = proxy_of(session, probe, "owl")
-        cfg, result, seconds, beat, quarters = search_once(session, base, target, "ga", args.seed, args.seconds, None,
-                                                           owl_proxy)
-        print(f"\n{target:.0%}: {result.evaluated} candidates in {seconds:.1f} s ({result.evaluated / seconds:.2f}/s); "
-              f"candidates/s by quarter of the search: {' / '.join(f'{q:.2f}' for q in quarters)}", flush=True)
-        t = time.perf_counter()
-        table = S.faithful_table(session, cfg, [c.text for c in result.top])
-        final_s = time.perf_counter() - t
-        proxies = [proxy_of(session, probe, r["allocation"]) for r in table]
-        best_baseline = min(r["ppl"] for r in table if not r["label"].startswith("searched"))
-        best_searched = min(r["ppl"] for r in table if r["label"].startswith("searched"))
-        rho = spearmanr(proxies, [r["ppl"] for r in table]).statistic
-        print(f"\n== target {target:.0%}: {result.evaluated} candidates in {seconds:.1f} s "
-              f"({result.evaluated / seconds:.2f}/s); best proxy beat OWL's ({owl_proxy:.3f}) after {beat:.1f} s; "
-              f"final table {final_s:.1f} s")
-        print(f"{'allocation':<14}{'test ppl':>12}{'proxy':>12}  function")
-        for r, p in zip(table, proxies):
-            print(f"{r['label']:<14}{r['ppl']:>12.3f}{p:>12.3f}  {r['allocation']}")
-        print(f"searched vs best baseline: {100 * (1 - best_searched / best_baseline):.1f}% lower test ppl; "
-              f"Spearman(proxy, test ppl) over these {len(table)} rows = {rho:.3f}", flush=True)
-
-    seeds = [int(s) for s in args.compare_seeds.split(",") if s]
-    if seeds:
-        compare(session, base, targets[0], seeds, args.compare_candidates, args.variants)
-
-
-def parse_variants(spec: str) -> list[tuple[str, dict]]:
-    """'ga,nsga2:population=64:mutation=0.3' → [(label, SearchConfig overrides), ...]."""
-    out = []
-    for item in (v for v in spec.split(",") if v):
-        sampler, *settings = item.split(":")
-        kw = {"sampler": sampler}
-        for setting in settings:
-            name, _, value = setting.partition("=")
-            kw[name] = float(value) if name == "mutation" else int(value)
-        out.append((item, kw))
-    return out
-
-
-def compare(session, base: dict, target: float, seeds: list[int], candidates: int, variants: str) -> None:
-    """Best proxy after the same number of distinct candidates: each sampler variant against random search."""
-    probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
-    owl_proxy = proxy_of(session, probe, "owl")
-    specs = parse_variants(variants) + [("random", {"sampler": "random"})]
-    width = max(12, *(len(label) + 2 for label, _ in specs))
-    print(f"\n== samplers vs random search at {target:.0%}, {candidates} distinct candidates each; proxy ppl of the "
-          f"best (OWL's proxy {owl_proxy:.3f})")
-    print(f"{'seed':>6}" + "".join(f"{label:>{width}}" for label, _ in specs))
-    rows, seconds = [], []
-    for seed in seeds:
-        row, secs = [], []
-        for _, kw in specs:
-            overrides = {k: v for k, v in kw.items() if k != "sampler"}
-            _, result, s, _, _ = search_once(session, {**base, **overrides}, target, kw["sampler"], seed, None,
-                                          candidates, owl_proxy)
-            row.append(result.best.fitness)
-            secs.append(s)
-        seconds.append(secs)
-        rows.append(row)
-        print(f"{seed:>6}" + "".join(f"{v:>{width}.3f}" for v in row), flush=True)
-    means = np.mean(rows, axis=0)
-    print(f"{'mean':>6}" + "".join(f"{v:>{width}.3f}" for v in means))
-    print(f"{'s/run':>6}" + "".join(f"{v:>{width}.1f}" for v in np.mean(seconds, axis=0)))
-    for i, (label, _) in enumerate(specs[:-1]):
-        print(f"{label}: better than random on {sum(r[i] < r[-1] for r in rows)}/{len(rows)} seeds, mean "
-              f"{means[i]:.3f} vs {means[-1]:.3f}")
+    {"refs": cmd_refs, "run": cmd_run, "transfer": cmd_transfer, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,16 @@ def default_batch_size(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 1
 
 
+LOGITS_PER_BATCH = 2**30  # a repeated measurement keeps its batch's logits in a CUDA graph's memory: bound them
+
+
+def repeated_batch_size(lm: LoadedModel, seqlen: int) -> int:
+    """Windows per forward pass of a measurement repeated in a CUDA graph: the default, fewer for a large
+    vocabulary (Gemma's 262,144 logits a token take 1 GiB a window in bf16). SmolLM2 keeps 8."""
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    return max(1, min(default_batch_size(lm.device), LOGITS_PER_BATCH // (seqlen * vocab)))
+
+
 def perplexity(lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> float:
     total, count = nll_sum(lm, windows, batch_size or default_batch_size(lm.device), progress)
@@ -70,7 +80,7 @@ class FixedWindowsPerplexity:
 
     def __init__(self, lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = None):
         self.lm, self.windows = lm, windows
-        self.batch_size = batch_size or default_batch_size(lm.device)
+        self.batch_size = batch_size or repeated_batch_size(lm, windows.shape[1])
         self.count = windows.shape[0] * (windows.shape[1] - 1)
         self.graph: CapturedWork[torch.Tensor] | None = None
         if on_one_gpu(_model_tensors(lm.model), lm.device):
@@ -98,3 +108,52 @@ def _batched_nlls(lm: LoadedModel, ids: torch.Tensor, batch_size: int) -> torch.
 
 def _model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return [*model.parameters(), *model.buffers()]
+
+
+class FixedWindowsKL:
+    """Mean per-token KL(dense ‖ pruned) of the next-token distributions on fixed windows, measured again and again
+    while the weights change in place: EvoPress's fitness. The dense logits are computed once, at construction (the
+    model must be dense then), and kept as the model produced them, in its own dtype, so the dense model's KL is
+    exactly 0: both sides go through the same log-softmax. On a GPU that holds the whole model it replays a CUDA
+    graph, as FixedWindowsPerplexity does."""
+
+    def __init__(self, lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = None):
+        self.lm, self.windows = lm, windows
+        self.batch_size = batch_size or repeated_batch_size(lm, windows.shape[1])
+        self.count = windows.numel()
+        ids = windows.to(lm.device)
+        with torch.no_grad():
+            self.dense = [lm.model(input_ids=ids[s : s + self.batch_size], use_cache=False).logits
+                          for s in range(0, ids.shape[0], self.batch_size)]
+        work = partial(_batched_kls, lm, ids, self.dense, self.batch_size)
+        self.graph: CapturedWork[torch.Tensor] | None = None
+        if on_one_gpu(_model_tensors(lm.model), lm.device):
+            self.graph = CapturedWork(work, partial(_model_tensors, lm.model), lm.device)
+        self.work = work
+
+    def __call__(self) -> float:
+        if self.graph is not None:
+            try:
+                return _accumulate(0.0, self.graph().tolist()) / self.count
+            except RuntimeError as e:
+                log.warning("Measuring KL without a CUDA graph, which failed: %s", str(e).splitlines()[0])
+                self.graph = None
+        return _accumulate(0.0, self.work().tolist()) / self.count
+
+
+@torch.no_grad()
+def _batched_kls(lm: LoadedModel, ids: torch.Tensor, dense: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Each window's summed KL(dense ‖ model) over its positions, in chunks of positions whose float32
+    log-probabilities take at most ~2²⁷ values each (512 positions of Gemma's vocabulary, all of SmolLM2's)."""
+    out = []
+    for i, start in enumerate(range(0, ids.shape[0], batch_size)):
+        logits = lm.model(input_ids=ids[start : start + batch_size], use_cache=False).logits
+        chunk = max(1, 2**27 // logits.shape[-1])
+        for b in range(logits.shape[0]):
+            total = logits.new_zeros((), dtype=torch.promote_types(logits.dtype, torch.float32))
+            for pos in range(0, logits.shape[1], chunk):
+                p = F.log_softmax(widened(dense[i][b, pos : pos + chunk]), dim=-1)
+                q = F.log_softmax(widened(logits[b, pos : pos + chunk]), dim=-1)
+                total = total + F.kl_div(q, p, log_target=True, reduction="sum")
+            out.append(total)
+    return torch.stack(out)

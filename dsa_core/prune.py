@@ -5,7 +5,8 @@ statistics allocations need (BlockStats), and a `MaskCache` of each weight's ran
 any allocation is then applied by `MaskCache.apply` without recomputing scores.
 Sequential mode (`prune_sequential`): the faithful protocol of Wanda and SparseGPT; calibration inputs
 propagate block by block through the already-pruned earlier blocks, and each block is scored on them.
-Both keep the dense weights (`DenseWeights`) so that a model can be restored and pruned again.
+Both keep the dense weights (`DenseWeights`) so that a model can be restored and pruned again. Both take one
+ratio per block, or one per linear layer (`layer_ratios`): the direct allocation search can work at either grain.
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 def _silent(phase: str, done: int, total: int) -> None:
     pass
+
+
+def layer_ratios(ratios, layers_per_block: list[int]) -> list[list[float]]:
+    """Per block, one ratio per linear layer: `ratios` holds one per block (each of its layers takes it) or one per
+    linear layer, in module order, block after block."""
+    r = [float(x) for x in np.asarray(ratios, dtype=np.float64).ravel()]
+    if len(r) == len(layers_per_block):
+        return [[x] * n for x, n in zip(r, layers_per_block)]
+    if len(r) == sum(layers_per_block):
+        out, i = [], 0
+        for n in layers_per_block:
+            out.append(r[i : i + n])
+            i += n
+        return out
+    raise ValueError(f"{len(r)} ratios fit neither the {len(layers_per_block)} blocks nor their "
+                     f"{sum(layers_per_block)} linear layers.")
 
 
 class DenseWeights:
@@ -72,10 +89,12 @@ class MaskCache:
 
     @torch.no_grad()
     def apply(self, ratios: np.ndarray) -> None:
-        """Prune every block to its ratio (ignored for n:m patterns, whose ratio is n/m) from the dense weights."""
+        """Prune every block (or every linear layer: see `layer_ratios`) to its ratio (ignored for n:m patterns,
+        whose ratio is n/m) from the dense weights."""
+        per_layer = layer_ratios(ratios, [len(block) for block in self.ranks])
         if self._graph is not None:
-            last = [S.pruned_count(rank, float(ratios[b]), self.group) - 1
-                    for b, block in enumerate(self.ranks) for rank in block]
+            last = [S.pruned_count(rank, r, self.group) - 1
+                    for block, rs in zip(self.ranks, per_layer) for rank, r in zip(block, rs)]
             try:
                 self._last_pruned.copy_(torch.tensor(last))
                 self._graph()
@@ -84,11 +103,11 @@ class MaskCache:
                 log.warning("Re-masking without a CUDA graph, which failed: %s", str(e).splitlines()[0])
                 self._graph = None
         for b, block in enumerate(self.dense.layers):
-            for (module, dense), rank in zip(block, self.ranks[b]):
+            for (module, dense), rank, r in zip(block, self.ranks[b], per_layer[b]):
                 if self.nm is not None:
                     keep = rank >= self.nm[0]
                 else:
-                    keep = S.keep_mask_from_rank(rank, float(ratios[b]), self.group)
+                    keep = S.keep_mask_from_rank(rank, r, self.group)
                 w = module.weight  # where it lives now: a block offloaded to CPU memory may be away from its cache
                 torch.mul(dense.to(w.device), keep.to(w.device), out=w)
 
@@ -247,10 +266,12 @@ def prune_sequential(
     inputs: BlockInputs | None = None,
 ) -> None:
     """Faithful mode: block by block, gather statistics on inputs that went through the pruned earlier
-    blocks, prune the block to its ratio, and recompute its outputs for the next block."""
+    blocks, prune the block to its ratio (or each linear layer to its own: see `layer_ratios`), and recompute its
+    outputs for the next block."""
     S.check_metric(metric)
     nm = S.parse_pattern(pattern)
     n = len(lm.blocks)
+    per_layer = layer_ratios(ratios, [len(lm.linear_layers(i)) for i in range(n)])
     if metric != "magnitude" and inputs is None:
         inputs = capture_block_inputs(lm, windows, batch_size)
     for i in range(n):
@@ -259,8 +280,8 @@ def prune_sequential(
         if metric != "magnitude":
             with ActivationStats(layers, hessian=metric == "sparsegpt") as acts:
                 run_block(lm.blocks[i], inputs)
-        for name, module in layers.items():
-            _prune_layer(metric, module, acts, name, float(ratios[i]), nm)
+        for (name, module), ratio in zip(layers.items(), per_layer[i]):
+            _prune_layer(metric, module, acts, name, ratio, nm)
         del acts
         if metric != "magnitude" and i + 1 < n:
             inputs = run_block(lm.blocks[i], inputs)

@@ -1,11 +1,14 @@
-"""Evolutionary search for allocation functions (DSA), on Optuna's ask/tell API.
+"""Search for sparsity allocations on Optuna's ask/tell API: DSA's allocation functions, EvoPress-style direct
+allocations, or both in turn (hybrid).
 
-A trial chooses one operation per slot of an AllocationFunction plus the mapping's λ; its fitness is the fast
-proxy: re-mask from the cached score order, perplexity on a fixed slice of WikiText-2 validation (never the
-test split). The genetic algorithm is dsa_core.evolution's sampler (elitist selection, tournament, crossover,
-mutation, children pre-selected by the allocations they give); Optuna's NSGAIISampler as a single-objective GA
-is there to compare with, and RandomSampler with the same budget is the baseline. The study lives in a
-SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
+A trial is a point of a search space (dsa_core.spaces): a function (one operation per slot plus the mapping's λ)
+or one sparsity level per block or linear layer. Its fitness (dsa_core.fitness) is a fast proxy measured after
+re-masking from the cached score order: validation perplexity or the KL divergence from the dense model, never
+the test split. With several fidelities, every candidate is measured on few tokens and only the best are promoted
+to more, by Optuna's successive-halving pruner (EvoPress's multi-step selection). Functions are bred by
+dsa_core.evolution's GA (or Optuna's NSGA-II, or drawn at random), allocations by dsa_core.levels' level switches.
+A hybrid search runs a function search, then refines the best function's allocation directly. The study lives in
+a SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import optuna
@@ -27,20 +30,31 @@ from dsa_core import functions as F
 from dsa_core import workers as W
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
-from dsa_core.evaluate import FixedWindowsPerplexity
 from dsa_core.evolution import EvolutionSampler
+from dsa_core.fitness import FAILED_FITNESS, FITNESSES, Fitness, parse_fidelity, stage_windows
+from dsa_core.levels import LevelSwitchSampler, expand_to_units
 from dsa_core.session import PruningSession
+from dsa_core.spaces import AllocationSpace, FunctionSpace, function_distributions, function_text
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ga", "nsga2", "random")
-FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes the GA
+SPACES = {"function": "DSA allocation functions (GA)",
+          "allocation": "per-block or per-layer sparsity levels, searched directly (EvoPress level switches)",
+          "hybrid": "functions first, then the best function's allocation refined directly"}
+GRANULARITIES = ("block", "projection")
 WAIT_S = 1.0  # how often a worker with nothing left to claim looks at the study again
+REFINE_SUFFIX = ":refine"  # a hybrid search's second study is named after its first
+
+
+def _option(default, help: str, **kw):
+    """A search setting with what its command-line option and form field need (declared once, here)."""
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
 class SearchConfig:
-    """A search: the pruning set-up it optimises for, its sampler and budget, and its fitness proxy."""
+    """A search: the pruning set-up it optimises for, its space, sampler and budget, and its fitness proxy."""
 
     model: str | None = None
     metric: str = "wanda"
@@ -52,6 +66,22 @@ class SearchConfig:
     data_source: str = "auto"
     device: str | None = None
     dtype: str | None = None
+    space: str = _option("function", "what to search: " + "; ".join(f"{k}: {v}" for k, v in SPACES.items()),
+                         choices=tuple(SPACES))
+    granularity: str = _option("block", "allocation and hybrid spaces: one level per block, or per linear layer "
+                               "(q, k, v, o, gate, up, down)", choices=GRANULARITIES)
+    fitness: str = _option("ppl", "; ".join(f"{k}: {v}" for k, v in FITNESSES.items()), choices=tuple(FITNESSES))
+    fidelity: str = _option("", "token counts of the staged selection, few first, e.g. 2k,16k,64k: every candidate "
+                            "is measured on the first, the best 1/--promote on the next (default: one stage of "
+                            "--fitness-windows windows)")
+    promote: int = _option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
+    level_step: float = _option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
+    parents: int = _option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
+    start: str = _option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
+                         "text, ...)")
+    hybrid_split: float = _option(0.5, "hybrid: the share of the budget spent on functions before refining")
+    rerank_tokens: int = _option(0, "re-rank the top-k by validation perplexity on this many tokens (0: rank by "
+                                 "the fitness)")
     sampler: str = "ga"
     population: int = 24
     mutation: float | None = None  # per-gene mutation probability of the GA; None: 1 / number of genes
@@ -68,6 +98,10 @@ class SearchConfig:
     def validate(self) -> SearchConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
+        for name in ("space", "granularity", "fitness"):
+            choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"Unknown {name} '{getattr(self, name)}'; choose one of {', '.join(choices)}.")
         if not 0 < self.sparsity < 0.99:
             raise ConfigError(f"Sparsity {self.sparsity} is outside (0, 0.99).")
         if self.budget_candidates is None and self.budget_seconds is None:
@@ -87,7 +121,24 @@ class SearchConfig:
         lo, hi = self.lam_range
         if not 0 < lo <= hi < 0.5:
             raise ConfigError(f"λ range {self.lam_range} must lie within (0, 0.5).")
+        parse_fidelity(self.fidelity)
+        if self.promote < 2:
+            raise ConfigError("--promote must be at least 2: one in that many candidates goes on to more tokens.")
+        if not 0 < self.level_step <= 0.1:
+            raise ConfigError(f"The level step {self.level_step} must lie in (0, 0.1].")
+        if self.parents < 1:
+            raise ConfigError("The allocation search needs at least one parent.")
+        if not 0 < self.hybrid_split < 1:
+            raise ConfigError(f"The hybrid split {self.hybrid_split} must lie strictly between 0 and 1.")
+        if self.rerank_tokens < 0:
+            raise ConfigError("--rerank-tokens must be 0 (off) or a number of tokens.")
+        if self.space == "allocation" and self.sampler != "ga":
+            raise ConfigError("The allocation space mutates levels; --sampler applies to functions only.")
         return self
+
+    def stage_windows(self) -> list[int]:
+        """Windows of `seqlen` tokens measured at each stage of the fitness."""
+        return stage_windows(parse_fidelity(self.fidelity), self.seqlen, self.fitness_windows)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -104,20 +155,8 @@ class SearchConfig:
 
 
 def search_space(cfg: SearchConfig) -> dict[str, optuna.distributions.BaseDistribution]:
-    """One categorical per slot of an allocation function, generated from the operation registry, plus λ."""
-    space = {slot: optuna.distributions.CategoricalDistribution(choices) for slot, choices in F.slot_choices().items()}
-    lo, hi = cfg.lam_range
-    space["lam"] = optuna.distributions.FloatDistribution(lo, hi, step=0.01)
-    return space
-
-
-def function_from_params(params: dict) -> F.AllocationFunction:
-    return F.function_from_slots({k: v for k, v in params.items() if k != "lam"}, lam=round(params["lam"], 4))
-
-
-def function_text(params: dict) -> str:
-    """The canonical text of a trial's function: what the study, the memo and the GA's novelty check key on."""
-    return F.to_text(function_from_params(params))
+    """The function space's distributions (the allocation space's depend on the model: see dsa_core.spaces)."""
+    return function_distributions(cfg.lam_range)
 
 
 @dataclass
@@ -126,64 +165,55 @@ class Candidate:
     fitness: float
     ratios: list[float]
     warnings: list[str]
+    rerank: float | None = None  # validation perplexity on --rerank-tokens, when the top-k was re-ranked
 
 
-class Fitness:
-    """The fast proxy: re-mask from the cache, perplexity on the first `windows` windows of WikiText-2
-    validation. Memoised by canonical text, so a function the GA proposes again costs nothing."""
-
-    def __init__(self, session: PruningSession, cfg: SearchConfig):
-        self.session, self.cfg = session, cfg
-        self.stats = session.stats(cfg.metric)
-        session.scores(cfg.metric)
-        self.windows, self.origin = session.eval_windows("wikitext2", "validation", cfg.seqlen, cfg.fitness_windows)
-        self.perplexity = FixedWindowsPerplexity(session.lm, self.windows)
-        self.memo: dict[str, Candidate] = {}
-
-    def __call__(self, fn: F.AllocationFunction | str) -> Candidate:
-        """Fitness of a function, or of any allocation `allocate` accepts by name (a baseline, for comparison)."""
-        text = fn if isinstance(fn, str) else F.to_text(fn)
-        if text not in self.memo:
-            try:
-                result = allocate(self.stats, fn, self.cfg.sparsity)
-                self.session.apply(result.ratios, self.cfg.metric)
-                ppl = self.perplexity()
-                fitness = ppl if math.isfinite(ppl) else FAILED_FITNESS
-                self.memo[text] = Candidate(text, fitness, [float(r) for r in result.ratios], result.warnings)
-            except DSAError as e:
-                self.memo[text] = Candidate(text, FAILED_FITNESS, [], [str(e)])
-        return self.memo[text]
-
-    def phenotype(self, params: dict) -> np.ndarray | None:
-        """The allocation a trial's params give, without evaluating it (None when the function fails)."""
-        try:
-            return allocate(self.stats, function_from_params(params), self.cfg.sparsity).ratios
-        except DSAError:
-            return None
+def make_space(cfg: SearchConfig, stats, start=None) -> FunctionSpace | AllocationSpace:
+    if cfg.space == "function":
+        return FunctionSpace(stats, cfg.sparsity, cfg.lam_range)
+    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step,
+                           cfg.start if start is None else start)
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:
-    """A configuration as resuming compares it: budgets may change between runs, and settings added since a study
-    was saved take their defaults (through SearchConfig.from_dict)."""
-    return {k: v for k, v in {**cfg.to_dict(), **overrides}.items() if k not in ("budget_candidates", "budget_seconds")}
+    """A configuration as resuming compares it: budgets may change between runs, a hybrid's refinement starts from
+    whatever function is best by then, and settings added since a study was saved take their defaults (through
+    SearchConfig.from_dict)."""
+    skip = ("budget_candidates", "budget_seconds", "start")
+    return {k: v for k, v in {**cfg.to_dict(), **overrides}.items() if k not in skip}
 
 
-def create_study(cfg: SearchConfig, storage: str | None = None) -> optuna.Study:
-    """A new or existing study (resume by name). Its configuration is kept in the study itself, so that
-    workers and resumed runs need only the name and the storage URL."""
-    name = cfg.study or f"dsa-{uuid.uuid4().hex[:8]}"
+def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    if cfg.space == "allocation":  # a hybrid's first study searches functions
+        return LevelSwitchSampler(parents=cfg.parents, seed=cfg.seed)
     if cfg.sampler == "ga":
-        sampler = EvolutionSampler(search_space(cfg), population=cfg.population, mutation=cfg.mutation,
-                                   initial=cfg.initial, preselect=cfg.preselect, seed=cfg.seed,
-                                   key=function_text)
-    elif cfg.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(
+        return EvolutionSampler(search_space(cfg), population=cfg.population, mutation=cfg.mutation,
+                                initial=cfg.initial, preselect=cfg.preselect, seed=cfg.seed, key=function_text)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(
             population_size=cfg.population, crossover=optuna.samplers.nsgaii.UniformCrossover(), seed=cfg.seed,
             mutation_prob=cfg.mutation,
         )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
-    study = optuna.create_study(study_name=name, storage=W.open_storage(storage), sampler=sampler,
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
+
+
+def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    """Staged selection: a candidate measured at stage s reports at step promote**s, which is exactly where Optuna's
+    successive-halving pruner (minimum resource 1, reduction factor `promote`) decides on rung s; it promotes the
+    best 1/promote of the candidates measured at that stage so far."""
+    if len(cfg.stage_windows()) == 1:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=cfg.promote,
+                                                  min_early_stopping_rate=0)
+
+
+def create_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """A new or existing study (resume by name). Its configuration is kept in the study itself, so that
+    workers and resumed runs need only the name and the storage URL."""
+    name = cfg.study or f"dsa-{uuid.uuid4().hex[:8]}"
+    if isinstance(storage, str) or storage is None:
+        storage = W.open_storage(storage)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(cfg), pruner=_pruner(cfg),
                                 direction="minimize", load_if_exists=True)
     saved = study.user_attrs.get("config")
     if saved is None:
@@ -205,7 +235,8 @@ def load_study(name: str, storage: str) -> tuple[optuna.Study, SearchConfig]:
 
 @dataclass
 class SearchEvent:
-    """What a running search reports after each candidate (the web app streams these)."""
+    """What a running search reports after each candidate (the web app streams these). `stage` is the last
+    fidelity it was measured at (of `stages`); `fitness` is its value there, comparable only within a stage."""
 
     candidate: int
     generation: int
@@ -216,6 +247,9 @@ class SearchEvent:
     best_ratios: list[float]
     elapsed: float
     cached: bool
+    stage: int = 0
+    stages: int = 1
+    phase: str = "function"
 
 
 @dataclass
@@ -228,10 +262,14 @@ class SearchResult:
     stopped: bool
     generations: list[dict] = field(default_factory=list)
     top: list[Candidate] = field(default_factory=list)
+    space: str = "function"
+    throughput: list[dict] = field(default_factory=list)  # per fidelity stage: tokens, evaluated, per_second
+    phases: list[dict] = field(default_factory=list)  # a hybrid's two searches: space, evaluated, seconds, best
+    start_ratios: list[float] = field(default_factory=list)  # hybrid: the best function's allocation, refined since
 
 
 def _generations(study: optuna.Study, population: int) -> list[dict]:
-    """Best-so-far and population mean fitness per generation of `population` trials."""
+    """Best-so-far and population mean fitness per generation of `population` fully measured trials."""
     values = [t.value for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value < FAILED_FITNESS]
     out, best = [], math.inf
     for g in range(0, len(values), population):
@@ -242,29 +280,57 @@ def _generations(study: optuna.Study, population: int) -> list[dict]:
     return out
 
 
+def _staged(fitness: Fitness, trial: optuna.Trial, key: str, ratios, promote: int) -> tuple[float, int, bool]:
+    """Measure stage after stage while the pruner promotes: (value at the last stage reached, that stage, pruned)."""
+    last = len(fitness.stages) - 1
+    for stage in range(last + 1):
+        value = fitness.measure(key, ratios, stage)
+        if stage == last:
+            return value, stage, False
+        trial.report(value, step=promote**stage)
+        if trial.should_prune():
+            return value, stage, True
+    raise AssertionError("unreachable")
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no trial complete yet (every one so far stopped at a lower fidelity, or failed)
+        return None
+
+
 def run_search(
     session: PruningSession,
     cfg: SearchConfig,
     study: optuna.Study,
     on_event: Callable[[SearchEvent], None] | None = None,
     stop: threading.Event | None = None,
+    fitness: Fitness | None = None,
 ) -> SearchResult:
     """Ask/tell until the budget is spent or `stop` is set; what was found is kept in the study either way.
-    Budgets count distinct functions evaluated across all workers of the study. Each function is evaluated
-    once in the study: a trial proposing one already complete or in flight (or beyond the budget) is told
-    PRUNED with a `skipped` user attribute (dsa_core.workers.claim)."""
-    fitness = Fitness(session, cfg)
-    if isinstance(study.sampler, EvolutionSampler):
-        study.sampler.phenotype = fitness.phenotype
-    space = search_space(cfg)
+    Budgets count distinct candidates evaluated across all workers of the study (a candidate stopped at a low
+    fidelity counts). Each candidate is evaluated once in the study: a trial proposing one already evaluated or in
+    flight (or beyond the budget) is told PRUNED with a `skipped` user attribute (dsa_core.workers.claim). A hybrid
+    search runs its two phases here (see `run_hybrid`). `fitness` may be passed in to share its cached windows."""
+    if cfg.space == "hybrid":
+        return run_hybrid(session, cfg, study, on_event, stop, fitness)
+    fitness = fitness or Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
+    space = make_space(cfg, fitness.stats)
+    space.bind(study.sampler)
+    distributions = space.distributions()
+    memo: dict[str, Candidate] = {}
     start, evaluated, trials, stopped = time.perf_counter(), 0, 0, False
+    tracker = W.ProgressTracker()
     breed_ahead = isinstance(study.sampler, EvolutionSampler) and session.lm.device.type == "cuda"
     with ThreadPoolExecutor(1, thread_name_prefix="dsa-breed") as breeder:
         while True:
             W.fail_stale(study)
-            progress = W.study_progress(study)
-            for text, t in progress.done.items():  # what this and the other workers completed
-                fitness.memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
+            progress = tracker.read(study)
+            for t in progress.new:  # what this and the other workers completed
+                if t.state == TrialState.COMPLETE:
+                    text = t.user_attrs["text"]
+                    memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
             if cfg.budget_candidates is not None and len(progress.done) >= cfg.budget_candidates:
                 break
             if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds:
@@ -278,13 +344,12 @@ def run_search(
             if cfg.budget_candidates is not None and claimed >= cfg.budget_candidates:
                 time.sleep(WAIT_S)  # other workers are finishing the budget; wait in case one of them dies
                 continue
-            trial = W.ask(study, space)
+            trial = W.ask(study, distributions)
             trials += 1
             with W.heartbeat(study, trial):
-                fn = function_from_params(trial.params)
-                text = F.to_text(fn)
-                verdict = W.claim(study, trial, text, cfg.budget_candidates)
-                cached = text in fitness.memo
+                text = space.key(trial.params)
+                verdict = W.claim(study, trial, text, cfg.budget_candidates, tracker)
+                cached, stage = text in memo, len(fitness.stages) - 1
                 if verdict is None:
                     # On a GPU the GA breeds the next trial's params on a second thread while this one is evaluated:
                     # breeding is CPU work and evaluation mostly waits on the GPU (on a CPU both want the same cores).
@@ -293,28 +358,92 @@ def run_search(
                     breeding = None
                     if breed_ahead and (cfg.budget_candidates is None or claimed + 1 < cfg.budget_candidates):
                         breeding = breeder.submit(study.sampler.prepare, study)
-                    cand = fitness(fn)
+                    pruned = False
+                    if cached:  # told before, but the tell failed (the trial was failed as stale meanwhile)
+                        cand = memo[text]
+                    else:
+                        try:
+                            alloc = space.allocation(trial.params)
+                        except DSAError as e:
+                            cand = Candidate(text, FAILED_FITNESS, [], [str(e)])
+                        else:
+                            value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote)
+                            cand = Candidate(text, value, [float(r) for r in alloc.ratios], alloc.warnings)
                     if breeding is not None:
                         breeding.result()
                     trial.set_user_attr("ratios", cand.ratios)
-                    evaluated += W.tell(study, trial, cand.fitness)  # cached only when a tell failed before
-                else:  # a repeat, or a function beyond the budget: recorded, never evaluated twice
+                    trial.set_user_attr("stage", stage)
+                    if pruned:
+                        evaluated += W.tell(study, trial, state=TrialState.PRUNED)
+                    else:
+                        memo[text] = cand
+                        evaluated += W.tell(study, trial, cand.fitness)  # cached only when a tell failed before
+                else:  # a repeat, or a candidate beyond the budget: recorded, never evaluated twice
                     trial.set_user_attr("skipped", verdict)
                     W.tell(study, trial, state=TrialState.PRUNED)
             if on_event is not None and (verdict is None or cached):
-                cand, best = fitness.memo[text], study.best_trial
+                best = _best(study)
                 on_event(SearchEvent(
-                    candidate=trial.number, generation=trial.number // cfg.population, text=cand.text,
-                    fitness=cand.fitness, best_text=best.user_attrs["text"], best_fitness=best.value,
-                    best_ratios=best.user_attrs.get("ratios", []), elapsed=time.perf_counter() - start, cached=cached,
+                    candidate=trial.number, generation=trial.number // cfg.population, text=text,
+                    fitness=cand.fitness, best_text=best.user_attrs["text"] if best else "",
+                    best_fitness=best.value if best else math.inf,
+                    best_ratios=best.user_attrs.get("ratios", []) if best else [],
+                    elapsed=time.perf_counter() - start, cached=cached, stage=stage, stages=len(fitness.stages),
+                    phase=space.kind,
                 ))
-    session.restore()
-    return summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
+    fitness.restore()
+    result = summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
+    result.throughput = fitness.throughput()
+    return result
+
+
+def refine_config(cfg: SearchConfig, start: str, candidates: int | None, seconds: float | None) -> SearchConfig:
+    """The second phase of a hybrid search: the allocation space from `start`, in a study named after the first."""
+    return replace(cfg, space="allocation", start=start, budget_candidates=candidates, budget_seconds=seconds,
+                   study=(cfg.study or "") + REFINE_SUFFIX).validate()
+
+
+def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
+               on_event: Callable[[SearchEvent], None] | None = None, stop: threading.Event | None = None,
+               fitness: Fitness | None = None) -> SearchResult:
+    """Functions first (`study`, `hybrid_split` of the budget), then the best function's allocation refined by
+    level switches for the rest, in a second study beside the first (its name + ':refine'). The result is the
+    refinement's, with the function's allocation in `start_ratios` so that a UI can show how far each unit moved."""
+    fitness = fitness or Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
+    split = cfg.hybrid_split
+    first = replace(cfg, space="function",
+                    budget_candidates=None if cfg.budget_candidates is None else max(1, round(cfg.budget_candidates
+                                                                                               * split)),
+                    budget_seconds=None if cfg.budget_seconds is None else cfg.budget_seconds * split)
+    found = run_search(session, first, study, on_event, stop, fitness)
+    phases = [{"space": "function", "evaluated": found.evaluated, "seconds": found.elapsed,
+               "best": found.best.text, "best_fitness": found.best.fitness}]
+    if found.stopped:
+        found.phases = phases
+        return found
+    left_candidates = None if cfg.budget_candidates is None else max(1, cfg.budget_candidates - first.budget_candidates)
+    left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - found.elapsed)
+    second = refine_config(replace(cfg, study=study.study_name), found.best.text, left_candidates, left_seconds)
+    # The refinement's study sits in the same storage as the first (Optuna names no public accessor for it).
+    refined = run_search(session, second, create_study(second, study._storage), on_event, stop, fitness)
+    phases.append({"space": "allocation", "evaluated": refined.evaluated, "seconds": refined.elapsed,
+                   "best": refined.best.text, "best_fitness": refined.best.fitness})
+    stats = fitness.stats
+    function_ratios = allocate(stats, found.best.text, cfg.sparsity).ratios
+    refined.start_ratios = [float(r) for r in expand_to_units(function_ratios, stats.layer_shapes, cfg.granularity)]
+    refined.phases, refined.space = phases, "hybrid"
+    refined.evaluated += found.evaluated
+    refined.trials += found.trials
+    refined.elapsed += found.elapsed
+    refined.generations = found.generations + [
+        {**g, "generation": g["generation"] + len(found.generations)} for g in refined.generations]
+    return refined
 
 
 def summarize(study: optuna.Study, cfg: SearchConfig, evaluated: int = 0, trials: int = 0, elapsed: float = 0.0,
               stopped: bool = False) -> SearchResult:
-    complete = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    """The study's best candidates by their fitness at the last fidelity: the first of them is the result."""
+    complete = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
     if not complete:
         raise DSAError("The search ended before any candidate was evaluated; give it a larger budget.")
     top, seen = [], set()
@@ -323,23 +452,70 @@ def summarize(study: optuna.Study, cfg: SearchConfig, evaluated: int = 0, trials
             seen.add(t.user_attrs["text"])
             top.append(Candidate(t.user_attrs["text"], t.value, t.user_attrs.get("ratios", []), []))
     return SearchResult(study=study.study_name, best=top[0], evaluated=evaluated, trials=trials, elapsed=elapsed,
-                        stopped=stopped, generations=_generations(study, cfg.population), top=top)
+                        stopped=stopped, generations=_generations(study, cfg.population), top=top, space=cfg.space)
 
 
-def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[str],
-                   progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Re-evaluate candidates with the faithful protocol (sequential pruning, WikiText-2 test) next to
-    uniform, OWL and the DSA preset, all in this one run and on the same calibration windows."""
-    specs = [("uniform", "uniform"), ("owl", "owl"), ("dsa preset", F.DSA_PRESET)]
-    specs += [(f"searched #{i + 1}", text) for i, text in enumerate(candidates)]
+def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> SearchResult:
+    """Order the top-k by validation perplexity on `rerank_tokens` tokens (more than the search measured), and
+    make the first of that order the result: a larger held-out check, never the test split."""
+    if not cfg.rerank_tokens or len(result.top) < 2:
+        return result
+    check = Fitness(session, cfg.metric, cfg.sparsity, "ppl", stage_windows((cfg.rerank_tokens,), cfg.seqlen, 1))
+    for c in result.top:
+        c.rerank = check.measure(c.text, c.ratios, 0)
+    check.restore()
+    result.top.sort(key=lambda c: c.rerank)
+    result.best = result.top[0]
+    return result
+
+
+def atp_beta(fitness: Fitness, target: float) -> float:
+    """ATP's own one-parameter search, as its search.sh does (β = 0.002, 0.004, … while the progression stays in
+    [0, 0.99]), on the search's fitness: the β whose allocation scores best."""
+    best, beta, value = 0.0, 0.002, fitness("uniform")
+    while beta <= 1.0:
+        try:
+            allocate(fitness.stats, f"atp:beta={beta:g}", target)
+        except ConfigError:
+            break
+        v = fitness(f"atp:beta={beta:g}")
+        if v < value:
+            best, value = beta, v
+        beta = round(beta + 0.002, 6)
+    return best
+
+
+def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | None = None) -> list[tuple[str, str]]:
+    """The allocations every table compares against: uniform, OWL, AlphaPruning, ATP (β searched on `fitness`
+    when given, else its default) and the DSA preset, as (label, spec)."""
+    session.stats(cfg.metric, alpha=True)  # AlphaPruning reads PL_Alpha_Hill
+    atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}" if fitness is not None else "atp"
+    return [("uniform", "uniform"), ("owl", "owl"), ("alpha", "alpha"), ("atp", atp),
+            ("dsa preset", F.to_text(F.DSA_PRESET))]
+
+
+def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[Candidate | str],
+                   progress: Callable[[str, int, int], None] | None = None,
+                   refs: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Re-evaluate candidates with the faithful protocol (sequential pruning, WikiText-2 test) next to the
+    references (default: `references` without a fitness), all in this one run and on the same calibration windows.
+    A candidate is a function's text or a searched Candidate (its ratios, per block or per layer, are pruned as
+    they are)."""
     stats = session.stats(cfg.metric)
+    refs = references(session, cfg) if refs is None else refs
+    specs: list[tuple[str, str, list[float] | None]] = [(label, spec, None) for label, spec in refs]
+    for i, c in enumerate(candidates):
+        label = f"searched #{i + 1}"
+        specs.append((label, c, None) if isinstance(c, str) else (label, c.text, c.ratios))
     rows = []
-    for i, (label, spec) in enumerate(specs):
-        result = allocate(stats, spec, cfg.sparsity)
-        session.prune_sequential(result.ratios, cfg.metric)
+    for i, (label, spec, ratios) in enumerate(specs):
+        warnings = []
+        if ratios is None:
+            result = allocate(stats, spec, cfg.sparsity)
+            ratios, warnings = [float(r) for r in result.ratios], result.warnings
+        session.prune_sequential(np.asarray(ratios), cfg.metric)
         ppl = session.perplexity("wikitext2", "test", cfg.seqlen, cfg.final_eval_windows)
-        rows.append({"label": label, "allocation": spec if isinstance(spec, str) else F.to_text(spec), "ppl": ppl,
-                     "ratios": [float(r) for r in result.ratios], "warnings": result.warnings})
+        rows.append({"label": label, "allocation": spec, "ppl": ppl, "ratios": ratios, "warnings": warnings})
         if progress:
             progress("final evaluation", i + 1, len(specs))
     session.restore()

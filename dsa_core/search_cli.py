@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 
+from dsa_core.errors import ConfigError
 from dsa_core.search import SAMPLERS, SearchConfig
 
 
@@ -23,9 +25,23 @@ def default_storage() -> str:
     return database_url()
 
 
+def add_declared_options(parser: argparse.ArgumentParser, config: type) -> list[str]:
+    """One option per setting of `config` that declares its help (and choices) in its field's metadata: a setting
+    is declared once, in the configuration, and the command line follows. Returns the settings' names."""
+    names = []
+    for f in fields(config):
+        if "help" not in f.metadata:
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                            choices=f.metadata.get("choices"), help=f.metadata["help"])
+        names.append(f.name)
+    return names
+
+
 def add_search_parsers(sub, add_model_options) -> None:
-    s = sub.add_parser("search", help="evolutionary search for an allocation function")
+    s = sub.add_parser("search", help="search for a sparsity allocation: functions, direct allocations, or both")
     add_model_options(s)
+    add_declared_options(s, SearchConfig)
     s.add_argument("--sparsity", type=float, default=0.7)
     s.add_argument("--budget-candidates", type=int, default=None)
     s.add_argument("--budget-seconds", type=float, default=None)
@@ -62,22 +78,27 @@ def _session(cfg: SearchConfig):
 def _progress_printer(quiet: bool):
     def on_event(e) -> None:
         if not quiet:
-            print(f"candidate {e.candidate:4d} gen {e.generation:3d}  fitness {e.fitness:10.3f}  best "
-                  f"{e.best_fitness:10.3f}  {e.best_text}", file=sys.stderr)
+            best = e.best_text if len(e.best_text) <= 80 else e.best_text[:77] + "..."
+            print(f"{e.phase:<10} candidate {e.candidate:4d} gen {e.generation:3d} stage {e.stage + 1}/{e.stages} "
+                  f"fitness {e.fitness:10.4g}  best {e.best_fitness:10.4g}  {best}", file=sys.stderr)
     return on_event
 
 
 def search_command(args: argparse.Namespace) -> int:
-    from dsa_core.search import create_study, faithful_table, run_search, summarize
+    from dsa_core.search import create_study, faithful_table, rerank, run_search, summarize
 
+    declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
     cfg = SearchConfig(
         model=args.model, metric=args.metric, sparsity=args.sparsity, calib=args.calib, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
         sampler=args.sampler, population=args.population, mutation=args.mutation, initial=args.initial,
         preselect=args.preselect, budget_candidates=args.budget_candidates, budget_seconds=args.budget_seconds,
         fitness_windows=args.fitness_windows, top_k=args.top_k, final_eval_windows=args.final_eval_windows,
-        study=args.study,
+        study=args.study, **declared,
     ).validate()
+    if args.workers and cfg.space == "hybrid":
+        raise ConfigError("A hybrid search runs its two phases in one process; give --workers to a function or "
+                          "allocation search.")
     storage = args.storage or default_storage()
     study = create_study(cfg, storage)
     if args.workers:  # each worker loads its own model; this process loads one only for the final table
@@ -86,21 +107,28 @@ def search_command(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         evaluated = sum(r["evaluated"] for r in run_workers(study.study_name, storage, args.workers))
         search_s = time.perf_counter() - started
-        result = summarize(study, cfg, evaluated, elapsed=search_s)
+        final = summarize(study, cfg, evaluated, elapsed=search_s)
         session = None if args.no_final else _session(cfg)
+        result = final if session is None else rerank(session, cfg, final)
     else:
         session = _session(cfg)
         started = time.perf_counter()
-        result = run_search(session, cfg, study, on_event=_progress_printer(args.json))
+        result = rerank(session, cfg, run_search(session, cfg, study, on_event=_progress_printer(args.json)))
         search_s = time.perf_counter() - started
-    table = [] if args.no_final else faithful_table(session, cfg, [c.text for c in result.top])
+    table = [] if args.no_final else faithful_table(session, cfg, result.top)
     out = {
         "study": result.study,
+        "space": cfg.space,
+        "fitness": cfg.fitness,
         "best": result.best.text,
         "best_fitness": result.best.fitness,
+        "best_ratios": result.best.ratios,
         "evaluated": result.evaluated,
         "candidates_per_second": result.evaluated / max(search_s, 1e-9),
         "search_seconds": search_s,
+        "throughput": result.throughput,
+        "phases": result.phases,
+        "start_ratios": result.start_ratios,
         "generations": result.generations,
         "table": table,
         "config": cfg.to_dict(),
@@ -112,10 +140,10 @@ def search_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"best {result.best.text}  proxy {result.best.fitness:.3f}  ({result.evaluated} evaluated, "
-              f"{out['candidates_per_second']:.2f}/s)")
+        print(f"best {result.best.text}  fitness ({cfg.fitness}) {result.best.fitness:.4g}  ({result.evaluated} "
+              f"evaluated, {out['candidates_per_second']:.2f}/s)")
         for r in table:
-            print(f"{r['label']:<14}{r['ppl']:>12.3f}  {r['allocation']}")
+            print(f"{r['label']:<14}{r['ppl']:>12.3f}  {r['allocation'][:100]}")
     return 0
 
 

@@ -57,6 +57,7 @@ class PruningSession:
         self.progress = progress or (lambda phase, done, total: None)
         self.timings: dict[str, float] = {}
         self.dense = DenseWeights(lm)
+        self.weights_version = 0  # goes up whenever the weights change: lets a caller know its mask still stands
         self.calib_origin: str | None = None
         self._windows: torch.Tensor | None = None
         self._inputs: BlockInputs | None = None
@@ -79,7 +80,8 @@ class PruningSession:
             with self._timed("calibration"):
                 text = data.load_text(self.calib, "train", self.data_source)
                 ids = data.tokenize(self.lm.tokenizer, text.text)
-                self._windows = data.calibration_windows(ids, self.nsamples, self.seqlen, self.seed)
+                self._windows = data.calibration_windows(ids, self.nsamples, self.seqlen, self.seed,
+                                                         bos_id=self.lm.window_bos)
                 self.calib_origin = text.origin
         return self._windows
 
@@ -94,6 +96,7 @@ class PruningSession:
     def _score(self, metric: str, pattern: str, with_ranks: bool) -> tuple[MaskCache | None, BlockStats]:
         inputs = None if metric == "magnitude" else self.block_inputs()
         self.dense.restore()  # scores are always those of the dense model
+        self.weights_version += 1
         with self._timed("scoring"):
             return score_model(self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size,
                                self.seed, progress=self.progress, inputs=inputs,
@@ -125,6 +128,7 @@ class PruningSession:
     def apply(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
         """Fast mode: re-mask every layer from the cached score order."""
         cache, _ = self.scores(metric, pattern)
+        self.weights_version += 1
         with self._timed("masking"):
             cache.apply(np.asarray(ratios, dtype=np.float64))
 
@@ -132,26 +136,31 @@ class PruningSession:
         """Faithful mode, starting from the dense weights."""
         inputs = None if metric == "magnitude" else self.block_inputs()
         self.dense.restore()
+        self.weights_version += 1
         with self._timed("pruning"):
             prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
                              progress=self.progress, inputs=inputs)
 
     def restore(self) -> None:
         self.dense.restore()
+        self.weights_version += 1
 
     def achieved_sparsity(self) -> tuple[float, list[float]]:
         return achieved_sparsity(self.lm)
 
     def eval_windows(self, dataset: str = "wikitext2", split: str = "test", seqlen: int | None = None,
                      limit: int | None = None) -> tuple[torch.Tensor, str]:
-        """Tokenised evaluation windows (tokenised once per dataset and split) and the text's origin."""
+        """Tokenised evaluation windows (tokenised once per dataset and split) and the text's origin. Each window
+        starts with <bos> for the model families that need it (LoadedModel.window_bos), else only the first."""
         if split == "test" and dataset == self.calib and self.calib not in ("wikitext2", "c4"):
             raise ConfigError("The evaluation text must not be the calibration file.")
         key = (dataset, split, seqlen or self.seqlen)
         if key not in self._eval:
             text = data.load_text(dataset, split, self.data_source)
-            self._eval[key] = (data.eval_windows(data.tokenize(self.lm.tokenizer, text.text), key[2]), text.origin)
+            ids = data.tokenize(self.lm.tokenizer, text.text)
+            self._eval[key] = (data.eval_windows(ids, key[2], bos_id=self.lm.window_bos), text.origin)
         windows, origin = self._eval[key]
+        # Capping re-cuts the windows already made (their <bos>, if any, included): the first `limit` of them.
         return (windows if limit is None else data.eval_windows(windows.flatten(), key[2], limit)), origin
 
     def perplexity(self, dataset: str = "wikitext2", split: str = "test", seqlen: int | None = None,

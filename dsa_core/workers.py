@@ -23,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
@@ -67,25 +67,50 @@ def worker_id() -> str:
 
 @dataclass
 class Progress:
-    """Where a shared study stands: the first COMPLETE trial of each function, and the functions in flight."""
+    """Where a shared study stands: a finished trial of each candidate evaluated, the candidates in flight, and
+    the trials finished since the tracker's last read."""
 
     done: dict[str, optuna.trial.FrozenTrial]
     in_flight: set[str]
+    new: list[optuna.trial.FrozenTrial] = field(default_factory=list)
+
+
+class ProgressTracker:
+    """`study_progress` that takes in each finished trial once: a COMPLETE or PRUNED trial never changes, so a read
+    costs a pass over the trial list, not a re-decoding of thousands of trials twice per candidate."""
+
+    def __init__(self):
+        self._taken: set[int] = set()
+        self._done: dict[str, optuna.trial.FrozenTrial] = {}
+
+    def read(self, study: optuna.Study, exclude: int | None = None) -> Progress:
+        """Candidates evaluated (COMPLETE, or PRUNED at a fidelity stage: their `stage` attribute) and those claimed
+        by RUNNING trials, trial `exclude` aside. A COMPLETE trial of a candidate is preferred to a pruned one."""
+        running: set[str] = set()
+        new = []
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        for t in study.get_trials(deepcopy=False, states=states):
+            if t._trial_id in self._taken:
+                continue
+            text = t.user_attrs.get("text")
+            if t.state == TrialState.RUNNING:
+                if text is not None and t.number != exclude:
+                    running.add(text)
+                continue
+            self._taken.add(t._trial_id)
+            if text is None or (t.state == TrialState.PRUNED and ("stage" not in t.user_attrs
+                                                                  or "skipped" in t.user_attrs)):
+                continue  # a repeat or a candidate beyond the budget: recorded, not evaluated
+            if t.state == TrialState.COMPLETE or text not in self._done:
+                if text not in self._done or self._done[text].state != TrialState.COMPLETE:
+                    self._done[text] = t
+                    new.append(t)
+        return Progress(self._done, running - self._done.keys(), new)
 
 
 def study_progress(study: optuna.Study, exclude: int | None = None) -> Progress:
-    """Functions of COMPLETE trials and those claimed by RUNNING trials, trial `exclude` aside."""
-    done: dict[str, optuna.trial.FrozenTrial] = {}
-    running: set[str] = set()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        text = t.user_attrs.get("text")
-        if text is None or t.number == exclude:
-            continue
-        if t.state == TrialState.COMPLETE:
-            done.setdefault(text, t)
-        else:
-            running.add(text)
-    return Progress(done, running - set(done))
+    """Where the study stands now (see ProgressTracker.read)."""
+    return ProgressTracker().read(study, exclude)
 
 
 def fail_stale(study: optuna.Study) -> None:
@@ -112,14 +137,15 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         yield
 
 
-def claim(study: optuna.Study, trial: optuna.Trial, text: str, budget: int | None) -> str | None:
+def claim(study: optuna.Study, trial: optuna.Trial, text: str, budget: int | None,
+          tracker: ProgressTracker | None = None) -> str | None:
     """Record that `trial` evaluates `text`, then decide: None to evaluate it, "repeat" when another trial has
     it complete or in flight, "budget" when the functions complete or in flight already cover the budget.
     The record is written before the others are read, so of two trials racing for one function at most one
     sees no rival; at worst both step back and the function waits for a later proposal."""
     trial.set_user_attr("text", text)
     trial.set_user_attr("worker", worker_id())
-    progress = study_progress(study, exclude=trial.number)
+    progress = (tracker or ProgressTracker()).read(study, exclude=trial.number)
     if text in progress.done or text in progress.in_flight:
         return "repeat"
     if budget is not None and len(progress.done) + len(progress.in_flight) >= budget:

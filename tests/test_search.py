@@ -1,11 +1,13 @@
-"""The evolutionary search on a tiny random model: budgets, memo, events, cancel, resume, reproducibility,
-the faithful table, the CLI, and two worker processes sharing one SQLite study."""
+"""The search on a tiny random model: budgets, memo, events, cancel, resume, reproducibility, the three spaces
+(functions, direct allocations, hybrid), the KL fitness, staged selection, re-ranking, the references, the
+faithful table, the CLI, and two worker processes sharing one SQLite study."""
 
 import json
 import subprocess
 import sys
 import threading
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -13,6 +15,7 @@ from optuna.trial import TrialState
 from dsa_core import functions as F
 from dsa_core import search as S
 from dsa_core.errors import ConfigError
+from dsa_core.fitness import Fitness, parse_fidelity
 from dsa_core.session import PruningSession
 
 QUICK = dict(model="random:tiny", nsamples=2, seqlen=64, data_source="local", device="cpu", population=4,
@@ -41,6 +44,13 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
     (dict(budget_candidates=None, budget_seconds=None), "needs a budget"),
     (dict(sparsity=1.0), "outside"),
     (dict(lam_range=(0.3, 0.6)), "λ range"),
+    (dict(space="anneal"), "Unknown space"),
+    (dict(fitness="bleu"), "Unknown fitness"),
+    (dict(fidelity="16k,2k"), "increasing"),
+    (dict(fidelity="2 k"), "Cannot read"),
+    (dict(promote=1), "promote"),
+    (dict(space="allocation", sampler="random"), "applies to functions"),
+    (dict(hybrid_split=1.0), "hybrid split"),
 ])
 def test_bad_configuration_is_refused(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -60,15 +70,12 @@ def test_budget_counts_distinct_functions_and_events_track_the_best(session):
     assert session.achieved_sparsity()[0] < 0.01  # the session is dense again afterwards
 
 
-def test_memo_scores_a_repeated_function_once(session, monkeypatch):
-    cfg = S.SearchConfig(**QUICK, budget_candidates=3).validate()
-    fitness = S.Fitness(session, cfg)
-    calls = []
-    real = fitness.perplexity
-    monkeypatch.setattr(fitness, "perplexity", lambda: calls.append(1) or real())
+def test_memo_scores_a_repeated_function_once(session):
+    fitness = Fitness(session, "wanda", 0.5, "ppl", [2])
     fn = F.DSA_PRESET
     first, again = fitness(fn), fitness(F.parse(F.to_text(fn)))
-    assert first is again and len(calls) == 1
+    assert first == again and fitness.counts == [1]
+    session.restore()
 
 
 def test_stop_keeps_what_was_found(session):
@@ -130,12 +137,94 @@ def test_same_seed_same_search(session, sampler):
     assert runs[0] == runs[1]
 
 
-def test_faithful_table_reports_baselines_and_candidates_in_one_run(session):
+def test_faithful_table_reports_references_and_candidates_in_one_run(session):
     cfg = S.SearchConfig(**QUICK, budget_candidates=2).validate()
-    rows = S.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)"])
-    assert [r["label"] for r in rows] == ["uniform", "owl", "dsa preset", "searched #1"]
-    assert all(r["ppl"] > 1 and len(r["ratios"]) == 4 for r in rows)
+    per_layer = S.Candidate("levels:...", 1.0, [0.3] * 14 + [0.7] * 14, [])
+    rows = S.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)", per_layer])
+    assert [r["label"] for r in rows] == ["uniform", "owl", "alpha", "atp", "dsa preset", "searched #1",
+                                          "searched #2"]
+    assert all(r["ppl"] > 1 for r in rows) and len(rows[-1]["ratios"]) == 28
     assert session.achieved_sparsity()[0] < 0.01  # the session is dense again afterwards
+
+
+def test_atp_searches_its_one_parameter_on_the_fitness(session):
+    fitness = Fitness(session, "wanda", 0.5, "ppl", [2])
+    beta = S.atp_beta(fitness, 0.5)
+    tried = {k: v for k, v in fitness.memo.items() if k.startswith("atp")}
+    assert len(tried) >= 5  # β = 0.002, 0.004, … while the progression stays legal
+    assert beta == 0 and fitness("uniform") <= min(tried.values()) or fitness(f"atp:beta={beta:g}") == min(
+        [fitness("uniform"), *tried.values()])
+    refs = dict(S.references(session, S.SearchConfig(**QUICK, sparsity=0.5), fitness))
+    assert refs["atp"] == f"atp:beta={beta:g}" and set(refs) == {"uniform", "owl", "alpha", "atp", "dsa preset"}
+    session.restore()
+
+
+def test_kl_fitness_is_zero_for_the_dense_model_and_positive_when_pruned(session):
+    fitness = Fitness(session, "wanda", 0.5, "kl", [1, 2])
+    assert fitness.stages[1]() == 0.0  # the dense model against its own cached logits
+    assert fitness.measure("uniform", np.full(4, 0.5), 0) > 0
+    assert fitness.measure("uniform", np.full(4, 0.5), 1) > 0
+    more = fitness.measure("more", np.full(4, 0.9), 0)
+    assert more > fitness.measure("uniform", np.full(4, 0.5), 0)
+    fitness.restore()
+    assert fitness.stages[0]() == 0.0
+
+
+def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
+    with pytest.raises(ConfigError, match="calibration windows"):
+        Fitness(session, "wanda", 0.5, "kl", [1, 3])  # the session has 2 calibration windows
+
+
+def test_fidelities_read_as_tokens():
+    assert parse_fidelity("2k,16k,64k") == (2048, 16384, 65536)
+    assert parse_fidelity("64, 256") == (64, 256) and parse_fidelity("") == ()
+    cfg = S.SearchConfig(**{**QUICK, "fidelity": "32,64,200"})
+    assert cfg.stage_windows() == [1, 1, 4]  # windows of 64 tokens, at least one
+
+
+@pytest.mark.parametrize("space,granularity,units", [("function", "block", 4), ("allocation", "block", 4),
+                                                     ("allocation", "projection", 28), ("hybrid", "block", 4)])
+def test_every_space_meets_the_target_and_counts_its_budget(session, space, granularity, units):
+    cfg = S.SearchConfig(**{**QUICK, "nsamples": 2}, space=space, granularity=granularity, fitness="kl",
+                         fidelity="64,128", promote=2, budget_candidates=12, seed=4, sparsity=0.6).validate()
+    events, study = [], S.create_study(cfg)
+    result = S.run_search(session, cfg, study, on_event=events.append)
+    assert result.evaluated == 12 and len({e.text for e in events}) == 12
+    sizes = session.stats("wanda").params if units == 4 else _layer_sizes(session)
+    for c in result.top:
+        assert len(c.ratios) == units
+        assert np.average(c.ratios, weights=sizes) == pytest.approx(0.6, abs=1e-9)
+    stages = [e.stage for e in events]
+    assert stages.count(1) < stages.count(0) + stages.count(1)  # some stopped at the first fidelity
+    assert result.throughput[0]["evaluated"] == 12 and result.throughput[1]["evaluated"] < 12
+    assert result.best.fitness == min(e.fitness for e in events if e.stage == 1)
+    assert session.achieved_sparsity()[0] < 0.01
+
+
+def _layer_sizes(session) -> list[int]:
+    return [o * i for block in session.stats("wanda").layer_shapes for o, i in block]
+
+
+def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
+    cfg = S.SearchConfig(**QUICK, space="hybrid", budget_candidates=10, seed=2, study="hy").validate()
+    study = S.create_study(cfg)
+    events = []
+    result = S.run_search(session, cfg, study, on_event=events.append)
+    assert [p["space"] for p in result.phases] == ["function", "allocation"]
+    assert [p["evaluated"] for p in result.phases] == [5, 5] and result.evaluated == 10
+    assert {e.phase for e in events} == {"function", "allocation"}
+    function_best = result.phases[0]
+    assert result.best.fitness <= function_best["best_fitness"]  # the refinement starts from the function's
+    start = np.asarray(result.start_ratios)
+    assert np.allclose(start, S.allocate(session.stats("wanda"), function_best["best"], 0.7).ratios, atol=0.006)
+    assert len(result.best.ratios) == len(start) == 4
+
+
+def test_rerank_orders_the_top_by_a_larger_validation_check(session):
+    cfg = S.SearchConfig(**{**QUICK, "top_k": 3}, budget_candidates=6, rerank_tokens=192).validate()
+    result = S.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg)))
+    checks = [c.rerank for c in result.top]
+    assert checks == sorted(checks) and result.best is result.top[0] and checks[0] > 1
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -153,7 +242,18 @@ def test_cli_search_prints_best_function_and_baselines(tmp_path):
     result = json.loads(out.stdout)
     F.parse(result["best"])
     assert result["evaluated"] == 6 and result["test_ppl"] > 1
-    assert set(result["baselines"]) == {"uniform", "owl", "dsa preset"}
+    assert set(result["baselines"]) == {"uniform", "owl", "alpha", "atp", "dsa preset"}
+
+
+def test_cli_allocation_search_per_layer_with_kl_and_stages(tmp_path):
+    out = run_cli("search", *CLI, "--sparsity", "0.6", "--budget-candidates", "6", "--space", "allocation",
+                  "--granularity", "projection", "--fitness", "kl", "--fidelity", "64,128", "--no-final", "--json",
+                  "--storage", f"sqlite:///{tmp_path / 'h.db'}")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["space"] == "allocation" and result["best"].startswith("levels:")
+    assert len(result["best_ratios"]) == 28 and result["evaluated"] == 6
+    assert [t["tokens"] for t in result["throughput"]] == [64, 128]
 
 
 def test_two_workers_share_one_study(tmp_path):

@@ -1,0 +1,115 @@
+"""What a search minimises: a fast proxy of the pruned model's quality, measured after re-masking from the score
+cache, at one or more fidelities (numbers of tokens).
+
+- `ppl`: perplexity on WikiText-2 *validation* windows (DSA's proxy).
+- `kl`: mean per-token KL divergence of the pruned model's next-token distribution from the dense model's on the
+  calibration windows (EvoPress's fitness); the dense logits are computed once and cached.
+Neither ever reads the test split. With several fidelities a candidate is measured on the few tokens first and
+on more only while the search's pruner promotes it (dsa_core.search); each stage's windows are the first ones of
+the next, so a promoted candidate's measure only gets more precise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+import numpy as np
+
+from dsa_core import functions as F
+from dsa_core.allocation import allocate
+from dsa_core.errors import ConfigError, DSAError
+from dsa_core.evaluate import FixedWindowsKL, FixedWindowsPerplexity
+from dsa_core.session import PruningSession
+
+FITNESSES = {"ppl": "perplexity on WikiText-2 validation windows",
+             "kl": "KL divergence from the dense model on calibration tokens"}
+FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes a search
+
+
+def parse_fidelity(text: str | None) -> tuple[int, ...]:
+    """'2k,16k,64k' or '2048,16384' → token counts, strictly increasing; '' or None → () (one stage: the
+    configured number of windows)."""
+    if not text:
+        return ()
+    out = []
+    for item in (s.strip().lower() for s in str(text).split(",")):
+        m = re.fullmatch(r"(\d{1,9})(k?)", item)
+        if not m:
+            raise ConfigError(f"Cannot read the fidelity '{item}'; give token counts such as 2k,16k,64k.")
+        out.append(int(m.group(1)) * (1024 if m.group(2) else 1))
+    if any(b <= a for a, b in zip(out, out[1:])) or out[0] < 1:
+        raise ConfigError(f"Fidelities {text} must be positive and increasing (few tokens first).")
+    return tuple(out)
+
+
+def stage_windows(tokens: tuple[int, ...], seqlen: int, default_windows: int) -> list[int]:
+    """Windows of `seqlen` tokens per stage (at least one each)."""
+    return [max(1, math.ceil(t / seqlen)) for t in tokens] if tokens else [default_windows]
+
+
+class Fitness:
+    """A search's fitness on a session: `measure(ratios, stage)` re-masks (once per candidate) and measures at a
+    stage. Memoised by key for whole evaluations, so a function the GA proposes again costs nothing."""
+
+    def __init__(self, session: PruningSession, metric: str, sparsity: float, kind: str = "ppl",
+                 windows: list[int] | None = None):
+        if kind not in FITNESSES:
+            raise ConfigError(f"Unknown fitness '{kind}'; choose one of {', '.join(FITNESSES)}.")
+        self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
+        self.stats = session.stats(metric)
+        session.scores(metric)
+        self.windows = windows or [8]
+        seqlen = session.seqlen
+        self.tokens = [w * seqlen for w in self.windows]
+        if kind == "ppl":
+            texts, self.origin = session.eval_windows("wikitext2", "validation", seqlen, self.windows[-1])
+            if texts.shape[0] < self.windows[-1]:
+                raise ConfigError(f"WikiText-2 validation holds {texts.shape[0]} windows of {seqlen} tokens; the "
+                                  f"fitness asks for {self.windows[-1]}: lower --fidelity or --fitness-windows.")
+            self.stages = [FixedWindowsPerplexity(session.lm, texts[:w]) for w in self.windows]
+        else:
+            calib = session.calibration_windows()
+            if self.windows[-1] > calib.shape[0]:
+                raise ConfigError(f"The KL fitness at {self.tokens[-1]} tokens needs {self.windows[-1]} calibration "
+                                  f"windows; there are {calib.shape[0]}: raise --nsamples or lower --fidelity.")
+            self.origin = session.calib_origin
+            session.restore()  # the cached logits are the dense model's
+            self.stages = [FixedWindowsKL(session.lm, calib[:w]) for w in self.windows]
+        self.memo: dict[str, float] = {}
+        self.seconds = [0.0] * len(self.stages)  # measuring time per stage (re-masking counted in stage 0)
+        self.counts = [0] * len(self.stages)
+        self._applied: tuple[str, int] | None = None  # the key and weights version of the mask this applied
+
+    def measure(self, key: str, ratios, stage: int) -> float:
+        """The fitness of an allocation at a stage (FAILED_FITNESS when it is not finite)."""
+        start = time.perf_counter()
+        if self._applied != (key, self.session.weights_version):  # else this candidate's mask is still in place
+            self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
+            self._applied = (key, self.session.weights_version)
+        value = self.stages[stage]()
+        self.seconds[stage] += time.perf_counter() - start
+        self.counts[stage] += 1
+        return value if math.isfinite(value) else FAILED_FITNESS
+
+    def __call__(self, spec: str | F.AllocationFunction) -> float:
+        """The fitness at the last stage of any allocation `allocate` accepts (a baseline, a function)."""
+        key = spec if isinstance(spec, str) else F.to_text(spec)
+        if key not in self.memo:
+            try:
+                ratios = allocate(self.stats, spec, self.sparsity).ratios
+            except DSAError:
+                return FAILED_FITNESS
+            self.memo[key] = self.measure(key, ratios, len(self.stages) - 1)
+        return self.memo[key]
+
+    def restore(self) -> None:
+        """The session dense again (what a search leaves behind)."""
+        self.session.restore()
+        self._applied = None
+
+    def throughput(self) -> list[dict]:
+        """Per stage: tokens, measurements and their rate."""
+        return [{"tokens": t, "evaluated": n, "seconds": s, "per_second": n / s if s else 0.0}
+                for t, n, s in zip(self.tokens, self.counts, self.seconds)]

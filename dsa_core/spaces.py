@@ -1,0 +1,93 @@
+"""What a search searches over, each as one object the search loop drives alike: the Optuna distributions of a
+trial, the key that identifies what a trial's params encode, and the allocation they give.
+
+- `FunctionSpace`: DSA's allocation functions (pre-process → reduction → transform → mapping with λ), from the
+  operation registry; bred by dsa_core.evolution's GA (or NSGA-II, or drawn at random).
+- `AllocationSpace`: per-unit sparsity levels searched directly (EvoPress), per block or per linear layer, on
+  dsa_core.levels' grid; mutated by level switches from a start allocation (uniform, a baseline, a function).
+A hybrid search (dsa_core.search) runs the first, then the second from the best function's allocation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+
+from dsa_core import functions as F
+from dsa_core.allocation import Allocation, allocate
+from dsa_core.errors import DSAError
+from dsa_core.evolution import EvolutionSampler
+from dsa_core.levels import LevelGrid, LevelSwitchSampler, expand_to_units, unit_sizes
+from dsa_core.stats import BlockStats
+
+
+def function_distributions(lam_range: tuple[float, float]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """One categorical per slot of an allocation function, generated from the operation registry, plus λ."""
+    space = {slot: optuna.distributions.CategoricalDistribution(choices) for slot, choices in F.slot_choices().items()}
+    lo, hi = lam_range
+    space["lam"] = optuna.distributions.FloatDistribution(lo, hi, step=0.01)
+    return space
+
+
+def function_from_params(params: dict) -> F.AllocationFunction:
+    return F.function_from_slots({k: v for k, v in params.items() if k != "lam"}, lam=round(params["lam"], 4))
+
+
+def function_text(params: dict) -> str:
+    """The canonical text of a trial's function: what the study, the memo and the GA's novelty check key on."""
+    return F.to_text(function_from_params(params))
+
+
+class FunctionSpace:
+    kind = "function"
+
+    def __init__(self, stats: BlockStats, target: float, lam_range: tuple[float, float]):
+        self.stats, self.target = stats, target
+        self._distributions = function_distributions(lam_range)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return self._distributions
+
+    def key(self, params: dict) -> str:
+        return function_text(params)
+
+    def allocation(self, params: dict) -> Allocation:
+        """The function's allocation; DSAError when the function cannot allocate."""
+        return allocate(self.stats, function_from_params(params), self.target)
+
+    def bind(self, sampler: optuna.samplers.BaseSampler) -> None:
+        if isinstance(sampler, EvolutionSampler):
+            sampler.phenotype = self.phenotype
+
+    def phenotype(self, params: dict) -> np.ndarray | None:
+        """The allocation a trial's params give, without evaluating it (None when the function fails)."""
+        try:
+            return self.allocation(params).ratios
+        except DSAError:
+            return None
+
+
+class AllocationSpace:
+    kind = "allocation"
+
+    def __init__(self, stats: BlockStats, target: float, granularity: str, step: float, start):
+        """`start`: any spec `allocate` accepts, or ratios (per block or per layer)."""
+        self.stats, self.target, self.granularity = stats, target, granularity
+        self.grid = LevelGrid(unit_sizes(stats.layer_shapes, granularity), target, step)
+        ratios = allocate(stats, start, target).ratios if isinstance(start, str) else start
+        self.start_ratios = expand_to_units(ratios, stats.layer_shapes, granularity)
+        self.start = self.grid.snap(self.start_ratios)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return self.grid.distributions()
+
+    def key(self, params: dict) -> str:
+        return self.grid.key(self.grid.levels(params))
+
+    def allocation(self, params: dict) -> Allocation:
+        key = self.key(params)
+        return Allocation(ratios=self.grid.ratios(self.grid.levels(params)), name=key)
+
+    def bind(self, sampler: optuna.samplers.BaseSampler) -> None:
+        if isinstance(sampler, LevelSwitchSampler):
+            sampler.bind(self.grid, self.start)
