@@ -77,13 +77,13 @@ def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp
     row = next(r for r in listed(client) if r[0] == id)
     assert row[2:5] == ["evaluation", "api run", "done"] and row[6].startswith("ppl ")
 
-    message, details, name, tags, record, profiles, perplexity, sweep, search, widths, training = client.predict(
-        [id], api_name="/open_experiment")
+    message, details, name, tags, record, profiles, perplexity, sweep, search, refinement, widths, training = \
+        client.predict([id], api_name="/open_experiment")
     assert not widths["visible"] and not training["visible"]
     assert id in details and name == "api run" and tags == "api, tiny" and record["status"] == "done"
     assert record["config"]["allocation"] == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)"
     assert record["protocol"]["windows"] == 2 and record["environment"]["device"]
-    assert perplexity["visible"] and not sweep["visible"] and not search["visible"]  # slots that apply
+    assert perplexity["visible"] and not sweep["visible"] and not search["visible"] and not refinement["visible"]
     bars = json.loads(perplexity["value"]["plot"])["data"][0]
     assert bars["name"] == "api run" and bars["x"] == [r[0] for r in table["data"]]
 
@@ -119,8 +119,9 @@ def test_a_bad_file_is_refused_and_changes_nothing(client, tmp_path, content, re
 
 
 def test_search_streams_to_the_end_and_loads_into_the_builder(client):
-    status, saved, progress, profile, best = client.predict("ga", 4, 8, 0, 1, 0, 0.5, "api search", "",
-                                                            api_name="/search")
+    status, saved, progress, profile, best, moved = client.predict("ga", 4, 8, 0, 1, 0, 0.5, "api search", "",
+                                                                   api_name="/search")
+    assert not moved["visible"]  # a function search refines nothing
     assert status.startswith("✓ Search done: 8 functions evaluated"), status
     assert best.startswith("W:(") and [t["name"] for t in json.loads(profile["plot"])["data"]][0] == "best function"
     id = saved.split("`")[1]
@@ -130,6 +131,45 @@ def test_search_streams_to_the_end_and_loads_into_the_builder(client):
     assert len(controls) == 7 and message == ""
     text = client.predict(*controls, 0.5, api_name="/profile")[1]
     assert text == best or text + "-" in best  # the builder keeps no tag
+
+
+def test_a_hybrid_search_with_staged_kl_fitness_ends_with_the_refinement(client):
+    """Functions, then their best allocation refined per linear layer, on the KL fitness measured on 64 tokens and
+    the promoted half again on 128 (the app's tests load 64-token windows)."""
+    status, saved, progress, profile, best, moved = client.predict(
+        "ga", 4, 8, 0, 1, 0, 0.5, "api hybrid", "", "hybrid", "projection", "kl", "64,128", 2, api_name="/search")
+    assert status.startswith("✓ Search done: 8 candidates (4 functions, then 4 allocations) evaluated"), status
+    assert "per stage, 64 tokens" in status and "128 tokens" in status and "best KL" in status
+    assert best.startswith("direct allocation, 28 linear layers (7 per block); block means (refined from the "
+                           "function W:("), best
+    chart = json.loads(progress["plot"])
+    assert [t["name"] for t in chart["data"]][:2] == ["stage 1: 64 tokens", "stage 2: 128 tokens"]
+    assert any(s["type"] == "line" for s in chart["layout"]["shapes"])  # where the allocation phase begins
+    assert json.loads(profile["plot"])["data"][0]["name"] == "best allocation"
+    refinement = json.loads(moved["value"]["plot"])["data"]
+    assert moved["visible"] and len(refinement[2]["x"]) == 28 and refinement[2]["x"][:2] == ["0.q", "0.k"]
+
+    id = saved.split("`")[1]
+    record = client.predict([id], api_name="/open_experiment")
+    results = record[4]["results"]
+    assert results["space"] == "hybrid" and [p["space"] for p in results["phases"]] == ["function", "allocation"]
+    assert len(results["start_ratios"]) == len(results["best_ratios"]) == 28 and len(results["throughput"]) == 2
+    assert record[4]["protocol"]["stages"] == [{"tokens": 64, "windows": 1}, {"tokens": 128, "windows": 2}]
+    assert record[-3]["visible"]  # the history's refinement chart
+
+    *controls, message = client.predict(best, api_name="/load_best")  # the first phase's function loads
+    assert message.startswith("ⓘ Loaded W:(") and results["phases"][0]["best"] in message
+    assert client.predict(*controls, 0.5, api_name="/profile")[1] in results["phases"][0]["best"]
+
+
+def test_a_direct_allocation_is_summarised_and_explains_why_it_does_not_load(client):
+    status, _, _, profile, best, moved = client.predict("ga", 4, 4, 0, 1, 0, 0.5, "", "", "allocation", "block",
+                                                        api_name="/search")
+    assert status.startswith("✓ Search done: 4 allocations evaluated"), status
+    assert best.startswith("direct allocation, 4 blocks: ") and not moved["visible"]
+    assert len(best.split(": ")[1].split()) == 4  # one sparsity per block, two decimals
+    *controls, message = client.predict(best, api_name="/load_best")
+    assert "not a function" in message and "only functions load into the builder" in message
 
 
 def test_stop_with_nothing_running_says_so(client):

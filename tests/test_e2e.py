@@ -1,6 +1,6 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): load the tiny model, change a dropdown
-and see the profile change, evaluate and save, reopen the permalink in a fresh page, run and stop a search, and
-import a bad file. A failing test leaves a screenshot in test-artifacts/."""
+and see the profile change, evaluate and save, reopen the permalink in a fresh page, run and stop a search, run a
+hybrid search to its refinement chart, and import a bad file. A failing test leaves a screenshot in test-artifacts/."""
 
 import json
 import re
@@ -166,6 +166,33 @@ def test_search_runs_live_and_stop_keeps_the_best(loaded, page):
     page.wait_for_function("([b]) => { const e = document.querySelector('#function-text textarea, "
                            "#function-text input'); return e && e.offsetParent !== null && b.startsWith(e.value); }",
                            arg=[best])
+    assert page.get_by_role("tab", name="Formula builder").get_attribute("aria-selected") == "true"
+
+
+def test_a_hybrid_search_runs_to_the_end_and_shows_how_far_it_moved_each_block(loaded, page):
+    tab(page, "Search")
+    fill(page, "population", "4")
+    fill(page, "budget", "8")
+    page.locator("#search-space label", has_text="hybrid").click()
+    fill(page, "search-fidelity", "64,128")
+    assert not page.locator("#search-refinement .js-plotly-plot").is_visible()
+    page.locator("#search-start").click()
+    status = wait_text(page, "#search-status", "Search done")
+    assert "8 candidates (4 functions, then 4 allocations) evaluated" in status and "per stage" in status
+    page.wait_for_function("() => { const d = document.querySelector('#search-refinement .js-plotly-plot');"
+                           " return d && d.data && d.data.length === 3; }")
+    moved = page.evaluate("() => document.querySelector('#search-refinement .js-plotly-plot').data"
+                          ".map(t => [t.name, t.y.length])")
+    assert moved == [["refined allocation", 4], ["function's allocation", 4], ["moved (refined − function)", 4]]
+    legend = page.evaluate("() => document.querySelector('#search-progress .js-plotly-plot').data.map(t => t.name)")
+    assert legend[:2] == ["stage 1: 64 tokens", "stage 2: 128 tokens"]
+    best = page.locator("#search-best input, #search-best textarea").first.input_value()
+    assert best.startswith("direct allocation, 4 blocks (refined from the function W:(")
+    function = best.split("refined from the function ")[1].rsplit("): ", 1)[0]
+    page.locator("#search-to-builder").click()  # the first phase's function loads
+    page.wait_for_function("([f]) => { const e = document.querySelector('#function-text textarea, "
+                           "#function-text input'); return e && e.offsetParent !== null && f.startsWith(e.value); }",
+                           arg=[function])
     assert page.get_by_role("tab", name="Formula builder").get_attribute("aria-selected") == "true"
 
 

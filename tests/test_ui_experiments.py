@@ -1,7 +1,9 @@
 """Saved experiments as the app shows them: search results from live events, charts of one or several records,
 list rows and summaries."""
 
-from dsa_core.search import FAILED_FITNESS, Candidate, SearchEvent, SearchResult
+import math
+
+from dsa_core.search import FAILED_FITNESS, Candidate, SearchConfig, SearchEvent, SearchResult
 from storage import new_record
 from ui import experiments
 
@@ -11,10 +13,30 @@ ROWS = [{"label": "this function", "allocation": "W:(NO_OP)-(VAR)-(NO_OP)", "ppl
          "warnings": []}]
 
 
-def event(n: int, fitness: float, best: float) -> SearchEvent:
-    return SearchEvent(candidate=n, generation=n // 2, text=f"W:(NO_OP)-(VAR)-(NO_OP)-(BAND={n / 100})",
-                       fitness=fitness, best_text="W:(NO_OP)-(STD)-(NO_OP)", best_fitness=best,
-                       best_ratios=[0.45, 0.55], elapsed=0.1 * n, cached=False)
+def event(n: int, fitness: float, best: float, **kw) -> SearchEvent:
+    return SearchEvent(**{"candidate": n, "generation": n // 2, "text": f"W:(NO_OP)-(VAR)-(NO_OP)-(BAND={n / 100})",
+                          "fitness": fitness, "best_text": "W:(NO_OP)-(STD)-(NO_OP)", "best_fitness": best,
+                          "best_ratios": [0.45, 0.55], "elapsed": 0.1 * n, "cached": False, **kw})
+
+
+FUNCTION = "W:(NO_OP)-(STD)-(NO_OP)"
+MODEL = {"blocks": [{"index": b, "layers": {"self_attn.q_proj": [4, 4], "mlp.down_proj": [4, 12]}}
+                    for b in range(2)]}  # two blocks of two linear layers (16 and 48 weights)
+
+
+def hybrid_events() -> list[SearchEvent]:
+    """A hybrid search with two fidelity stages: functions (generations 0-1), then allocations (0 again)."""
+    staged = {"stages": 2}
+    return [
+        event(0, 9.0, math.inf, stage=0, best_text="", best_ratios=[], **staged),  # stopped at the first stage
+        event(1, 5.0, 5.0, stage=1, **staged),
+        event(2, 6.0, 5.0, stage=1, **staged),
+        event(3, FAILED_FITNESS, 5.0, stage=1, **staged),
+        event(0, 4.0, 4.0, stage=1, phase="allocation", text="levels:1,2", best_text="levels:1,2",
+              best_ratios=[0.5, 0.7], **staged),
+        event(2, 4.5, 4.0, stage=0, phase="allocation", text="levels:2,1", best_text="levels:1,2",
+              best_ratios=[0.5, 0.7], **staged),
+    ]
 
 
 def evaluation(name="eval"):
@@ -27,8 +49,76 @@ def evaluation(name="eval"):
 def test_generations_skip_failed_candidates():
     events = [event(0, 50.0, 50.0), event(1, FAILED_FITNESS, 50.0), event(2, 40.0, 40.0), event(3, 60.0, 40.0),
               event(4, FAILED_FITNESS, 40.0)]  # generations 0, 0, 1, 1, 2
-    assert experiments.generations(events) == [{"generation": 0, "best": 50.0, "mean": 50.0},
-                                               {"generation": 1, "best": 40.0, "mean": 50.0}]
+    assert experiments.generations(events) == [{"generation": 0, "best": 50.0, "mean": 50.0, "phase": "function"},
+                                               {"generation": 1, "best": 40.0, "mean": 50.0, "phase": "function"}]
+
+
+def test_generations_count_fully_measured_candidates_on_one_axis_across_phases():
+    gens = experiments.generations(hybrid_events())
+    assert gens == [{"generation": 0, "best": 5.0, "mean": 5.0, "phase": "function"},
+                    {"generation": 1, "best": 5.0, "mean": 6.0, "phase": "function"},
+                    {"generation": 2, "best": 4.0, "mean": 4.0, "phase": "allocation"}]  # allocation gen 0 follows
+
+
+def test_search_results_of_a_hybrid_keep_stages_phases_and_the_refinement():
+    events = hybrid_events()
+    live = experiments.search_results(events)
+    assert [(c["generation"], c["stage"], c["phase"]) for c in live["candidates"]] == [
+        (0, 0, "function"), (0, 1, "function"), (1, 1, "function"), (1, 1, "function"), (2, 1, "allocation"),
+        (3, 0, "allocation")]
+    assert live["candidates"][3]["fitness"] is None and live["best"] == "levels:1,2"
+    result = SearchResult(study="s", best=Candidate("levels:1,2", 4.0, [0.5, 0.7, 0.6, 0.6], []), evaluated=6,
+                          trials=6, elapsed=2.0, stopped=False, space="hybrid",
+                          throughput=[{"tokens": 64, "evaluated": 6, "seconds": 1.0, "per_second": 6.0}],
+                          phases=[{"space": "function", "evaluated": 4, "seconds": 1.0, "best": FUNCTION,
+                                   "best_fitness": 5.0},
+                                  {"space": "allocation", "evaluated": 2, "seconds": 1.0, "best": "levels:1,2",
+                                   "best_fitness": FAILED_FITNESS}],
+                          start_ratios=[0.6, 0.6, 0.6, 0.6])
+    final = experiments.search_results(events, result, MODEL)  # per layer: 4 units in 2 blocks
+    assert final["space"] == "hybrid" and final["start_ratios"] == [0.6, 0.6, 0.6, 0.6]
+    assert final["phases"][0]["best"] == FUNCTION and final["phases"][1]["best_fitness"] is None
+    assert final["throughput"][0]["per_second"] == 6.0 and final["best_ratios"] == [0.5, 0.7, 0.6, 0.6]
+    assert final["unit_labels"] == ["0.q", "0.down", "1.q", "1.down"]
+    assert [round(r, 6) for r in final["best_block_ratios"]] == [0.65, 0.6]  # weighted by the layers' sizes
+
+    cfg = SearchConfig(space="hybrid", granularity="projection", fitness="kl", fidelity="64,128", seqlen=64,
+                       sparsity=0.6)
+    rec = new_record("search", cfg.to_dict(), name="hy", status="done", results=final,
+                     protocol=experiments.search_protocol(cfg))
+    assert rec.protocol["stages"] == [{"tokens": 64, "windows": 1}, {"tokens": 128, "windows": 2}]
+    assert rec.protocol["fitness"] == "kl" and rec.protocol["split"].startswith("train")
+    charts = experiments.charts(rec)
+    assert set(charts) == {"profiles", "search", "refinement"}
+    assert [t.name for t in charts["profiles"].data] == ["best allocation"]
+    assert list(charts["profiles"].data[0].y) == final["best_block_ratios"]
+    assert [t.name for t in charts["search"].data][:2] == ["stage 1: 64 tokens", "stage 2: 128 tokens"]
+    assert charts["search"].layout.shapes[0].x0 == 1.5  # the allocation phase begins at generation 2
+    assert list(charts["refinement"].data[2].x) == final["unit_labels"]
+    assert experiments.headline(rec) == "best KL 4"
+    summary = experiments.summary_markdown(rec, "?experiment=x")
+    assert "search: hybrid per linear layer · fitness KL · stages of 64, 128 tokens" in summary
+
+
+def test_an_old_search_record_without_stages_or_phases_still_charts():
+    old = new_record("search", {"sparsity": 0.5}, status="done", results={
+        "candidates": [{"n": 0, "generation": 0, "text": FUNCTION, "fitness": 50.0}],
+        "generations": [{"generation": 0, "best": 50.0, "mean": 50.0}], "best": FUNCTION, "best_fitness": 50.0,
+        "best_ratios": [0.45, 0.55]}, protocol={"fitness": "proxy perplexity", "windows": 2})
+    charts = experiments.charts(old)
+    assert set(charts) == {"profiles", "search"}
+    assert [t.name for t in charts["search"].data] == ["candidates", "best", "population mean"]
+    assert [t.name for t in charts["profiles"].data] == ["best function"] and not charts["search"].layout.shapes
+    assert experiments.headline(old) == "best proxy perplexity 50"
+
+
+def test_candidate_summary_reads_a_direct_allocation():
+    assert experiments.candidate_summary(FUNCTION, [0.4, 0.6]) == FUNCTION
+    assert experiments.candidate_summary("levels:1,2", [0.617, 0.7]) == "direct allocation, 2 blocks: 0.62 0.70"
+    shapes = [[(4, 4), (4, 12)], [(4, 4), (4, 12)]]
+    text = experiments.candidate_summary("levels:1,2,3,4", [0.5, 0.7, 0.6, 0.6], shapes, FUNCTION)
+    assert text == (f"direct allocation, 4 linear layers (2 per block); block means (refined from the function "
+                    f"{FUNCTION}): 0.65 0.60")
 
 
 def test_search_results_store_failures_as_none_and_the_final_best():
@@ -57,7 +147,7 @@ def test_compare_puts_runs_on_one_chart():
     search = new_record("search", {"sparsity": 0.5}, name="se", status="done", results=experiments.search_results(
         [event(0, 50.0, 50.0), event(1, 45.0, 45.0)]))
     charts = experiments.compare([evaluation("one"), evaluation("two"), sweep, search])
-    assert set(charts) == set(experiments.CHARTS) - {"widths", "training"}  # those are single structural runs
+    assert set(charts) == set(experiments.CHARTS) - {"refinement", "widths", "training"}  # single runs' charts
     assert [t.name for t in charts["profiles"].data] == ["one", "two", "best of se"]
     assert [t.name for t in charts["perplexity"].data] == ["one", "two"]
     assert [t.name for t in charts["sweep"].data] == ["sw: uniform"]

@@ -46,6 +46,36 @@ def test_search_figure_curves_and_candidates():
     assert [t.name for t in two.data] == ["a: best", "a: population mean", "b: best", "b: population mean"]
 
 
+def test_search_figure_colours_candidates_by_stage_and_marks_the_allocation_phase():
+    gens = [{"generation": 0, "best": 5.0, "mean": 6.0}, {"generation": 2, "best": 4.0, "mean": 4.5}]
+    points = [(0, 9.0, 0), (0, 5.0, 1), (1, 8.0, 0), (2, 4.0, 1)]
+    fig = figures.search_figure({"s": gens}, points, stages=["stage 1: 64 tokens", "stage 2: 128 tokens"],
+                                allocation_from=2, fitness="kl")
+    assert [t.name for t in fig.data] == ["stage 1: 64 tokens", "stage 2: 128 tokens", "best", "population mean"]
+    assert list(fig.data[0].x) == [0, 1] and list(fig.data[1].y) == [5.0, 4.0]
+    assert fig.data[0].marker.color != fig.data[1].marker.color
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == 1.5 and "allocation phase" in fig.layout.annotations[0].text
+    assert fig.layout.yaxis.title.text == "fitness (KL)"
+    one_stage = figures.search_figure({"s": gens}, [(0, 9.0, 0)], stages=["stage 1: 64 tokens"])
+    assert [t.name for t in one_stage.data][0] == "candidates" and not one_stage.layout.shapes
+    assert one_stage.layout.yaxis.title.text == "fitness (proxy perplexity)"
+
+
+def test_refinement_figure_shows_both_allocations_and_the_moves():
+    fig = figures.refinement_figure([0.5, 0.6, 0.7], [0.55, 0.6, 0.65], target=0.6)
+    assert [t.name for t in fig.data] == ["refined allocation", "function's allocation", "moved (refined − function)"]
+    assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[0].y) == [0.55, 0.6, 0.65]
+    assert fig.layout.yaxis.title.text == "sparsity" and fig.layout.yaxis2.title.text == "moved"
+    assert [round(v, 6) for v in fig.data[2].y] == [0.05, 0.0, -0.05] and fig.data[2].type == "bar"
+    assert fig.data[2].marker.color[0] != fig.data[2].marker.color[2]  # pruned more and less differ
+    assert fig.data[2].yaxis == "y2" and fig.layout.xaxis2.title.text == "block"
+    assert tuple(fig.layout.xaxis2.range) == (-0.5, 2.5)  # whole blocks, no padding
+    assert "each block" in fig.layout.title.text
+    layers = figures.refinement_figure([0.5, 0.5], [0.4, 0.6], labels=["0.q", "0.k"])
+    assert list(layers.data[2].x) == ["0.q", "0.k"] and "each linear layer" in layers.layout.title.text
+
+
 def test_empty_figure_says_why():
     fig = figures.empty_figure("Load a model first.")
     assert fig.layout.annotations[0].text == "Load a model first." and not fig.data

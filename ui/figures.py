@@ -1,5 +1,5 @@
 """Plotly figure builders for the web app: per-block sparsity profiles, perplexity bars, perplexity against
-sparsity, and search progress.
+sparsity, search progress, and how far a hybrid search's refinement moved each unit.
 
 Each builder takes plain data (lists, dicts of floats) and returns a `plotly.graph_objects.Figure`; none of them
 touches a model, a session or the database, so the same figures serve live runs, saved experiments and
@@ -13,10 +13,15 @@ import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
 
 # Fixed colours for the reference allocations, so that they look the same on every chart.
 REFERENCE_COLOURS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa preset": "#2ca02c"}
 HEIGHT = 360
+# What a search's fitness is called on axes, status lines and headlines (dsa_core.fitness.FITNESSES says how each is
+# measured).
+FITNESS_LABELS = {"ppl": "proxy perplexity", "kl": "KL"}
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, log_y: bool = False) -> go.Figure:
@@ -103,25 +108,74 @@ def sweep_figure(series: Mapping[str, Sequence[tuple[float, float]]],
 
 
 def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
-                  candidates: Sequence[tuple[int, float]] = (), title: str = "Search fitness",
-                  named: bool | None = None) -> go.Figure:
+                  candidates: Sequence[tuple[int, float] | tuple[int, float, int]] = (),
+                  title: str = "Search fitness", named: bool | None = None, stages: Sequence[str] = (),
+                  allocation_from: float | None = None, fitness: str = "ppl") -> go.Figure:
     """Best-so-far and population mean fitness per generation (one pair of lines per search, named after it when
     `named`, by default when there are several), and optionally every candidate as a point at its generation.
-    Fitness is the proxy perplexity: lower is better."""
+
+    A candidate is (generation, fitness) or (generation, fitness, stage): with several fidelity `stages` (their
+    legend labels, few tokens first) the points are coloured by the stage they reached, since a fitness measured on
+    fewer tokens is not comparable with one measured on more. `allocation_from` marks the generation where a hybrid
+    search's allocation phase begins. `fitness` is the kind (FITNESS_LABELS; "" when compared searches differ);
+    lower is better either way."""
     named = len(curves) > 1 if named is None else named
     fig = go.Figure()
-    if candidates:
+    if candidates and len(stages) > 1:
+        colours = sample_colorscale("Oranges", [0.45 + 0.5 * s / (len(stages) - 1) for s in range(len(stages))])
+        for s, (label, colour) in enumerate(zip(stages, colours)):
+            points = [c for c in candidates if (c[2] if len(c) > 2 else 0) == s]
+            fig.add_trace(go.Scatter(
+                x=[c[0] for c in points], y=_finite([c[1] for c in points]), mode="markers", name=label,
+                marker={"size": 6 + s, "color": colour, "opacity": 0.85},
+            ))
+    elif candidates:
         fig.add_trace(go.Scatter(
-            x=[g for g, _ in candidates], y=_finite([f for _, f in candidates]), mode="markers", name="candidates",
+            x=[c[0] for c in candidates], y=_finite([c[1] for c in candidates]), mode="markers", name="candidates",
             marker={"size": 5, "color": "rgba(120,120,120,0.45)"},
         ))
     for name, gens in curves.items():
         prefix = f"{name}: " if named else ""
         x = [g["generation"] for g in gens]
         fig.add_trace(go.Scatter(x=x, y=_finite([g["best"] for g in gens]), name=f"{prefix}best", mode="lines+markers",
-                                 line={"width": 3}))
+                                 line={"width": 3, "color": None if named else "#1f77b4"}))
         fig.add_trace(go.Scatter(x=x, y=_finite([g["mean"] for g in gens]), name=f"{prefix}population mean",
-                                 mode="lines", line={"dash": "dot"}))
-    last = max((g["generation"] for gens in curves.values() for g in gens), default=0)
+                                 mode="lines", line={"dash": "dot", "color": None if named else "#555"}))
+    if allocation_from is not None:
+        fig.add_vline(x=allocation_from - 0.5, line={"dash": "dash", "color": "#2ca02c", "width": 1.5},
+                      annotation_text="allocation phase →", annotation_position="top right")
+    last = max([g["generation"] for gens in curves.values() for g in gens] + [c[0] for c in candidates], default=0)
     fig.update_xaxes(rangemode="tozero", tick0=0, dtick=1 if last <= 20 else None)  # generations are whole
-    return _layout(fig, title, "generation", "fitness (proxy perplexity)", log_y=True)
+    kind = FITNESS_LABELS.get(fitness, fitness)
+    return _layout(fig, title, "generation", f"fitness ({kind})" if kind else "fitness", log_y=True)
+
+
+def refinement_figure(start: Sequence[float], refined: Sequence[float], labels: Sequence[str] | None = None,
+                      target: float | None = None, title: str | None = None) -> go.Figure:
+    """How far a hybrid search's direct refinement moved each unit: the refined allocation and the function's it
+    started from (above, the function's drawn over it) and refined − function as bars (below: red pruned more, blue
+    pruned less). Units are blocks (x is the
+    block index) or, with `labels` (e.g. "3.gate"), linear layers."""
+    unit = "block" if labels is None else "linear layer"
+    x = list(range(len(start))) if labels is None else list(labels)
+    moved = [r - s for s, r in zip(start, refined)]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
+    for label, ratios, style in (("refined allocation", refined, {"color": "#ff7f0e", "width": 2.5}),
+                                 ("function's allocation", start, {"dash": "dot", "color": "#444", "width": 2})):
+        hover = f"{label}<br>{unit} %{{x}}: %{{y:.3f}}<extra></extra>"
+        fig.add_trace(go.Scatter(x=x, y=_finite(ratios), name=label, mode="lines+markers", line=style,
+                                 marker={"size": 4}, hovertemplate=hover), row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=_finite(moved), name="moved (refined − function)",
+                         marker_color=["#d62728" if m > 0 else "#1f77b4" for m in moved],
+                         hovertemplate=f"{unit} %{{x}}: %{{y:+.3f}}<extra></extra>"), row=2, col=1)
+    if target is not None:
+        fig.add_hline(y=target, line={"dash": "dash", "color": "#d62728", "width": 1}, row=1, col=1)
+    fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=2, col=1)
+    _layout(fig, title or f"How far the refinement moved each {unit}", "", "")
+    fig.update_layout(height=HEIGHT + 120, bargap=0.15, legend={"traceorder": "normal"})
+    fig.update_yaxes(title_text="sparsity", row=1, col=1)
+    fig.update_yaxes(title_text="moved", row=2, col=1)
+    fig.update_xaxes(title_text=unit, row=2, col=1)
+    if labels is None:  # whole blocks, as on the profile chart
+        fig.update_xaxes(dtick=1 if len(x) <= 32 else None, tick0=0, range=[-0.5, len(x) - 0.5])
+    return fig

@@ -1,13 +1,22 @@
-"""The "Search" tab: an evolutionary (or random) search for allocation functions on the loaded model, with a live
-chart of best and population fitness per generation and of the best profile so far; Stop keeps what was found,
-and the best function loads into the builder in one click. The search is saved in the history as it goes."""
+"""The "Search" tab: a search for sparsity allocations on the loaded model (DSA's functions, direct per-block or
+per-layer allocations, or both in turn), with a live chart of the candidates by the fidelity stage they reached and
+of the best and population fitness per generation, and of the best profile so far; a hybrid search ends with a
+chart of how far its refinement moved each unit. Stop keeps what was found; the best function loads into the
+builder in one click. The search is saved in the history as it goes.
+
+The controls of the search's declared settings (SearchConfig fields with help in their metadata, as the command
+line's options) are generated from those declarations: labels, choices, help and defaults are written once, there.
+"""
 
 from __future__ import annotations
+
+import re
+from dataclasses import Field, fields
 
 import gradio as gr
 
 from dsa_core.errors import DSAError
-from dsa_core.search import SAMPLERS, SearchConfig
+from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
 from ui import experiments, figures
 from ui.formula import controls_from_text
 from ui.jobs import Cancelled, Job
@@ -15,19 +24,85 @@ from ui.layout import AppContext, error_text, permalink_for, stream_job
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 
+# Declared settings shown beside the budget; the others (allocation and hybrid details) sit in an accordion.
+MAIN = ("space", "granularity", "fitness", "fidelity", "promote")
+NOT_SHOWN = ("rerank_tokens",)  # the app ranks by the fitness; re-ranking is the command line's final step
+DECLARED: tuple[Field, ...] = tuple(f for f in fields(SearchConfig) if "help" in f.metadata and f.name not in NOT_SHOWN)
+NOT_A_FUNCTION = ("ⓘ The best candidate is a direct allocation (one sparsity per block or linear layer), not a "
+                  "function: only functions load into the builder. Its profile is shown above, and the History "
+                  "keeps it.")
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _help(text: str) -> str:
+    """A declared setting's help as the form shows it: command-line options named by their fields' labels."""
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: f"“{_label(m.group(1).replace('-', '_'))}”", text)
+
+
+def declared_control(f: Field) -> gr.components.Component:
+    """The form field of one declared SearchConfig setting: its label, choices, help and default."""
+    kw = {"label": _label(f.name), "info": _help(f.metadata["help"]), "elem_id": "search-" + f.name.replace("_", "-")}
+    if f.metadata.get("choices"):
+        return gr.Radio(list(f.metadata["choices"]), value=f.default, **kw)
+    if isinstance(f.default, int):
+        return gr.Number(f.default, precision=0, **kw)
+    if isinstance(f.default, float):
+        return gr.Number(f.default, **kw)
+    return gr.Textbox(f.default, **kw)
+
+
+def declared_value(f: Field, value):
+    """A form value as the setting's type (numbers arrive as floats, empty boxes as None)."""
+    if value is None or value == "":
+        return f.default
+    return type(f.default)(value.strip() if isinstance(value, str) else value)
+
+
+def finished_text(result: SearchResult, fitness: str) -> str:
+    """The status line of a search that ended: what it evaluated, how fast each fidelity stage measured, the best."""
+    noun = {"function": "functions", "allocation": "allocations"}.get(result.space, "candidates")
+    split = (f" ({result.phases[0]['evaluated']} functions, then {result.phases[1]['evaluated']} allocations)"
+             if len(result.phases) > 1 else "")
+    rates = "; ".join(f"{t['tokens']} tokens: {t['evaluated']} measured at {t['per_second']:.2f}/s"
+                      for t in result.throughput)
+    stages = f" — {'per stage, ' if len(result.throughput) > 1 else ''}{rates}" if rates else ""
+    return (f"✓ Search {'stopped' if result.stopped else 'done'}: {result.evaluated} {noun}{split} evaluated in "
+            f"{result.elapsed:.1f} s{stages}; best {figures.FITNESS_LABELS[fitness]} {result.best.fitness:.4g}.")
+
+
+def loadable_function(result: SearchResult) -> str:
+    """What "Load into the builder" loads after a search: the best function, or a hybrid's first-phase function;
+    "" when the best is a direct allocation with no function behind it."""
+    if not experiments.is_allocation(result.best.text):
+        return result.best.text
+    first = result.phases[0] if result.phases else {}
+    return first.get("best", "") if first.get("space") == "function" else ""
+
 
 def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
     with gr.Row():
         sampler = gr.Radio(list(SAMPLERS), value="ga", label="Sampler", elem_id="sampler",
-                           info="ga: genetic algorithm, children pre-selected by their allocations; nsga2: Optuna's "
-                                "NSGA-II as a one-objective GA; random: the baseline")
+                           info="functions: ga: genetic algorithm, children pre-selected by their allocations; nsga2: "
+                                "Optuna's NSGA-II as a one-objective GA; random: the baseline")
         population = gr.Number(8, precision=0, minimum=2, label="Population", elem_id="population")
         budget = gr.Number(40, precision=0, minimum=0, label="Budget: candidates (0 = none)", elem_id="budget")
         seconds = gr.Number(0, minimum=0, label="Budget: seconds (0 = none)", elem_id="budget-seconds")
         windows = gr.Number(2, precision=0, minimum=1, label="Fitness windows", elem_id="fitness-windows",
-                            info="WikiText-2 validation windows of the proxy perplexity")
+                            info="windows of the fitness when no fidelity is given")
         seed = gr.Number(0, precision=0, label="Seed", elem_id="search-seed")
+    declared: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        for f in DECLARED:
+            if f.name in MAIN:
+                declared[f.name] = declared_control(f)
+    with gr.Accordion("Allocation and hybrid settings", open=False, elem_id="search-more"), gr.Row():
+        for f in DECLARED:
+            if f.name not in MAIN:
+                declared[f.name] = declared_control(f)
     with gr.Row():
         name = gr.Textbox(label="Name", placeholder="optional", elem_id="search-name")
         tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="search-tags")
@@ -40,31 +115,40 @@ def build(ctx: AppContext) -> None:
         progress = gr.Plot(label="Fitness per generation", elem_id="search-progress")
         best_profile = gr.Plot(label="Best profile so far", elem_id="search-profile")
     with gr.Row():
-        best = gr.Textbox(label="Best function so far", interactive=False, elem_id="search-best", scale=3)
+        best = gr.Textbox(label="Best candidate so far", interactive=False, elem_id="search-best", scale=3)
         to_builder = gr.Button("Load into the builder", elem_id="search-to-builder")
-    outputs = [status, saved, progress, best_profile, best]
+    moved = gr.Plot(label="How far the refinement moved each unit", visible=False, elem_id="search-refinement")
+    function = gr.State("")  # the function "Load into the builder" loads when the best candidate is not one
+    outputs = [status, saved, progress, best_profile, best, moved, function]
 
-    def charts(job: Job, cfg: SearchConfig) -> tuple:
+    def charts(job: Job, cfg: SearchConfig, protocol: dict) -> tuple:
+        """Progress chart, best profile, best candidate and its loadable function, from the events so far."""
         events = list(job.events)
         if not events:
-            return figures.empty_figure("Waiting for the first candidate…"), gr.skip(), gr.skip()
-        gens = experiments.generations(events)
-        points = [(e.generation, e.fitness) for e in events if e.fitness < 1e9]
+            return figures.empty_figure("Waiting for the first candidate…"), gr.skip(), gr.skip(), gr.skip()
+        results = experiments.search_results(events, model=ws.description)
         last = events[-1]
-        profiles = {"best function": last.best_ratios, **ws.references(cfg.sparsity)}
-        return (figures.search_figure({"search": gens}, points), figures.profile_figure(profiles, cfg.sparsity),
-                last.best_text)
+        first = "" if last.phase == "function" else next(
+            (e.best_text for e in reversed(events) if e.phase == "function"), "")
+        kind = "allocation" if experiments.is_allocation(last.best_text) else "function"
+        ratios = results.get("best_block_ratios") or last.best_ratios
+        profiles = {f"best {kind}": ratios, **ws.references(cfg.sparsity)} if ratios else ws.references(cfg.sparsity)
+        text = experiments.candidate_summary(last.best_text, last.best_ratios, ws.stats.layer_shapes, first)
+        loadable = first or ("" if experiments.is_allocation(last.best_text) else last.best_text)
+        return (experiments.search_figure(results, protocol, cfg.fitness),
+                figures.profile_figure(profiles, cfg.sparsity), text, loadable)
 
-    def search(sampler, population, budget, seconds, windows, seed, target, name, tags, request: gr.Request):
+    def search(request: gr.Request, sampler, population, budget, seconds, windows, seed, target, name, tags,
+               *values):
         try:
+            settings = {f.name: declared_value(f, v) for f, v in zip(DECLARED, values)}
             cfg = ws.search_config(SearchConfig(
                 sparsity=target, seed=int(seed), sampler=sampler, population=int(population),
                 budget_candidates=int(budget) or None, budget_seconds=float(seconds) or None,
-                fitness_windows=int(windows)))
+                fitness_windows=int(windows), **settings))
+            protocol = experiments.search_protocol(cfg)
             rec = history.save("search", cfg.to_dict(), name=name or "", tags=parse_tags(tags),
-                               environment=ws.environment(),
-                               protocol={"fitness": "proxy perplexity after fast re-masking", "dataset": "wikitext2",
-                                         "split": "validation", "windows": cfg.fitness_windows, "seqlen": cfg.seqlen})
+                               environment=ws.environment(), protocol=protocol)
             job = ws.start("search", lambda job: ws.search(cfg, job))
         except (DSAError, TypeError, ValueError) as e:
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
@@ -72,42 +156,58 @@ def build(ctx: AppContext) -> None:
         link = permalink_for(request, rec.id)
         saved_generation = -1
 
+        def results(result: SearchResult | None = None) -> dict:
+            return experiments.search_results(list(job.events), result, ws.description)
+
         def live(job: Job) -> tuple:
             nonlocal saved_generation
             events = list(job.events)
-            if events and events[-1].generation > saved_generation:  # one short UPDATE per generation
+            if events and events[-1].generation != saved_generation:  # one short UPDATE per generation
                 saved_generation = events[-1].generation
-                history.update(rec.id, results=experiments.search_results(events))
-            return (saved_markdown(rec.id, link), *charts(job, cfg))
+                history.update(rec.id, results=results())
+            progress_fig, profile_fig, text, loadable = charts(job, cfg, protocol)
+            return saved_markdown(rec.id, link), progress_fig, profile_fig, text, gr.update(visible=False), loadable
 
-        def finish(result) -> tuple:
+        def finish(result: SearchResult) -> tuple:
             # A stopped search is done: what it found is its result (results["stopped"] says it was stopped).
-            history.update(rec.id, status="done",
-                           results=experiments.search_results(list(job.events), result))
-            how = "stopped" if result.stopped else "done"
-            return (f"✓ Search {how}: {result.evaluated} functions evaluated in {result.elapsed:.1f} s; best proxy "
-                    f"perplexity {result.best.fitness:.4g}.", saved_markdown(rec.id, link), *charts(job, cfg)[:2],
-                    result.best.text)
+            final = results(result)
+            history.update(rec.id, status="done", results=final)
+            loadable = loadable_function(result)
+            text = experiments.candidate_summary(result.best.text, result.best.ratios, ws.stats.layer_shapes,
+                                                 loadable if loadable != result.best.text else "")
+            refinement = experiments.refinement_figure(final, cfg.sparsity)
+            moved_update = gr.update(visible=False) if refinement is None else gr.update(value=refinement,
+                                                                                         visible=True)
+            progress_fig, profile_fig, *_ = charts(job, cfg, protocol)
+            return (finished_text(result, cfg.fitness), saved_markdown(rec.id, link), progress_fig, profile_fig,
+                    text, moved_update, loadable)
 
         def fail(e: BaseException) -> tuple:
-            results = {**experiments.search_results(list(job.events)), "error": str(e)}
-            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed", results=results)
-            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 3
+            failed = {**results(), "error": str(e)}
+            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed", results=failed)
+            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * (len(outputs) - 2)
 
         def abandoned() -> None:  # the page was closed: the search was stopped, and what it found is kept
-            history.update(rec.id, status="done", results={**experiments.search_results(list(job.events)),
-                                                           "stopped": True})
+            history.update(rec.id, status="done", results={**results(), "stopped": True})
 
         yield from stream_job(job, len(outputs), finish, fail, live, abandoned)
 
-    def load_best(text: str):
+    def load_best(text: str, found: str):
+        """The best function into the builder; a hybrid's best is an allocation, so its first phase's function."""
         try:
-            return [*controls_update(controls_from_text(text)), gr.Tabs(selected="builder"), ""]
+            controls, message = controls_from_text(text), ""
         except DSAError as e:
-            return [*(gr.skip(),) * 8, error_text(e)]
+            allocation = text.startswith(experiments.SUMMARY_PREFIX) or experiments.is_allocation(text)
+            if not found or not allocation:
+                return [*(gr.skip(),) * 8, NOT_A_FUNCTION if allocation else error_text(e)]
+            controls = controls_from_text(found)
+            message = (f"ⓘ Loaded {found}, the function the hybrid search's first phase found: the refined "
+                       "allocation is not a function, so it cannot load into the builder.")
+        return [*controls_update(controls), gr.Tabs(selected="builder"), message]
 
     builder = [ctx[c] for c in ("pre1", "pre2", "reduction", "transform1", "transform2", "mapping", "param")]
-    inputs = [sampler, population, budget, seconds, windows, seed, ctx["target"], name, tags]
+    inputs = [sampler, population, budget, seconds, windows, seed, ctx["target"], name, tags,
+              *(declared[f.name] for f in DECLARED)]
     start.click(search, inputs, outputs, api_name="search", show_progress="hidden", **ctx.device_queue)
     stop.click(ws.cancel, None, status, api_name="stop", concurrency_limit=None, concurrency_id="control")
-    to_builder.click(load_best, best, [*builder, ctx["tabs"], status], api_name="load_best")
+    to_builder.click(load_best, [best, function], [*builder, ctx["tabs"], status], api_name="load_best")

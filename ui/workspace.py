@@ -233,20 +233,32 @@ class Workspace:
 
     def search(self, cfg: SearchConfig, job: Job) -> SearchResult:
         """Run a search in memory; each evaluated candidate is published to the job, and cancelling the job
-        stops the search with what it found."""
+        stops the search with what it found. The fitness is prepared first (its text tokenised, and for KL the
+        dense model's logits computed), so that the status says so rather than sitting on the first candidate."""
+        from dsa_core.fitness import Fitness
+        from ui.figures import FITNESS_LABELS  # the name the charts give the fitness
+
         session, _, _ = self.require()
         cfg = self.search_config(cfg)
-        job.stage = "tokenising the fitness text (once per session)"
-        session.eval_windows("wikitext2", "validation", cfg.seqlen, cfg.fitness_windows)
-        job.stage = f"{cfg.sampler} search"
+        windows = cfg.stage_windows()
+        if cfg.fitness == "ppl":
+            job.stage = f"tokenising WikiText-2 validation for the fitness ({windows[-1]} windows of {cfg.seqlen})"
+        else:
+            job.stage = f"the dense model's logits on {windows[-1]} calibration windows for the KL fitness"
+        fitness = Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, windows)
+        job.stage = f"{cfg.space} search" + (f" ({cfg.sampler})" if cfg.space != "allocation" else "")
         study = create_study(cfg, storage=None)
+        name = FITNESS_LABELS[cfg.fitness]
 
         def on_event(event) -> None:
             job.publish(event)
-            job.phase = f"generation {event.generation}, best proxy perplexity {event.best_fitness:.4g}, candidates"
+            phase = f"{event.phase} phase, " if cfg.space == "hybrid" else ""
+            measured = event.best_fitness < float("inf")  # inf until a candidate has passed every stage
+            best = f"best {name} {event.best_fitness:.4g}" if measured else "none measured at every stage yet"
+            job.phase = f"{phase}generation {event.generation}, {best}, candidates"
             job.done, job.total = len(job.events), cfg.budget_candidates or 0
 
-        return run_search(session, cfg, study, on_event=on_event, stop=job.cancel_requested)
+        return run_search(session, cfg, study, on_event=on_event, stop=job.cancel_requested, fitness=fitness)
 
 
 def _pattern_sparsity(pattern: str, sparsity: float) -> float:
