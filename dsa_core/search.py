@@ -121,7 +121,10 @@ class SearchConfig:
         lo, hi = self.lam_range
         if not 0 < lo <= hi < 0.5:
             raise ConfigError(f"λ range {self.lam_range} must lie within (0, 0.5).")
-        parse_fidelity(self.fidelity)
+        windows = self.stage_windows()
+        if any(b <= a for a, b in zip(windows, windows[1:])):
+            raise ConfigError(f"Fidelities {self.fidelity} round to {windows} windows of {self.seqlen} tokens: each "
+                              "stage must measure more windows than the one before.")
         if self.promote < 2:
             raise ConfigError("--promote must be at least 2: one in that many candidates goes on to more tokens.")
         if not 0 < self.level_step <= 0.1:
@@ -333,8 +336,8 @@ def run_search(
                     memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
             if cfg.budget_candidates is not None and len(progress.done) >= cfg.budget_candidates:
                 break
-            if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds:
-                break
+            if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds and evaluated:
+                break  # a search given seconds evaluates at least one candidate (a hybrid's refinement, its start)
             if stop is not None and stop.is_set():
                 stopped = True
                 break

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import optuna
@@ -51,6 +52,7 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
     (dict(promote=1), "promote"),
     (dict(space="allocation", sampler="random"), "applies to functions"),
     (dict(hybrid_split=1.0), "hybrid split"),
+    (dict(fidelity="32,64"), "round to"),  # both one window of 64 tokens
 ])
 def test_bad_configuration_is_refused(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -218,6 +220,17 @@ def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
     start = np.asarray(result.start_ratios)
     assert np.allclose(start, S.allocate(session.stats("wanda"), function_best["best"], 0.7).ratios, atol=0.006)
     assert len(result.best.ratios) == len(start) == 4
+
+
+def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_allocation(session):
+    cfg = S.SearchConfig(**QUICK, space="hybrid", budget_candidates=None, budget_seconds=0.2, seed=1).validate()
+
+    def slow(e):  # the first function outlasts the whole budget: no time is left to refine it
+        time.sleep(0.3)
+
+    result = S.run_search(session, cfg, S.create_study(cfg), on_event=slow)
+    assert [(p["space"], p["evaluated"]) for p in result.phases] == [("function", 1), ("allocation", 1)]
+    assert result.best.fitness <= result.phases[0]["best_fitness"] * 1.01  # the function's allocation, on the grid
 
 
 def test_rerank_orders_the_top_by_a_larger_validation_check(session):
