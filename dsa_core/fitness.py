@@ -82,15 +82,17 @@ class Fitness:
         self.counts = [0] * len(self.stages)
         self._applied: tuple[str, int] | None = None  # the key and weights version of the mask this applied
 
-    def measure(self, key: str, ratios, stage: int) -> float:
-        """The fitness of an allocation at a stage (FAILED_FITNESS when it is not finite)."""
+    def measure(self, key: str, ratios, stage: int, counted: bool = True) -> float:
+        """The fitness of an allocation at a stage (FAILED_FITNESS when it is not finite); `counted` measurements
+        are the search's own, in `throughput`."""
         start = time.perf_counter()
         if self._applied != (key, self.session.weights_version):  # else this candidate's mask is still in place
             self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
             self._applied = (key, self.session.weights_version)
         value = self.stages[stage]()
-        self.seconds[stage] += time.perf_counter() - start
-        self.counts[stage] += 1
+        if counted:
+            self.seconds[stage] += time.perf_counter() - start
+            self.counts[stage] += 1
         return value if math.isfinite(value) else FAILED_FITNESS
 
     def __call__(self, spec: str | F.AllocationFunction) -> float:
@@ -101,7 +103,7 @@ class Fitness:
                 ratios = allocate(self.stats, spec, self.sparsity).ratios
             except DSAError:
                 return FAILED_FITNESS
-            self.memo[key] = self.measure(key, ratios, len(self.stages) - 1)
+            self.memo[key] = self.measure(key, ratios, len(self.stages) - 1, counted=False)
         return self.memo[key]
 
     def restore(self) -> None:

@@ -253,6 +253,7 @@ class SearchEvent:
     stage: int = 0
     stages: int = 1
     phase: str = "function"
+    start: str = ""  # the allocation phase's start: a function's text or a baseline such as "atp:beta=0.01"
 
 
 @dataclass
@@ -392,7 +393,7 @@ def run_search(
                     best_fitness=best.value if best else math.inf,
                     best_ratios=best.user_attrs.get("ratios", []) if best else [],
                     elapsed=time.perf_counter() - start, cached=cached, stage=stage, stages=len(fitness.stages),
-                    phase=space.kind,
+                    phase=space.kind, start=cfg.start if space.kind == "allocation" else "",
                 ))
     fitness.restore()
     result = summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
@@ -409,9 +410,11 @@ def refine_config(cfg: SearchConfig, start: str, candidates: int | None, seconds
 def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
                on_event: Callable[[SearchEvent], None] | None = None, stop: threading.Event | None = None,
                fitness: Fitness | None = None) -> SearchResult:
-    """Functions first (`study`, `hybrid_split` of the budget), then the best function's allocation refined by
-    level switches for the rest, in a second study beside the first (its name + ':refine'). The result is the
-    refinement's, with the function's allocation in `start_ratios` so that a UI can show how far each unit moved."""
+    """Functions first (`study`, `hybrid_split` of the budget), then the best allocation so far refined by level
+    switches for the rest, in a second study beside the first (its name + ':refine'). The refinement starts from the
+    best function's allocation, or from ATP's (its β searched on the same fitness) when that scores better: ATP was
+    the strongest reference on both benchmark models. The result is the refinement's, with its start in `phases`
+    and the start's allocation in `start_ratios`, so that a UI can show how far each unit moved."""
     fitness = fitness or Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
     split = cfg.hybrid_split
     first = replace(cfg, space="function",
@@ -424,17 +427,25 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
     if found.stopped:
         found.phases = phases
         return found
+    started = time.perf_counter()
+    atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}"
+    start = atp if fitness(atp) < found.best.fitness else found.best.text
+    found.elapsed += time.perf_counter() - started  # ATP's β search is the hybrid's time too
     left_candidates = None if cfg.budget_candidates is None else max(1, cfg.budget_candidates - first.budget_candidates)
     left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - found.elapsed)
-    second = refine_config(replace(cfg, study=study.study_name), found.best.text, left_candidates, left_seconds)
+    second = refine_config(replace(cfg, study=study.study_name), start, left_candidates, left_seconds)
     # The refinement's study sits in the same storage as the first (Optuna names no public accessor for it).
     refined = run_search(session, second, create_study(second, study._storage), on_event, stop, fitness)
     phases.append({"space": "allocation", "evaluated": refined.evaluated, "seconds": refined.elapsed,
-                   "best": refined.best.text, "best_fitness": refined.best.fitness})
+                   "best": refined.best.text, "best_fitness": refined.best.fitness, "start": start})
     stats = fitness.stats
-    function_ratios = allocate(stats, found.best.text, cfg.sparsity).ratios
-    refined.start_ratios = [float(r) for r in expand_to_units(function_ratios, stats.layer_shapes, cfg.granularity)]
+    start_ratios = allocate(stats, start, cfg.sparsity).ratios
+    refined.start_ratios = [float(r) for r in expand_to_units(start_ratios, stats.layer_shapes, cfg.granularity)]
     refined.phases, refined.space = phases, "hybrid"
+    # Both phases measured with one fitness: the result is the best of either (snapping to the level grid can cost
+    # a little, so the refinement may not beat the function it started from within its budget).
+    refined.top = sorted({c.text: c for c in found.top + refined.top}.values(), key=lambda c: c.fitness)[:cfg.top_k]
+    refined.best = refined.top[0]
     refined.evaluated += found.evaluated
     refined.trials += found.trials
     refined.elapsed += found.elapsed

@@ -119,9 +119,10 @@ def is_allocation(text: str) -> bool:
 
 
 def candidate_summary(text: str, ratios: Sequence[float], layer_shapes: list | None = None,
-                      function: str = "") -> str:
+                      start: str = "") -> str:
     """A candidate as the search tab shows it: a function's text, or a direct allocation's sparsities (two
-    decimals; per block, as the block means of a per-layer allocation); `function` is a hybrid's starting point."""
+    decimals; per block, as the block means of a per-layer allocation); `start` is what a hybrid's refinement
+    started from (a function's text, or a baseline such as ATP with its β)."""
     if not is_allocation(text):
         return text
     n = len(ratios)
@@ -130,7 +131,8 @@ def candidate_summary(text: str, ratios: Sequence[float], layer_shapes: list | N
         head = f"{SUMMARY_PREFIX}, {n} linear layers ({n // len(layer_shapes)} per block); block means"
     else:
         blocks, head = ratios, f"{SUMMARY_PREFIX}, {n} blocks"
-    refined = f" (refined from the function {function})" if function else ""
+    what = f"the function {start}" if start.startswith("W:") else start
+    refined = f" (refined from {what})" if start else ""
     return f"{head}{refined}: " + " ".join(f"{r:.2f}" for r in blocks)
 
 

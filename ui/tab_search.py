@@ -133,7 +133,8 @@ def build(ctx: AppContext) -> None:
         kind = "allocation" if experiments.is_allocation(last.best_text) else "function"
         ratios = results.get("best_block_ratios") or last.best_ratios
         profiles = {f"best {kind}": ratios, **ws.references(cfg.sparsity)} if ratios else ws.references(cfg.sparsity)
-        text = experiments.candidate_summary(last.best_text, last.best_ratios, ws.stats.layer_shapes, first)
+        text = experiments.candidate_summary(last.best_text, last.best_ratios, ws.stats.layer_shapes,
+                                             last.start or first)
         loadable = first or ("" if experiments.is_allocation(last.best_text) else last.best_text)
         return (experiments.search_figure(results, protocol, cfg.fitness),
                 figures.profile_figure(profiles, cfg.sparsity), text, loadable)
@@ -173,8 +174,9 @@ def build(ctx: AppContext) -> None:
             final = results(result)
             history.update(rec.id, status="done", results=final)
             loadable = loadable_function(result)
+            start = result.phases[1].get("start", "") if len(result.phases) > 1 else ""
             text = experiments.candidate_summary(result.best.text, result.best.ratios, ws.stats.layer_shapes,
-                                                 loadable if loadable != result.best.text else "")
+                                                 start or (loadable if loadable != result.best.text else ""))
             refinement = experiments.refinement_figure(final, cfg.sparsity)
             moved_update = gr.update(visible=False) if refinement is None else gr.update(value=refinement,
                                                                                          visible=True)
