@@ -64,7 +64,7 @@ def test_search_figure_colours_candidates_by_stage_and_marks_the_allocation_phas
 
 def test_refinement_figure_shows_both_allocations_and_the_moves():
     fig = figures.refinement_figure([0.5, 0.6, 0.7], [0.55, 0.6, 0.65], target=0.6)
-    assert [t.name for t in fig.data] == ["refined allocation", "function's allocation", "moved (refined − function)"]
+    assert [t.name for t in fig.data] == ["refined allocation", "start allocation", "moved (refined − start)"]
     assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[0].y) == [0.55, 0.6, 0.65]
     assert fig.layout.yaxis.title.text == "sparsity" and fig.layout.yaxis2.title.text == "moved"
     assert [round(v, 6) for v in fig.data[2].y] == [0.05, 0.0, -0.05] and fig.data[2].type == "bar"

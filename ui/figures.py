@@ -152,20 +152,19 @@ def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
 
 def refinement_figure(start: Sequence[float], refined: Sequence[float], labels: Sequence[str] | None = None,
                       target: float | None = None, title: str | None = None) -> go.Figure:
-    """How far a hybrid search's direct refinement moved each unit: the refined allocation and the function's it
-    started from (above, the function's drawn over it) and refined − function as bars (below: red pruned more, blue
-    pruned less). Units are blocks (x is the
-    block index) or, with `labels` (e.g. "3.gate"), linear layers."""
+    """How far a hybrid search's direct refinement moved each unit: the refined allocation and the one it started
+    from (above; a function's or ATP's) and refined − start as bars (below: red pruned more, blue pruned less).
+    Units are blocks (x is the block index) or, with `labels` (e.g. "3.gate"), linear layers."""
     unit = "block" if labels is None else "linear layer"
     x = list(range(len(start))) if labels is None else list(labels)
     moved = [r - s for s, r in zip(start, refined)]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
     for label, ratios, style in (("refined allocation", refined, {"color": "#ff7f0e", "width": 2.5}),
-                                 ("function's allocation", start, {"dash": "dot", "color": "#444", "width": 2})):
+                                 ("start allocation", start, {"dash": "dot", "color": "#444", "width": 2})):
         hover = f"{label}<br>{unit} %{{x}}: %{{y:.3f}}<extra></extra>"
         fig.add_trace(go.Scatter(x=x, y=_finite(ratios), name=label, mode="lines+markers", line=style,
                                  marker={"size": 4}, hovertemplate=hover), row=1, col=1)
-    fig.add_trace(go.Bar(x=x, y=_finite(moved), name="moved (refined − function)",
+    fig.add_trace(go.Bar(x=x, y=_finite(moved), name="moved (refined − start)",
                          marker_color=["#d62728" if m > 0 else "#1f77b4" for m in moved],
                          hovertemplate=f"{unit} %{{x}}: %{{y:+.3f}}<extra></extra>"), row=2, col=1)
     if target is not None:
