@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from dsa_core.allocation import MAX_SPARSITY
 from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError
 from dsa_core.scores import check_metric, parse_pattern
@@ -44,8 +45,8 @@ class EvalConfig:
     def validate(self) -> EvalConfig:
         check_metric(self.metric)
         nm = parse_pattern(self.pattern)
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError(f"Sparsity {self.sparsity} is outside [0, 1); give a fraction such as 0.5.")
+        if not 0.0 <= self.sparsity <= MAX_SPARSITY:  # the rule of every allocation, uniform's too
+            raise ConfigError(f"Sparsity {self.sparsity} is outside [0, {MAX_SPARSITY}]; give a fraction such as 0.5.")
         if nm is not None and self.allocation != "dense":
             if abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
                 raise ConfigError(
@@ -60,6 +61,8 @@ class EvalConfig:
             raise ConfigError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(SOURCES)}.")
         if self.nsamples < 1 or self.seqlen < 16:
             raise ConfigError("Calibration needs --nsamples ≥ 1 and --seqlen ≥ 16.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1; got {self.batch_size}.")
         if self.eval_windows is not None and self.eval_windows < 1:
             raise ConfigError("--eval-windows must be at least 1.")
         check_text_source(self.calib)

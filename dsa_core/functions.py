@@ -48,6 +48,9 @@ def _blocks_pool() -> ThreadPoolExecutor:
     return _block_pool[1]
 
 
+TAG_DIGITS = 18  # a tag is a label; longer digit strings (Python refuses to read over 4300) are refused
+
+
 @dataclass(frozen=True)
 class AllocationFunction:
     """A DSA allocation function. Fields are normalised on construction, so equal functions compare equal:
@@ -78,8 +81,10 @@ class AllocationFunction:
         lo, hi = _PARAM_RANGE[mapping]
         if not lo <= param <= hi:
             raise ConfigError(f"The {mapping} mapping's hyper-parameter must lie in [{lo}, {hi}]; got {param}.")
-        if self.tag is not None and (isinstance(self.tag, bool) or not isinstance(self.tag, int) or self.tag < 0):
-            raise ConfigError(f"The function's tag must be a non-negative integer; got {self.tag!r}.")
+        if self.tag is not None and (isinstance(self.tag, bool) or not isinstance(self.tag, int)
+                                     or not 0 <= self.tag < 10**TAG_DIGITS):
+            raise ConfigError(f"The function's tag must be a non-negative integer of at most {TAG_DIGITS} digits; "
+                              f"got {self.tag!r}.")
         for name, value in (("pre", pre), ("reduction", ops.get(ops.REDUCTION, self.reduction).name),
                             ("transform", transform), ("mapping", mapping), ("param", param)):
             object.__setattr__(self, name, value)
@@ -144,7 +149,7 @@ def parse(text: str) -> AllocationFunction:
     kw: dict = {}
     for item in tail or []:
         key, _, value = item.partition("=")
-        if re.fullmatch(r"[0-9]+", item) and "tag" not in kw and "mapping" not in kw:
+        if re.fullmatch(rf"[0-9]{{1,{TAG_DIGITS}}}", item) and "tag" not in kw and "mapping" not in kw:
             kw["tag"] = int(item)
         elif value and key.upper() in _TAIL_NAMES.values() and "mapping" not in kw:
             kw["mapping"] = {v: k for k, v in _TAIL_NAMES.items()}[key.upper()]

@@ -15,8 +15,10 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--sparsity", "1.2"], "outside [0, 1)"),
-    (["--sparsity", "-0.1"], "outside [0, 1)"),
+    (["--sparsity", "1.2"], "outside [0, 0.99]"),
+    (["--sparsity", "-0.1"], "outside [0, 0.99]"),
+    (["--sparsity", "0.995"], "outside [0, 0.99]"),  # uniform too: one rule for every allocation
+    (["--batch-size", "-1"], "--batch-size must be at least 1"),
     (["--pattern", "2:4", "--sparsity", "0.6"], "does not match it"),
     (["--pattern", "2:4", "--sparsity", "0.5", "--allocation", "owl"], "use --allocation uniform"),
     (["--calib", "/no/such/file.txt"], "neither a known dataset"),

@@ -11,7 +11,8 @@ def test_round_trip_and_unknown_keys():
         EvalConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 
-@pytest.mark.parametrize("kw", [dict(sparsity=1.0), dict(metric="snip"), dict(pattern="3:2"), dict(mode="slow"),
+@pytest.mark.parametrize("kw", [dict(sparsity=1.0), dict(sparsity=0.995), dict(batch_size=-1), dict(batch_size=0),
+                                dict(metric="snip"), dict(pattern="3:2"), dict(mode="slow"),
                                 dict(pattern="4:8", sparsity=0.4), dict(nsamples=0), dict(eval_windows=0)])
 def test_invalid_configs_are_refused(kw):
     with pytest.raises(ConfigError):

@@ -73,6 +73,8 @@ def test_equal_functions_are_written_the_same_way():
     ("W:(ABS)-(VAR)-(SIN)-(BAND=0.8)", r"\[0.0, 0.5\]"),
     ("W:(ABS)-(VAR)-(SIN)-(MULT=nan)", "finite"),
     ("W:(ABS)-(VAR)-(SIN)-(BAND=0.1,MULT=0.2)", "Cannot read 'MULT"),
+    ("W:(ABS)-(VAR)-(SIN)-(" + "1" * 5000 + ")", "Cannot read '1111"),  # beyond Python's int-parsing limit
+    ("W:(ABS)-(VAR)-(SIN)-(BAND=" + "1" * 5000 + ")", "must be finite|must lie"),
 ])
 def test_bad_text_forms_say_what_is_wrong(text, message):
     with pytest.raises(ConfigError, match=message):
