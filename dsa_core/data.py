@@ -67,7 +67,10 @@ def _local(path: Path, name: str, split: str, text: str) -> Text:
 
 def _read(path: Path) -> str:
     # The shipped files use CRLF and one may start with a byte-order mark; normalise both.
-    return path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    try:
+        return path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"'{path}' is not UTF-8 text (byte {e.start}); give a plain text file.") from None
 
 
 def _wikitext2_local(split: str) -> Text:

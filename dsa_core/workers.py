@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from dsa_core.errors import ConfigError, DSAError
@@ -57,7 +58,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
                 url, heartbeat_interval=interval, grace_period=GRACE_HEARTBEATS * interval,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
             )
-        except (ImportError, ValueError) as e:
+        except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:  # not a URL, not a database
             raise ConfigError(f"Cannot open the study storage {url!r}: {str(e).splitlines()[0]}") from e
 
 

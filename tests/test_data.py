@@ -30,6 +30,10 @@ def test_text_file_by_path_and_missing_file(tmp_path):
     assert data.load_text(str(f)).text.startswith("hello")
     with pytest.raises(DataError, match="neither a known dataset"):
         data.load_text(str(tmp_path / "missing.txt"))
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        data.load_text(str(binary))
 
 
 def test_calibration_windows_are_seeded_and_in_range():

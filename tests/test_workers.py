@@ -30,6 +30,15 @@ def test_bad_worker_counts_are_refused(monkeypatch, visible, spec, message):
         W.worker_devices(spec)
 
 
+@pytest.mark.parametrize("url,file", [("not a url", None), ("sqlite:///{path}", "hello, not a database\n")])
+def test_a_storage_that_is_not_a_database_is_one_sentence(tmp_path, url, file):
+    path = tmp_path / "notes.txt"
+    if file:
+        path.write_text(file)
+    with pytest.raises(ConfigError, match="Cannot open the study storage"):
+        W.open_storage(url.format(path=path))
+
+
 def test_bad_heartbeat_setting_is_refused(monkeypatch):
     monkeypatch.setenv(W.HEARTBEAT_ENV, "0")
     with pytest.raises(ConfigError, match=W.HEARTBEAT_ENV):
