@@ -139,7 +139,7 @@ def cmd_run(args) -> None:
     session = open_job(args)
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens)
-    fit = Fitness(session, args.metric, args.target, cfg.fitness, cfg.stage_windows())
+    fit = S.search_fitness(session, cfg)
     curve: list[tuple[float, float]] = []
 
     def on_event(e: S.SearchEvent) -> None:

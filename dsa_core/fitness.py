@@ -106,11 +106,6 @@ class Fitness:
             self.memo[key] = self.measure(key, ratios, len(self.stages) - 1, counted=False)
         return self.memo[key]
 
-    def restore(self) -> None:
-        """The session dense again (what a search leaves behind)."""
-        self.session.restore()
-        self._applied = None
-
     def throughput(self) -> list[dict]:
         """Per stage: tokens, measurements and their rate."""
         return [{"tokens": t, "evaluated": n, "seconds": s, "per_second": n / s if s else 0.0}

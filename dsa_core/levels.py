@@ -125,9 +125,6 @@ class LevelSwitchSampler(optuna.samplers.BaseSampler):
     def reseed_rng(self) -> None:
         self._rng.seed()
 
-    def prepare(self, study: optuna.Study) -> None:  # nothing to breed ahead: a mutation costs microseconds
-        pass
-
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.grid.distributions() if self.grid is not None else {}
 

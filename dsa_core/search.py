@@ -171,11 +171,15 @@ class Candidate:
     rerank: float | None = None  # validation perplexity on --rerank-tokens, when the top-k was re-ranked
 
 
-def make_space(cfg: SearchConfig, stats, start=None) -> FunctionSpace | AllocationSpace:
+def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
     if cfg.space == "function":
         return FunctionSpace(stats, cfg.sparsity, cfg.lam_range)
-    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step,
-                           cfg.start if start is None else start)
+    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step, cfg.start)
+
+
+def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
+    """The fitness a search's configuration asks for, at every fidelity stage."""
+    return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:
@@ -287,14 +291,12 @@ def _generations(study: optuna.Study, population: int) -> list[dict]:
 def _staged(fitness: Fitness, trial: optuna.Trial, key: str, ratios, promote: int) -> tuple[float, int, bool]:
     """Measure stage after stage while the pruner promotes: (value at the last stage reached, that stage, pruned)."""
     last = len(fitness.stages) - 1
-    for stage in range(last + 1):
+    for stage in range(last):
         value = fitness.measure(key, ratios, stage)
-        if stage == last:
-            return value, stage, False
         trial.report(value, step=promote**stage)
         if trial.should_prune():
             return value, stage, True
-    raise AssertionError("unreachable")
+    return fitness.measure(key, ratios, last), last, False
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -319,7 +321,7 @@ def run_search(
     search runs its two phases here (see `run_hybrid`). `fitness` may be passed in to share its cached windows."""
     if cfg.space == "hybrid":
         return run_hybrid(session, cfg, study, on_event, stop, fitness)
-    fitness = fitness or Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
+    fitness = fitness or search_fitness(session, cfg)
     space = make_space(cfg, fitness.stats)
     space.bind(study.sampler)
     distributions = space.distributions()
@@ -395,7 +397,7 @@ def run_search(
                     elapsed=time.perf_counter() - start, cached=cached, stage=stage, stages=len(fitness.stages),
                     phase=space.kind, start=cfg.start if space.kind == "allocation" else "",
                 ))
-    fitness.restore()
+    session.restore()
     result = summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
     result.throughput = fitness.throughput()
     return result
@@ -415,7 +417,7 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
     best function's allocation, or from ATP's (its β searched on the same fitness) when that scores better: ATP was
     the strongest reference on both benchmark models. The result is the refinement's, with its start in `phases`
     and the start's allocation in `start_ratios`, so that a UI can show how far each unit moved."""
-    fitness = fitness or Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
+    fitness = fitness or search_fitness(session, cfg)
     split = cfg.hybrid_split
     first = replace(cfg, space="function",
                     budget_candidates=None if cfg.budget_candidates is None else max(1, round(cfg.budget_candidates
@@ -477,7 +479,7 @@ def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> 
     check = Fitness(session, cfg.metric, cfg.sparsity, "ppl", stage_windows((cfg.rerank_tokens,), cfg.seqlen, 1))
     for c in result.top:
         c.rerank = check.measure(c.text, c.ratios, 0)
-    check.restore()
+    session.restore()
     result.top.sort(key=lambda c: c.rerank)
     result.best = result.top[0]
     return result

@@ -95,8 +95,7 @@ class PruningSession:
 
     def _score(self, metric: str, pattern: str, with_ranks: bool) -> tuple[MaskCache | None, BlockStats]:
         inputs = None if metric == "magnitude" else self.block_inputs()
-        self.dense.restore()  # scores are always those of the dense model
-        self.weights_version += 1
+        self.restore()  # scores are always those of the dense model
         with self._timed("scoring"):
             return score_model(self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size,
                                self.seed, progress=self.progress, inputs=inputs,
@@ -135,8 +134,7 @@ class PruningSession:
     def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
         """Faithful mode, starting from the dense weights."""
         inputs = None if metric == "magnitude" else self.block_inputs()
-        self.dense.restore()
-        self.weights_version += 1
+        self.restore()
         with self._timed("pruning"):
             prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
                              progress=self.progress, inputs=inputs)

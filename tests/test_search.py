@@ -168,7 +168,7 @@ def test_kl_fitness_is_zero_for_the_dense_model_and_positive_when_pruned(session
     assert fitness.measure("uniform", np.full(4, 0.5), 1) > 0
     more = fitness.measure("more", np.full(4, 0.9), 0)
     assert more > fitness.measure("uniform", np.full(4, 0.5), 0)
-    fitness.restore()
+    session.restore()
     assert fitness.stages[0]() == 0.0
 
 

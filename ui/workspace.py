@@ -22,7 +22,7 @@ from dsa_core.errors import ConfigError
 from dsa_core.models import DEFAULT_MODEL, pick_device
 from dsa_core.pipeline import environment, open_session, run_evaluation
 from dsa_core.scores import parse_pattern
-from dsa_core.search import SearchConfig, SearchResult, create_study, run_search
+from dsa_core.search import SearchConfig, SearchResult, create_study, run_search, search_fitness
 from dsa_core.session import PruningSession
 from dsa_core.stats import BlockStats
 from ui.jobs import Busy, Job
@@ -235,7 +235,6 @@ class Workspace:
         """Run a search in memory; each evaluated candidate is published to the job, and cancelling the job
         stops the search with what it found. The fitness is prepared first (its text tokenised, and for KL the
         dense model's logits computed), so that the status says so rather than sitting on the first candidate."""
-        from dsa_core.fitness import Fitness
         from ui.figures import FITNESS_LABELS  # the name the charts give the fitness
 
         session, _, _ = self.require()
@@ -245,7 +244,7 @@ class Workspace:
             job.stage = f"tokenising WikiText-2 validation for the fitness ({windows[-1]} windows of {cfg.seqlen})"
         else:
             job.stage = f"the dense model's logits on {windows[-1]} calibration windows for the KL fitness"
-        fitness = Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, windows)
+        fitness = search_fitness(session, cfg)
         job.stage = f"{cfg.space} search" + (f" ({cfg.sampler})" if cfg.space != "allocation" else "")
         study = create_study(cfg, storage=None)
         name = FITNESS_LABELS[cfg.fitness]
