@@ -7,7 +7,7 @@ parameter-weighted mean sparsity, never changes: every candidate meets the targe
 A unit's natural step is `step` of its own size (1% by default), in whole quanta; a switch between two units moves
 the smaller of their two steps. Offspring are mutations of a parent picked by tournament among the best complete
 candidates (EvoPress keeps one parent: `parents=1`); the many-offspring, few-tokens selection of EvoPress is the
-search's staged fitness (Optuna's successive-halving pruner), not the sampler's business. No model code here.
+search's staged fitness (dsa_core.selection's pruner), not the sampler's business. No model code here.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ A trial is a point of a search space (dsa_core.spaces): a function (one operatio
 or one sparsity level per block or linear layer. Its fitness (dsa_core.fitness) is a fast proxy measured after
 re-masking from the cached score order: validation perplexity or the KL divergence from the dense model, never
 the test split. With several fidelities, every candidate is measured on few tokens and only the best are promoted
-to more, by Optuna's successive-halving pruner (EvoPress's multi-step selection). Functions are bred by
-dsa_core.evolution's GA (or Optuna's NSGA-II, or drawn at random), allocations by dsa_core.levels' level switches.
+to more (EvoPress's multi-step selection, as a successive-halving pruner: dsa_core.selection). Functions are
+bred by dsa_core.evolution's GA (or Optuna's NSGA-II, or drawn at random), allocations by dsa_core.levels' level switches.
 A hybrid search runs a function search, then refines the best function's allocation directly. The study lives in
 a SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
 """
@@ -33,6 +33,7 @@ from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.fitness import FAILED_FITNESS, FITNESSES, Fitness, parse_fidelity, stage_windows
 from dsa_core.levels import LevelSwitchSampler, expand_to_units
+from dsa_core.selection import RecentHalvingPruner
 from dsa_core.session import PruningSession
 from dsa_core.spaces import AllocationSpace, FunctionSpace, function_distributions, function_text
 
@@ -205,13 +206,11 @@ def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
 
 
 def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
-    """Staged selection: a candidate measured at stage s reports at step promote**s, which is exactly where Optuna's
-    successive-halving pruner (minimum resource 1, reduction factor `promote`) decides on rung s; it promotes the
-    best 1/promote of the candidates measured at that stage so far."""
+    """Staged selection: a candidate measured at stage s reports at step promote**s, and goes on when it is among
+    the best 1/promote of the latest candidates measured at that stage (dsa_core.selection)."""
     if len(cfg.stage_windows()) == 1:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=cfg.promote,
-                                                  min_early_stopping_rate=0)
+    return RecentHalvingPruner(cfg.promote)
 
 
 def create_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage | None = None) -> optuna.Study:
