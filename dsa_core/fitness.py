@@ -1,5 +1,6 @@
 """What a search minimises: a fast proxy of the pruned model's quality, measured after re-masking from the score
-cache, at one or more fidelities (numbers of tokens).
+cache (SparseGPT: after putting together its per-layer pruned weights, dsa_core.sparsegpt_levels), at one or more
+fidelities (numbers of tokens).
 
 - `ppl`: perplexity on WikiText-2 *validation* windows (DSA's proxy).
 - `kl`: mean per-token KL divergence of the pruned model's next-token distribution from the dense model's on the
@@ -87,7 +88,10 @@ class Fitness:
         are the search's own, in `throughput`."""
         start = time.perf_counter()
         if self._applied != (key, self.session.weights_version):  # else this candidate's mask is still in place
-            self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
+            if self.metric == "sparsegpt":  # its weight update, not only its mask (dsa_core.sparsegpt_levels)
+                self.session.apply_sparsegpt_levels(np.asarray(ratios, dtype=np.float64))
+            else:
+                self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
             self._applied = (key, self.session.weights_version)
         value = self.stages[stage]()
         if counted:

@@ -119,42 +119,60 @@ def sparsegpt_prune_(
     blocksize: int = 128,
     percdamp: float = 0.01,
 ) -> None:
-    """Prune `weight` in place with SparseGPT (Frantar & Alistarh, 2023): masks chosen per 128-column block
-    by w²/[H⁻¹]²_jj (or per n:m group), and the OBS update spreads each removed weight's error over the
-    columns not yet processed. A transcription of the reference `fasterprune`, without quantisation."""
-    W = widened(weight).clone()
+    """Prune `weight` in place with SparseGPT (Frantar & Alistarh, 2023): see `sparsegpt_levels`."""
+    weight.copy_(sparsegpt_levels(weight, H, [ratio], nm, blocksize, percdamp)[0].to(weight.dtype))
+
+
+@torch.no_grad()
+def sparsegpt_levels(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    ratios: list[float],
+    nm: tuple[int, int] | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> torch.Tensor:
+    """SparseGPT's pruned copies of `weight` at each of `ratios`, stacked [K, rows, cols] (widened dtype): masks
+    chosen per 128-column block by w²/[H⁻¹]²_jj (or per n:m group), and the OBS update spreads each removed
+    weight's error over the columns not yet processed. A transcription of the reference `fasterprune`, without
+    quantisation, batched over ratios: the K copies share H⁻¹ and one column loop, which costs as much as one."""
     Hinv, dead = inverse_hessian_factor(H, percdamp)
-    W[:, dead] = 0
-    rows, cols = W.shape
+    W = widened(weight).unsqueeze(0).repeat(len(ratios), 1, 1)
+    W[:, :, dead] = 0
+    copies, rows, cols = W.shape
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
+        W1 = W[:, :, i1:i2].clone()
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        k = int(W1.numel() * ratio)
-        if nm is None and k > 0:
+        ks = [int(rows * count * r) for r in ratios]
+        if nm is None and any(ks):
             # As the reference: `tmp <= sorted[k]`, one weight more than k per block (its users' numbers are made
             # so); where k is 0 we prune nothing, not the reference's one weight, so that a ratio of 0 keeps all.
-            tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, -1).pow(2)
-            mask1 = tmp <= torch.kthvalue(tmp.flatten(), min(k + 1, tmp.numel())).values
+            tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, 1, -1).pow(2)
+            ordered = tmp.reshape(copies, -1).sort(dim=1).values
+            at = torch.tensor([min(k, rows * count - 1) for k in ks], device=W.device).unsqueeze(1)
+            threshold = ordered.gather(1, at).view(copies, 1, 1)
+            pruning = torch.tensor([k > 0 for k in ks], device=W.device).view(copies, 1, 1)
+            mask1 = (tmp <= threshold) & pruning
         for i in range(count):
-            w = W1[:, i]
+            w = W1[:, :, i]
             d = Hinv1[i, i]
             if nm is not None and i % nm[1] == 0:
                 n, m = nm
-                tmp = W1[:, i : i + m].pow(2) / torch.diag(Hinv1)[i : i + m].reshape(1, -1).pow(2)
-                mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
+                tmp = W1[:, :, i : i + m].pow(2) / torch.diag(Hinv1)[i : i + m].reshape(1, 1, -1).pow(2)
+                mask1.scatter_(2, i + torch.topk(tmp, n, dim=2, largest=False)[1], True)
             q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
+            q[mask1[:, :, i]] = 0
+            Q1[:, :, i] = q
             err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+            W1[:, :, i:] -= err1.unsqueeze(2).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, :, i] = err1
+        W[:, :, i1:i2] = Q1
+        W[:, :, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     if not math.isfinite(W.abs().max().item()):
         raise FloatingPointError("SparseGPT produced non-finite weights; the Hessian is ill-conditioned.")
-    weight.copy_(W.to(weight.dtype))
+    return W

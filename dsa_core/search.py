@@ -5,10 +5,10 @@ A trial is a point of a search space (dsa_core.spaces): a function (one operatio
 or one sparsity level per block or linear layer. Its fitness (dsa_core.fitness) is a fast proxy measured after
 re-masking from the cached score order: validation perplexity or the KL divergence from the dense model, never
 the test split. With several fidelities, every candidate is measured on few tokens and only the best are promoted
-to more (EvoPress's multi-step selection, as a successive-halving pruner: dsa_core.selection). Functions are
-bred by dsa_core.evolution's GA (or Optuna's NSGA-II, or drawn at random), allocations by dsa_core.levels' level switches.
-A hybrid search runs a function search, then refines the best function's allocation directly. The study lives in
-a SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
+to more (EvoPress's multi-step selection, as a successive-halving pruner: dsa_core.selection). Functions are bred
+by dsa_core.evolution's GA (or Optuna's NSGA-II, or drawn at random), allocations by dsa_core.levels' level
+switches. A hybrid search runs a function search, then refines the best function's allocation directly. The study
+lives in a SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
 """
 
 from __future__ import annotations

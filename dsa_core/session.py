@@ -29,6 +29,7 @@ from dsa_core.prune import (
     score_model,
 )
 from dsa_core.scores import check_metric, parse_pattern
+from dsa_core.sparsegpt_levels import SparseGPTLevels
 from dsa_core.stats import BlockStats
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class PruningSession:
         self._caches: dict[tuple[str, str], tuple[MaskCache, BlockStats]] = {}
         self._stats: dict[str, BlockStats] = {}
         self._eval: dict[tuple, tuple[torch.Tensor, str]] = {}
+        self._sparsegpt_levels: SparseGPTLevels | None = None
 
     @contextmanager
     def _timed(self, phase: str):
@@ -130,6 +132,18 @@ class PruningSession:
         self.weights_version += 1
         with self._timed("masking"):
             cache.apply(np.asarray(ratios, dtype=np.float64))
+
+    def apply_sparsegpt_levels(self, ratios: np.ndarray) -> None:
+        """Every linear layer to its one-shot SparseGPT weights at its ratio rounded to 1% (a search's SparseGPT
+        fitness: dsa_core.sparsegpt_levels); the dense model's Hessians are gathered on first use."""
+        if self._sparsegpt_levels is None:
+            inputs = self.block_inputs()
+            self.restore()
+            with self._timed("scoring"):
+                self._sparsegpt_levels = SparseGPTLevels(self.lm, self.dense, inputs)
+        self.weights_version += 1
+        with self._timed("masking"):
+            self._sparsegpt_levels.apply(np.asarray(ratios, dtype=np.float64))
 
     def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
         """Faithful mode, starting from the dense weights."""

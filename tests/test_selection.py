@@ -25,7 +25,8 @@ def _promoted_share(pruner, values) -> float:
 def test_an_improving_search_promotes_one_in_eta_where_successive_halving_promotes_most():
     rng = np.random.RandomState(0)
     improving = np.linspace(10, 1, 400) + rng.normal(0, 1.0, 400)  # offspring of ever better parents
-    with_history = _promoted_share(optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4), improving)
+    halving = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
+    with_history = _promoted_share(halving, improving)
     recent = _promoted_share(RecentHalvingPruner(4), improving)
     assert with_history > 0.7
     assert 0.2 <= recent <= 0.32
