@@ -52,7 +52,7 @@ def model_name(args) -> str:
 def job_path(args, kind: str, extra: str = "") -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return out / f"{model_name(args)}_{args.metric}_{round(args.target * 100)}_{kind}{extra}.json"
+    return out / f"{model_name(args)}_{args.metric}_{round(args.target * 100)}_{args.fitness}_{kind}{extra}.json"
 
 
 def open_job(args):
@@ -191,6 +191,11 @@ def _function_of(record: dict) -> str | None:
     return text if text.startswith("W:") else None
 
 
+def _setting(a: dict) -> tuple:
+    """What makes a run comparable with a table of references: model, metric, target and fitness."""
+    return a["model"] or "smollm2", a["metric"], a["target"], a["fitness"]
+
+
 def cmd_report(args) -> None:
     records = [json.loads(p.read_text()) | {"file": p.name} for p in sorted(Path(args.folder).glob("*.json"))]
     refs = [r for r in records if r["file"].endswith("_refs.json")]
@@ -199,14 +204,13 @@ def cmd_report(args) -> None:
         a = ref["args"]
         model, metric, target = a["model"] or "smollm2", a["metric"], a["target"]
         best_label, best = min(((r["label"], r["ppl"]) for r in ref["rows"]), key=lambda x: x[1])
-        print(f"\n== {model}, {metric}, {target:.0%}: WikiText-2 test ppl (faithful); best reference {best_label} "
-              f"{best:.2f}")
+        print(f"\n== {model}, {metric}, {target:.0%}, {a['fitness']} fitness: WikiText-2 test ppl (faithful); best "
+              f"reference {best_label} {best:.2f}")
         print(f"{'allocation':<26}{'test ppl':>10}{'vs best ref':>13}{'fitness':>11}  {'candidates':>10}  found in")
         for r in ref["rows"]:
             print(f"{r['label'] + (' ' + r['allocation'] if r['label'] == 'atp' else ''):<26}{r['ppl']:>10.2f}"
                   f"{100 * (r['ppl'] / best - 1):>12.1f}%{r['fitness'][a['fitness']]:>11.4g}")
-        mine = [r for r in runs if (r["args"]["model"], r["args"]["metric"], r["args"]["target"]) ==
-                (a["model"], metric, target)]
+        mine = [r for r in runs if _setting(r["args"]) == _setting(a)]
         for r in sorted(mine, key=lambda r: (r["args"]["space"], r["args"]["seed"])):
             first = r["rows"][0]
             grain = "/proj" if r["args"]["granularity"] == "projection" else ""
@@ -222,15 +226,16 @@ def cmd_report(args) -> None:
     print("\n== throughput: candidates/s per fidelity stage (tokens: rate), and overall distinct candidates/s")
     for r in runs:
         a = r["args"]
-        print(f"{(a['model'] or 'smollm2'):<14}{a['metric']:<10}{a['target']:.0%} {a['space']:<11} s{a['seed']}  "
+        print(f"{(a['model'] or 'smollm2'):<14}{a['metric']:<10}{a['target']:.0%} {a['fitness']:<3} "
+              f"{a['space'] + ('/proj' if a['granularity'] == 'projection' else ''):<16} s{a['seed']}  "
               + "  ".join(f"{t['tokens']}: {t['per_second']:.1f}/s" for t in r["throughput"])
               + f"  overall {r['evaluated'] / r['search_seconds']:.1f}/s")
     seeds: dict[tuple, dict[str, dict[int, float]]] = {}
     for r in runs:
         a = r["args"]
-        seeds.setdefault((a["model"] or "smollm2", a["metric"], a["target"]), {}).setdefault(
-            a["space"], {})[a["seed"]] = r["rows"][0]["ppl"]
-    for (model, metric, target), spaces in seeds.items():
+        if a["granularity"] == "block":
+            seeds.setdefault(_setting(a), {}).setdefault(a["space"], {})[a["seed"]] = r["rows"][0]["ppl"]
+    for (model, metric, target, _), spaces in seeds.items():
         if {"hybrid", "function", "allocation"} <= set(spaces) and len(spaces["hybrid"]) > 1:
             print(f"\n== equal budgets, {model} {metric} {target:.0%}: first-ranked test ppl per seed")
             common = sorted(set(spaces["hybrid"]) & set(spaces["function"]) & set(spaces["allocation"]))

@@ -429,7 +429,9 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
         found.phases = phases
         return found
     started = time.perf_counter()
-    atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}"
+    # ATP's β search takes at most half of the time left, so that a budget in seconds holds (ATP tries 0.002 steps).
+    until = None if cfg.budget_seconds is None else started + (cfg.budget_seconds - found.elapsed) / 2
+    atp = f"atp:beta={atp_beta(fitness, cfg.sparsity, until):g}"
     start = atp if fitness(atp) < found.best.fitness else found.best.text
     found.elapsed += time.perf_counter() - started  # ATP's β search is the hybrid's time too
     left_candidates = None if cfg.budget_candidates is None else max(1, cfg.budget_candidates - first.budget_candidates)
@@ -484,11 +486,12 @@ def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> 
     return result
 
 
-def atp_beta(fitness: Fitness, target: float) -> float:
+def atp_beta(fitness: Fitness, target: float, until: float | None = None) -> float:
     """ATP's own one-parameter search, as its search.sh does (β = 0.002, 0.004, … while the progression stays in
-    [0, 0.99]), on the search's fitness: the β whose allocation scores best."""
+    [0, 0.99]), on the search's fitness: the β whose allocation scores best (of those tried by `until`, a
+    time.perf_counter() deadline, when given)."""
     best, beta, value = 0.0, 0.002, fitness("uniform")
-    while beta <= 1.0:
+    while beta <= 1.0 and (until is None or time.perf_counter() < until):
         try:
             allocate(fitness.stats, f"atp:beta={beta:g}", target)
         except ConfigError:

@@ -24,8 +24,8 @@ from dsa_core.prune import DenseWeights, layer_ratios
 from dsa_core.scores import sparsegpt_levels
 
 LEVEL_STEP = 0.01  # ratios resolve to 1%: finer than a block's level switch, coarse enough to be revisited
-BATCH = 8  # levels pruned together: SparseGPT's column loop costs as much for 8 copies as for 1
-MEMORY_SHARE = 0.25  # of the device's free memory (GPU) or of the available RAM (CPU) the kept levels may take
+BATCH = 16  # levels pruned together: SparseGPT's column loop costs as much for 16 copies as for 1
+MEMORY_SHARE = 0.1  # of the free GPU memory (or available RAM) the kept levels may take: searches share a GPU
 
 
 def _default_budget(device: torch.device) -> int:
