@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -69,15 +70,16 @@ def search_config(args, **kw) -> S.SearchConfig:
                           top_k=args.top_k, **kw).validate()
 
 
-def fitnesses(session, args, windows: list[int], have: Fitness) -> dict[str, Fitness]:
-    """Both fitnesses at the search's last fidelity, to compare them on the same candidates (`have`, the search's
-    own, serves for its kind: a second KL cache of Gemma's logits would take 17 GB more)."""
-    return {k: have if k == have.kind else Fitness(session, args.metric, args.target, k, windows[-1:])
-            for k in FITNESS_KINDS}
-
-
-def measure_all(fits: dict[str, Fitness], key: str, ratios) -> dict[str, float]:
-    return {k: f.measure(key, ratios, len(f.stages) - 1) for k, f in fits.items()}
+def measure_other(session, args, kind: str, windows: int, candidates: list[dict]) -> None:
+    """Add the fitness other than `kind` to each candidate (a dict with "label", "ratios" and "fitness"), at the
+    search's last fidelity. Called once the search's own fitness is gone: a second KL cache of Gemma's logits
+    would take 17 GB more on a GPU that jobs share."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    other = next(k for k in FITNESS_KINDS if k != kind)
+    check = Fitness(session, args.metric, args.target, other, [windows])
+    for c in candidates:
+        c["fitness"][other] = check.measure(c["label"], c["ratios"], 0)
 
 
 def write(path: Path, record: dict) -> None:
@@ -94,12 +96,7 @@ def cmd_refs(args) -> None:
     started = time.perf_counter()
     refs = S.references(session, cfg, fit)
     atp_s = time.perf_counter() - started
-    fits = fitnesses(session, args, cfg.stage_windows(), fit)
     rows = S.faithful_table(session, cfg, [], refs=refs)
-    for r in rows:
-        r.update(fitness=measure_all(fits, r["label"], r["ratios"]))
-        print(f"{r['label']:<12}{r['ppl']:>10.3f}  ppl-fit {r['fitness']['ppl']:.4g}  kl {r['fitness']['kl']:.4g}  "
-              f"{r['allocation']}", flush=True)
     rng = np.random.RandomState(args.seed)
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
@@ -118,8 +115,14 @@ def cmd_refs(args) -> None:
                 ratios = allocate(stats, label, args.target).ratios
             except DSAError:
                 continue
-        randoms.append({"label": label, "ratios": [float(r) for r in ratios],
-                        "fitness": measure_all(fits, label, ratios)})
+        randoms.append({"label": label, "ratios": [float(r) for r in ratios]})
+    for c in rows + randoms:
+        c["fitness"] = {args.fitness: fit.measure(c["label"], c["ratios"], 0)}
+    del fit
+    measure_other(session, args, args.fitness, cfg.stage_windows()[-1], rows + randoms)
+    for r in rows:
+        print(f"{r['label']:<12}{r['ppl']:>10.3f}  ppl-fit {r['fitness']['ppl']:.4g}  kl {r['fitness']['kl']:.4g}  "
+              f"{r['allocation']}", flush=True)
     test = S.faithful_table(session, cfg, [S.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms], refs=[])
     for r, t in zip(randoms, test):
         r["ppl"] = t["ppl"]
@@ -152,11 +155,12 @@ def cmd_run(args) -> None:
     print(f"{cfg.space} {args.metric} {args.target:.0%} seed {args.seed}: {result.evaluated} candidates in "
           f"{search_s:.1f} s ({result.evaluated / search_s:.2f}/s); per stage "
           + ", ".join(f"{t['tokens']} tok: {t['per_second']:.1f}/s" for t in result.throughput), flush=True)
-    fits = fitnesses(session, args, cfg.stage_windows(), fit)
+    del fit  # the search measured its candidates at the last stage already
     rows = S.faithful_table(session, cfg, result.top, refs=[])
     for r, c in zip(rows, result.top):
-        r.update(fitness=measure_all(fits, c.text, c.ratios), search_fitness=c.fitness, rerank=c.rerank)
+        r.update(fitness={cfg.fitness: c.fitness}, search_fitness=c.fitness, rerank=c.rerank)
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
+    measure_other(session, args, cfg.fitness, cfg.stage_windows()[-1], rows)
     write(job_path(args, args.space + ("_proj" if args.granularity == "projection" else ""), f"_s{args.seed}"), {
         "args": vars(args), "config": cfg.to_dict(), "rows": rows, "evaluated": result.evaluated,
         "search_seconds": search_s, "throughput": result.throughput, "phases": result.phases,

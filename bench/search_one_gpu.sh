@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Part 1's search benchmark on one GPU shared by every job at once (bench_search.py, one JSON per job): hybrid
 # searches of SECONDS each on both models at the settings where earlier runs fell short, and the references those
-# settings need. `python bench/bench_search.py report OUT` prints the tables.
+# settings need (the others are in bench/results/h200x2_search_part1). Six jobs fit an H200's memory; nine did not.
+# `python bench/bench_search.py report OUT` prints the tables.
 #
 #   bench/search_one_gpu.sh OUT SECONDS
 #   bench/search_one_gpu.sh runs/h200 540
 set -u
 out=$1 seconds=$2
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 py=${PYTHON:-python}
@@ -22,16 +23,11 @@ job() {  # job NAME ARGS...: one bench_search.py run in the background, its outp
   "$py" bench/bench_search.py "$@" > "$out/log_$name.txt" 2>&1 &
 }
 
-job gemma_w60_kl "${search[@]}" "${gemma[@]}" --metric wanda --target 0.6
 job gemma_w60_ppl "${search[@]}" "${gemma[@]}" --metric wanda --target 0.6 --fitness ppl
-job gemma_w60_ppl_proj "${search[@]}" "${gemma[@]}" --metric wanda --target 0.6 --fitness ppl --granularity projection
-job gemma_w70_kl "${search[@]}" "${gemma[@]}" --metric wanda --target 0.7
 job gemma_sg70_kl "${search[@]}" "${gemma[@]}" --metric sparsegpt --target 0.7
 job smollm2_sg70_kl "${search[@]}" "${smol[@]}" --metric sparsegpt --target 0.7
-job smollm2_w60_kl "${search[@]}" "${smol[@]}" --metric wanda --target 0.6
+job refs_gemma_w60_ppl "${refs[@]}" "${gemma[@]}" --metric wanda --target 0.6 --fitness ppl
 job refs_gemma_sg70_kl "${refs[@]}" "${gemma[@]}" --metric sparsegpt --target 0.7
-( "$py" bench/bench_search.py "${refs[@]}" "${smol[@]}" --metric sparsegpt --target 0.7
-  "$py" bench/bench_search.py "${refs[@]}" "${gemma[@]}" --metric wanda --target 0.6 --fitness ppl
-) > "$out/log_refs_smollm2_sg70_gemma_w60_ppl.txt" 2>&1 &
+job refs_smollm2_sg70_kl "${refs[@]}" "${smol[@]}" --metric sparsegpt --target 0.7
 wait
 echo "done"

@@ -117,14 +117,20 @@ class FixedWindowsKL:
     exactly 0: both sides go through the same log-softmax. On a GPU that holds the whole model it replays a CUDA
     graph, as FixedWindowsPerplexity does."""
 
-    def __init__(self, lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = None):
+    def __init__(self, lm: LoadedModel, windows: torch.Tensor, batch_size: int | None = None,
+                 dense: list[torch.Tensor] | None = None):
+        """`dense`: the dense logits of these windows and maybe more, in batches of `batch_size` from the first
+        window (another FixedWindowsKL's `dense`), shared rather than computed again: a staged fitness's
+        stages measure the first windows of its last stage, and Gemma's logits take 1 GB per window."""
         self.lm, self.windows = lm, windows
         self.batch_size = batch_size or repeated_batch_size(lm, windows.shape[1])
         self.count = windows.numel()
         ids = windows.to(lm.device)
-        with torch.no_grad():
-            self.dense = [lm.model(input_ids=ids[s : s + self.batch_size], use_cache=False).logits
-                          for s in range(0, ids.shape[0], self.batch_size)]
+        n, size = ids.shape[0], self.batch_size
+        if dense is None:
+            with torch.no_grad():
+                dense = [lm.model(input_ids=ids[s : s + size], use_cache=False).logits for s in range(0, n, size)]
+        self.dense = [d[: n - s] for s, d in zip(range(0, n, size), dense)]
         work = partial(_batched_kls, lm, ids, self.dense, self.batch_size)
         self.graph: CapturedWork[torch.Tensor] | None = None
         if on_one_gpu(_model_tensors(lm.model), lm.device):

@@ -77,7 +77,9 @@ class Fitness:
                                   f"windows; there are {calib.shape[0]}: raise --nsamples or lower --fidelity.")
             self.origin = session.calib_origin
             session.restore()  # the cached logits are the dense model's
-            self.stages = [FixedWindowsKL(session.lm, calib[:w]) for w in self.windows]
+            last = FixedWindowsKL(session.lm, calib[: self.windows[-1]])
+            self.stages = [FixedWindowsKL(session.lm, calib[:w], last.batch_size, last.dense)
+                           for w in self.windows[:-1]] + [last]
         self.memo: dict[str, float] = {}
         self.seconds = [0.0] * len(self.stages)  # measuring time per stage (re-masking counted in stage 0)
         self.counts = [0] * len(self.stages)

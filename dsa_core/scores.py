@@ -147,17 +147,7 @@ def sparsegpt_levels(
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        ks = [int(rows * count * r) for r in ratios]
-        if nm is None and any(ks):
-            # As the reference: `tmp <= sorted[k]`, one weight more than k per block (its users' numbers are made
-            # so); where k is 0 we prune nothing, not the reference's one weight, so that a ratio of 0 keeps all.
-            tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, 1, -1).pow(2)
-            ordered = tmp.reshape(copies, -1).sort(dim=1).values
-            at = torch.tensor([min(k, rows * count - 1) for k in ks], device=W.device).unsqueeze(1)
-            threshold = ordered.gather(1, at).view(copies, 1, 1)
-            pruning = torch.tensor([k > 0 for k in ks], device=W.device).view(copies, 1, 1)
-            mask1 = (tmp <= threshold) & pruning
+        mask1 = _block_mask(W1, Hinv1, ratios) if nm is None else torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
             w = W1[:, :, i]
             d = Hinv1[i, i]
@@ -173,6 +163,74 @@ def sparsegpt_levels(
             Err1[:, :, i] = err1
         W[:, :, i1:i2] = Q1
         W[:, :, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return _finite(W)
+
+
+@torch.no_grad()
+def sparsegpt_levels_solved(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    ratios: list[float],
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    chunk_bytes: int | None = None,
+) -> torch.Tensor:
+    """`sparsegpt_levels` (unstructured) up to rounding, with each block's column loop solved at once.
+
+    Within a block, with U the block of the H⁻¹ factor (upper triangular) and m a row's mask, the loop gives
+    err_i = m_i·w_i/U_ii, w_i = w⁰_i − Σ_{j<i} err_j·U_ji: err is 0 off the mask and Σ_{j≤i} err_j·U_ji = w⁰_i on
+    it, i.e. err·A = w⁰⊙m with A = U⊙(m mᵀ) + diag(1−m), or as well A = U·diag(m) + diag(1−m) (the rows of U off
+    the mask meet err_j = 0), made in one pass. One triangular solve per row, batched `chunk_bytes` of A at a time
+    (by default 256 MB on a GPU; 8 MB, which stays in cache, on a CPU), in place of ~8 kernels per column. The
+    kept weights are the w_i, w = w⁰ − err·triu(U, 1), zeroed on the mask."""
+    Hinv, dead = inverse_hessian_factor(H, percdamp)
+    W = widened(weight).unsqueeze(0).repeat(len(ratios), 1, 1)
+    W[:, :, dead] = 0
+    copies, rows, cols = W.shape
+    if chunk_bytes is None:
+        chunk_bytes = (256 if W.is_cuda else 8) << 20
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, :, i1:i2]
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        mask1 = _block_mask(W1, Hinv1, ratios)
+        w0 = W1.reshape(-1, count)
+        m = mask1.reshape(-1, count).to(W.dtype)
+        Err1 = torch.empty_like(w0)
+        step = max(1, chunk_bytes // (count * count * W.element_size()))
+        for r1 in range(0, w0.shape[0], step):
+            mr = m[r1 : r1 + step]
+            A = Hinv1 * mr.unsqueeze(1)
+            A.diagonal(dim1=1, dim2=2).add_(1 - mr)
+            rhs = (w0[r1 : r1 + step] * mr).unsqueeze(1)
+            Err1[r1 : r1 + step] = torch.linalg.solve_triangular(A, rhs, upper=True, left=False).squeeze(1)
+            del A  # freed before the next chunk's is made
+        Err1 = Err1.view(copies, rows, count)
+        Q1 = (W1 - Err1.matmul(torch.triu(Hinv1, diagonal=1))).masked_fill_(mask1, 0)
+        W[:, :, i1:i2] = Q1
+        W[:, :, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return _finite(W)
+
+
+def _block_mask(W1: torch.Tensor, Hinv1: torch.Tensor, ratios: list[float]) -> torch.Tensor:
+    """The weights SparseGPT prunes in one block of columns (True = pruned), per copy [K, rows, count]: those of
+    the smallest w²/[H⁻¹]²_jj, k = ⌊rows · count · ratio⌋ of them."""
+    copies, rows, count = W1.shape
+    ks = [int(rows * count * r) for r in ratios]
+    if not any(ks):
+        return torch.zeros_like(W1, dtype=torch.bool)
+    # As the reference: `tmp <= sorted[k]`, one weight more than k per block (its users' numbers are made
+    # so); where k is 0 we prune nothing, not the reference's one weight, so that a ratio of 0 keeps all.
+    tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, 1, -1).pow(2)
+    ordered = tmp.reshape(copies, -1).sort(dim=1).values
+    at = torch.tensor([min(k, rows * count - 1) for k in ks], device=W1.device).unsqueeze(1)
+    threshold = ordered.gather(1, at).view(copies, 1, 1)
+    pruning = torch.tensor([k > 0 for k in ks], device=W1.device).view(copies, 1, 1)
+    return (tmp <= threshold) & pruning
+
+
+def _finite(W: torch.Tensor) -> torch.Tensor:
     if not math.isfinite(W.abs().max().item()):
         raise FloatingPointError("SparseGPT produced non-finite weights; the Hessian is ill-conditioned.")
     return W

@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from dsa_core.evaluate import FixedWindowsPerplexity, nll_sum, perplexity
+from dsa_core.evaluate import FixedWindowsKL, FixedWindowsPerplexity, nll_sum, perplexity
 from dsa_core.models import load_model
 from dsa_core.offload import offload_blocks
 from dsa_core.prune import DenseWeights
@@ -52,6 +52,18 @@ def test_fixed_windows_follow_the_weights_on_cpu(fresh_tiny):
     assert dense == perplexity(fresh_tiny, w)
     prune_smallest(fresh_tiny, 0.5)
     assert measure() == perplexity(fresh_tiny, w) != dense
+
+
+def test_a_kl_on_the_first_windows_shares_the_dense_logits_of_a_larger_one(fresh_tiny):
+    w = windows(fresh_tiny, n=5)
+    every = FixedWindowsKL(fresh_tiny, w, batch_size=2)
+    first = FixedWindowsKL(fresh_tiny, w[:3], 2, every.dense)
+    assert [d.shape[0] for d in first.dense] == [2, 1]
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(first.dense, every.dense))  # views, not copies
+    alone = FixedWindowsKL(fresh_tiny, w[:3], 2)  # its own dense logits of the same windows
+    assert first() == alone() == 0.0
+    prune_smallest(fresh_tiny, 0.5)
+    assert first() == alone() > 0
 
 
 @cuda

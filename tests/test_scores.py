@@ -91,3 +91,36 @@ def test_sparsegpt_ratio_zero_keeps_weights_and_nm_pattern():
     nm = W.clone()
     S.sparsegpt_prune_(nm, H, 0.5, nm=(2, 4))
     assert ((nm.view(32, -1, 4) == 0).sum(-1) >= 2).all()
+
+
+def _with_dead_input(cols: int, seed: int):
+    W, _, H = _layer_problem(cols=cols, seed=seed)
+    H[:, 5] = 0  # an input that never fires
+    H[5, :] = 0
+    return W, H
+
+
+@pytest.mark.parametrize("problem", ["fixture", "ragged_dead"])
+def test_sparsegpt_solved_blocks_match_the_column_loop(problem):
+    # The fixture, and a layer whose last block is short (200 = 128 + 72 columns) with a dead input.
+    W, H = _layer_problem()[::2] if problem == "fixture" else _with_dead_input(cols=200, seed=5)
+    ratios = [0.0, 0.3, 0.5, 0.7, 0.99]
+    loop = S.sparsegpt_levels(W, H, ratios)
+    solved = S.sparsegpt_levels_solved(W, H, ratios)
+    assert solved.shape == loop.shape == (5, *W.shape) and solved.dtype == torch.float32
+    assert torch.equal(solved == 0, loop == 0)
+    assert torch.allclose(solved, loop, rtol=1e-4, atol=1e-5)
+    assert torch.equal(solved[0], loop[0])  # ratio 0: nothing pruned, so nothing moves
+    if problem == "ragged_dead":
+        assert (solved[:, :, 5] == 0).all()
+    loop64 = S.sparsegpt_levels(W.double(), H.double(), ratios)
+    solved64 = S.sparsegpt_levels_solved(W.double(), H.double(), ratios)
+    assert torch.equal(solved64 == 0, loop64 == 0)
+    assert torch.allclose(solved64, loop64, rtol=1e-10, atol=1e-12)
+
+
+def test_sparsegpt_solved_rows_in_chunks_give_the_same_weights():
+    W, H = _with_dead_input(cols=200, seed=6)
+    whole = S.sparsegpt_levels_solved(W, H, [0.5, 0.8])
+    chunked = S.sparsegpt_levels_solved(W, H, [0.5, 0.8], chunk_bytes=1)  # one row at a time
+    assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-6)
