@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+import torch
 from tqdm import tqdm
 
 from dsa_core.config import MODES, EvalConfig
@@ -137,4 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except DSAError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as e:  # one sentence, not a traceback; a search keeps its study (resume it)
+        print(f"error: the GPU ran out of memory ({str(e).splitlines()[0]}). Free GPU memory or measure fewer "
+              "tokens (--nsamples, --seqlen, --fidelity) and run again.", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from dsa_core import functions as F
@@ -273,6 +274,7 @@ class SearchResult:
     throughput: list[dict] = field(default_factory=list)  # per fidelity stage: tokens, evaluated, per_second
     phases: list[dict] = field(default_factory=list)  # a hybrid's two searches: space, evaluated, seconds, best
     start_ratios: list[float] = field(default_factory=list)  # hybrid: the best function's allocation, refined since
+    stop_reason: str = ""  # why a search stopped before its budget when no one asked it to (the GPU's memory ran out)
 
 
 def _generations(study: optuna.Study, population: int) -> list[dict]:
@@ -325,7 +327,7 @@ def run_search(
     space.bind(study.sampler)
     distributions = space.distributions()
     memo: dict[str, Candidate] = {}
-    start, evaluated, trials, stopped = time.perf_counter(), 0, 0, False
+    start, evaluated, trials, stopped, reason = time.perf_counter(), 0, 0, False, ""
     tracker = W.ProgressTracker()
     breed_ahead = isinstance(study.sampler, EvolutionSampler) and session.lm.device.type == "cuda"
     with ThreadPoolExecutor(1, thread_name_prefix="dsa-breed") as breeder:
@@ -372,10 +374,21 @@ def run_search(
                         except DSAError as e:
                             cand = Candidate(text, FAILED_FITNESS, [], [str(e)])
                         else:
-                            value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote)
+                            try:
+                                value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote)
+                            except torch.OutOfMemoryError as e:  # e.g. other jobs took the GPU: keep what was found
+                                reason = (f"The GPU ran out of memory measuring a candidate ({str(e).splitlines()[0]}"
+                                          "); the search stopped and kept what it had found. Free GPU memory, or "
+                                          "measure fewer tokens (--fidelity, --nsamples), then resume it.")
+                                value, stage, pruned = FAILED_FITNESS, 0, False
                             cand = Candidate(text, value, [float(r) for r in alloc.ratios], alloc.warnings)
                     if breeding is not None:
                         breeding.result()
+                    if reason:
+                        W.tell(study, trial, state=TrialState.FAIL)
+                        log.warning(reason)
+                        stopped = True
+                        break
                     trial.set_user_attr("ratios", cand.ratios)
                     trial.set_user_attr("stage", stage)
                     if pruned:
@@ -397,8 +410,12 @@ def run_search(
                     phase=space.kind, start=cfg.start if space.kind == "allocation" else "",
                 ))
     session.restore()
+    if reason:
+        torch.cuda.empty_cache()
+        if _best(study) is None:
+            raise DSAError(reason)
     result = summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
-    result.throughput = fitness.throughput()
+    result.throughput, result.stop_reason = fitness.throughput(), reason
     return result
 
 

@@ -137,6 +137,9 @@ def search_command(args: argparse.Namespace) -> int:
     if table:
         out["test_ppl"] = next(r["ppl"] for r in table if r["label"] == "searched #1")
         out["baselines"] = {r["label"]: r["ppl"] for r in table if not r["label"].startswith("searched")}
+    if result.stop_reason:
+        out["stop_reason"] = result.stop_reason
+        print(f"warning: {result.stop_reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
     else:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from dsa_core import functions as F
@@ -92,6 +93,36 @@ def test_stop_keeps_what_was_found(session):
     result = S.run_search(session, cfg, study, on_event=on_event, stop=stop)
     assert result.stopped and 1 <= result.evaluated < 50
     assert result.best.text in texts(study)
+
+
+def _runs_out_of_memory_after(fitness: Fitness, measures: int) -> None:
+    """Make the fitness's last stage raise CUDA's out-of-memory error from its `measures`+1-th call on."""
+    measure, calls = fitness.stages[-1], []
+
+    def failing():
+        calls.append(1)
+        if len(calls) > measures:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB.")
+        return measure()
+
+    fitness.stages[-1] = failing
+
+
+def test_a_gpu_out_of_memory_stops_the_search_with_a_sentence_and_keeps_what_it_found(session):
+    cfg = S.SearchConfig(**QUICK, budget_candidates=20, seed=1).validate()
+    fitness = S.search_fitness(session, cfg)
+    _runs_out_of_memory_after(fitness, 3)
+    study = S.create_study(cfg)
+    result = S.run_search(session, cfg, study, fitness=fitness)
+    assert result.stopped and result.evaluated == 3 and "ran out of memory" in result.stop_reason
+    assert [t.state for t in study.trials][-1] == TrialState.FAIL  # resuming measures that candidate again
+    assert result.best.text in texts(study)
+    assert session.achieved_sparsity()[0] < 0.01  # the dense weights are back
+
+    nothing = S.search_fitness(session, cfg)
+    _runs_out_of_memory_after(nothing, 0)
+    with pytest.raises(S.DSAError, match="ran out of memory"):
+        S.run_search(session, cfg, S.create_study(cfg), fitness=nothing)
 
 
 def test_resume_continues_a_saved_study(session, tmp_path):

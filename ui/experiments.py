@@ -60,6 +60,8 @@ def search_results(events: Sequence[SearchEvent], result: SearchResult | None = 
                    top=[{"text": c.text, "fitness": _fitness(c.fitness)} for c in result.top],
                    throughput=result.throughput, start_ratios=result.start_ratios,
                    phases=[{**p, "best_fitness": _fitness(p["best_fitness"])} for p in result.phases])
+        if result.stop_reason:
+            out["stop_reason"] = result.stop_reason
     shapes = _layer_shapes(model)
     if shapes and out.get("best_ratios") and len(out["best_ratios"]) != len(shapes):
         out["best_block_ratios"] = expand_to_units(out["best_ratios"], shapes, "block").tolist()

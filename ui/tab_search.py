@@ -69,8 +69,10 @@ def finished_text(result: SearchResult, fitness: str) -> str:
     rates = "; ".join(f"{t['tokens']} tokens: {t['evaluated']} measured at {t['per_second']:.2f}/s"
                       for t in result.throughput)
     stages = f" — {'per stage, ' if len(result.throughput) > 1 else ''}{rates}" if rates else ""
+    warning = f" ⚠ {result.stop_reason}" if result.stop_reason else ""
     return (f"✓ Search {'stopped' if result.stopped else 'done'}: {result.evaluated} {noun}{split} evaluated in "
-            f"{result.elapsed:.1f} s{stages}; best {figures.FITNESS_LABELS[fitness]} {result.best.fitness:.4g}.")
+            f"{result.elapsed:.1f} s{stages}; best {figures.FITNESS_LABELS[fitness]} {result.best.fitness:.4g}."
+            + warning)
 
 
 def loadable_function(result: SearchResult) -> str:
