@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Part 1's search benchmark on one GPU shared by every job at once (bench_search.py, one JSON per job): hybrid
 # searches of SECONDS each on both models at the settings where earlier runs fell short, and the references those
-# settings need (the others are in bench/results/h200x2_search_part1). Six jobs fit an H200's memory; nine did not.
+# settings need (the others are in bench/results/h200x2_search_part1). Nine jobs did not fit an H200's memory; with
+# these six, Gemma's SparseGPT search still ran out of it (run it alone).
 # `python bench/bench_search.py report OUT` prints the tables.
 #
 #   bench/search_one_gpu.sh OUT SECONDS
