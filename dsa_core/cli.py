@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except DSAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for it; a search's study keeps its trials
+        print("interrupted", file=sys.stderr)
+        return 130
     except torch.OutOfMemoryError as e:  # one sentence, not a traceback; a search keeps its study (resume it)
         print(f"error: the GPU ran out of memory ({str(e).splitlines()[0]}). Free GPU memory or measure fewer "
               "tokens (--nsamples, --seqlen, --fidelity) and run again.", file=sys.stderr)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from dsa_core.allocation import MAX_SPARSITY
+from dsa_core.allocation import MAX_SPARSITY, describe
 from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError
 from dsa_core.scores import check_metric, parse_pattern
@@ -45,6 +45,8 @@ class EvalConfig:
     def validate(self) -> EvalConfig:
         check_metric(self.metric)
         nm = parse_pattern(self.pattern)
+        if self.allocation != "dense":
+            describe(self.allocation)  # an allocation that cannot be read fails here, before the model loads
         if not 0.0 <= self.sparsity <= MAX_SPARSITY:  # the rule of every allocation, uniform's too
             raise ConfigError(f"Sparsity {self.sparsity} is outside [0, {MAX_SPARSITY}]; give a fraction such as 0.5.")
         if nm is not None and self.allocation != "dense":

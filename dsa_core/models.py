@@ -14,8 +14,11 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -245,8 +248,12 @@ def _gguf_as_safetensors(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Converting %s to safetensors in %s (once)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, OSError, KeyError, IndexError) as e:  # a truncated file fails deep in a reshape
+        raise ModelError(f"'{gguf}' is not a readable GGUF model (truncated or corrupt?): "
+                         f"{str(e).splitlines()[0]}") from e
     # The weights are dequantised to float32; drop the GGUF marker so the copy saves and loads as plain.
     model.hf_quantizer = None
     model.config.quantization_config = None
@@ -261,10 +268,10 @@ def _gguf_as_safetensors(gguf: Path) -> Path:
     return target
 
 
-def _load_tokenizer(source: str | Path, trust_remote_code: bool):
+def _load_tokenizer(source: str | Path, trust_remote_code: bool, local_files_only: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -301,6 +308,32 @@ def _resolve_source(spec: str) -> Path | str:
     return spec
 
 
+def _hub_host_answers(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection at all: offline, from_pretrained retries for ~26 s first."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub_or_cache(source: str | Path, spec: str, load):
+    """`load(local_files_only=...)` from the local cache first; a hub id not cached there goes to the hub only if
+    the hub can be reached, so that an offline machine says so at once."""
+    if isinstance(source, Path):
+        return load(local_files_only=False)
+    try:
+        return load(local_files_only=True)
+    except (OSError, ValueError):
+        if not _hub_host_answers():
+            raise ModelError(f"'{spec}' is not in the local Hugging Face cache and the hub cannot be reached; "
+                             "connect to the internet, or give a local model directory or .gguf file.") from None
+        return load(local_files_only=False)
+
+
 def _check_arch(model) -> None:
     arch = model.config.model_type
     if arch not in BLOCK_PATHS:
@@ -326,14 +359,14 @@ def load_model(
     else:
         source = _resolve_source(spec)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dt, trust_remote_code=trust_remote_code, low_cpu_mem_usage=True
-            )
+            model = _from_hub_or_cache(source, spec, partial(
+                AutoModelForCausalLM.from_pretrained, source, dtype=dt, trust_remote_code=trust_remote_code,
+                low_cpu_mem_usage=True))
         except (OSError, ValueError) as e:
             raise ModelError(f"Could not load model '{spec}': {str(e).splitlines()[0]}") from e
         _check_arch(model)
         try:
-            tokenizer = _load_tokenizer(source, trust_remote_code)
+            tokenizer = _from_hub_or_cache(source, spec, partial(_load_tokenizer, source, trust_remote_code))
         except (OSError, ValueError) as e:
             raise ModelError(f"Could not load the tokenizer of '{spec}': {str(e).splitlines()[0]}") from e
         model.to(dev)

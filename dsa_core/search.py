@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from dsa_core import functions as F
 from dsa_core import workers as W
-from dsa_core.allocation import allocate
+from dsa_core.allocation import allocate, describe
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.fitness import FAILED_FITNESS, FITNESSES, Fitness, parse_fidelity, stage_windows
@@ -137,6 +137,8 @@ class SearchConfig:
             raise ConfigError(f"The hybrid split {self.hybrid_split} must lie strictly between 0 and 1.")
         if self.rerank_tokens < 0:
             raise ConfigError("--rerank-tokens must be 0 (off) or a number of tokens.")
+        if self.space == "allocation":
+            describe(self.start)  # read before the model loads
         if self.space == "allocation" and self.sampler != "ga":
             raise ConfigError("The allocation space mutates levels; --sampler applies to functions only.")
         return self
@@ -232,12 +234,13 @@ def create_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage |
 
 
 def load_study(name: str, storage: str) -> tuple[optuna.Study, SearchConfig]:
+    opened = W.open_storage(storage)  # a URL handed to Optuna itself would create its tables unchecked
     try:
-        summary = optuna.load_study(study_name=name, storage=storage)
+        summary = optuna.load_study(study_name=name, storage=opened)
     except KeyError as e:
         raise ConfigError(f"No study named '{name}' in {storage}.") from e
     cfg = SearchConfig.from_dict(summary.user_attrs["config"])
-    return create_study(cfg, storage), cfg
+    return create_study(cfg, opened), cfg
 
 
 @dataclass

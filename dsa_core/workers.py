@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,10 +49,14 @@ def heartbeat_seconds() -> int:
 
 
 def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """The study storage for a SQLAlchemy URL, with heartbeats and stale-trial retry; None (in memory) for None."""
+    """The study storage for a SQLAlchemy URL, with heartbeats and stale-trial retry; None (in memory) for None.
+    A database the history would refuse (another program's, a newer schema) raises StorageError, unchanged."""
     if url is None:
         return None
     interval = heartbeat_seconds()
+    from storage.db import check_database
+
+    check_database(url)  # before Optuna creates its tables: a database the history refuses stays untouched
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -123,19 +129,43 @@ def fail_stale(study: optuna.Study) -> None:
 
 def ask(study: optuna.Study, space: dict) -> optuna.Trial:
     """study.ask, a re-enqueued trial first; without Optuna's warning that heartbeats expect Study.optimize
-    (`heartbeat` below does for ask/tell what optimize does)."""
-    with warnings.catch_warnings():
+    (`heartbeat` below does for ask/tell what optimize does). A Ctrl-C while Optuna creates and samples the trial
+    is held until the trial is in hand, then fails it: else it would stay RUNNING with no one to finish it."""
+    with warnings.catch_warnings(), _held_interrupt() as interrupted:
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        return study.ask(space)
+        trial = study.ask(space)
+    if interrupted:
+        tell(study, trial, state=TrialState.FAIL)
+        raise KeyboardInterrupt
+    return trial
+
+
+@contextmanager
+def _held_interrupt() -> Iterator[list]:
+    """Hold SIGINT for the block (in the main thread; elsewhere it never arrives): the list says if it came."""
+    came: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: came.append(True))
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Beat for the trial while the block runs, as Study.optimize does for each of its trials."""
+    """Beat for the trial while the block runs, as Study.optimize does for each of its trials. Interrupted
+    (Ctrl-C), the trial is failed rather than left running, so that a resumed search measures it again."""
     from optuna.storages._heartbeat import get_heartbeat_thread  # the thread optimize uses; no public name
 
     with get_heartbeat_thread(trial._trial_id, study._storage):
-        yield
+        try:
+            yield
+        except KeyboardInterrupt:
+            tell(study, trial, state=TrialState.FAIL)
+            raise
 
 
 def claim(study: optuna.Study, trial: optuna.Trial, text: str, budget: int | None,

@@ -33,6 +33,14 @@ def test_bad_input_is_one_sentence_and_exit_code_2(args, message, tmp_path):
     assert out.stderr.strip().count("\n") == 0
 
 
+def test_an_unreadable_allocation_is_refused_before_the_model_is_looked_for():
+    out = run("evaluate", "--model", "/no/such/dir", "--device", "cpu", "--allocation", "W:(FOO)-(BAR)")
+    assert out.returncode == 2 and "Cannot read allocation function" in out.stderr
+    out = run("search", "--model", "/no/such/dir", "--device", "cpu", "--space", "allocation", "--start", "owl:m=x",
+              "--budget-candidates", "5")
+    assert out.returncode == 2 and "is not a number" in out.stderr
+
+
 def test_missing_model_exit_code_2():
     out = run("evaluate", "--model", "/no/such/dir", "--device", "cpu")
     assert out.returncode == 2 and "does not exist" in out.stderr

@@ -153,3 +153,27 @@ def test_real_gemma3_270m_windows_each_start_with_bos():
     plain = perplexity(lm, data.eval_windows(ids, 128, limit=2))  # the literature's cut: window 1 has no <bos>
     ppl = perplexity(lm, windows)
     assert 15 < ppl < 40 and ppl < 0.7 * plain, (ppl, plain)
+
+
+def test_a_truncated_gguf_is_one_sentence_and_leaves_no_cache(tmp_path, monkeypatch):
+    from dsa_core.models import default_gguf_path
+
+    monkeypatch.setenv("DSA_CACHE_DIR", str(tmp_path / "cache"))
+    cut = tmp_path / "cut.gguf"
+    with open(default_gguf_path(), "rb") as f:
+        cut.write_bytes(f.read(20_000_000))  # the header and the first tensors; the embedding is cut off
+    with pytest.raises(ModelError, match="not a readable GGUF model"):
+        load_model(str(cut), device="cpu")
+    assert not list((tmp_path / "cache").glob("models/*"))
+
+
+def test_a_hub_id_neither_cached_nor_reachable_fails_at_once(monkeypatch):
+    import time
+
+    from dsa_core import models
+
+    monkeypatch.setattr(models, "_hub_host_answers", lambda timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache and the hub cannot be reached"):
+        load_model("sparsity-explorer-tests/no-such-model", device="cpu")
+    assert time.perf_counter() - started < 10  # not the ~26 s of retries

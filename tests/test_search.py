@@ -3,6 +3,7 @@
 faithful table, the CLI, and two worker processes sharing one SQLite study."""
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -302,6 +303,27 @@ def test_cli_allocation_search_per_layer_with_kl_and_stages(tmp_path):
     assert result["space"] == "allocation" and result["best"].startswith("levels:")
     assert len(result["best_ratios"]) == 28 and result["evaluated"] == 6
     assert [t["tokens"] for t in result["throughput"]] == [64, 128]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_fails_the_trial_in_flight(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "dsa_core", "search", *CLI, "--budget-candidates", "10000",
+                             "--study", "cut", "--storage", url, "--no-final"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until a few candidates are in
+        time.sleep(1)
+        try:
+            if len(optuna.load_study(study_name="cut", storage=url).get_trials(states=(TrialState.COMPLETE,))) >= 3:
+                break
+        except KeyError:
+            pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    trials = optuna.load_study(study_name="cut", storage=url).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # failed, so that a resume measures it again
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) >= 3
 
 
 def test_two_workers_share_one_study(tmp_path):
