@@ -2,17 +2,23 @@
 
 The history lives in the database given by --db, else $DSA_DATABASE_URL, else a SQLite file under
 ~/.local/share/sparsity-explorer/. When the app is reachable beyond this machine (--share, or a host other than
-localhost), models and calibration text cannot be loaded from local paths.
+localhost), it needs --auth, refuses logins for a while after repeated failures, and models and calibration text
+cannot be loaded from local paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
 import sys
+import threading
+import time
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_UPLOAD = "10mb"  # above storage's 5 MiB import limit, so that file gets storage's own message
+MAX_FAILED_LOGINS = 5  # within FAILED_LOGIN_WINDOW_S; then every login is refused for that long
+FAILED_LOGIN_WINDOW_S = 60.0
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -22,6 +28,29 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not sep or not user or not password:
         raise argparse.ArgumentTypeError("--auth takes user:pass")
     return user, password
+
+
+class LoginGuard:
+    """Gradio's auth callable for one user:pass that slows guessing down: after MAX_FAILED_LOGINS failures within
+    the window, every attempt (the right password too) is refused until the window has passed. Gradio gives the
+    callable no client address, so the limit is global: a guesser locks everyone out for a minute, not in."""
+
+    def __init__(self, user: str, password: str, clock=time.monotonic):
+        self._user, self._password, self._clock = user, password, clock
+        self._failures: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, user: str, password: str) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._failures = [t for t in self._failures if now - t < FAILED_LOGIN_WINDOW_S]
+            if len(self._failures) >= MAX_FAILED_LOGINS:
+                return False
+            ok = hmac.compare_digest(user.encode(), self._user.encode()) & hmac.compare_digest(
+                password.encode(), self._password.encode())
+            if not ok:
+                self._failures.append(now)
+            return bool(ok)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +85,8 @@ def launch_options(args: argparse.Namespace) -> dict:
 
     from ui.layout import CSS
 
-    return {"server_name": args.host, "server_port": args.port, "share": args.share, "auth": args.auth,
+    return {"server_name": args.host, "server_port": args.port, "share": args.share,
+            "auth": LoginGuard(*args.auth) if args.auth else None,
             "max_file_size": MAX_UPLOAD, "theme": gr.themes.Soft(), "css": CSS}
 
 
@@ -65,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if exposed(args.host, args.share) and args.auth is None:
+        print(f"error: the app would be reachable beyond this machine ({'--share' if args.share else args.host}); "
+              "give it a login with --auth USER:PASS.", file=sys.stderr)
+        return 2
     try:
         demo = create_app(args.db, args.device, allow_local_paths=not exposed(args.host, args.share))
     except DSAError as e:

@@ -100,6 +100,12 @@ class LoadedModel:
         return self.window_bos is not None
 
     @property
+    def context_length(self) -> int | None:
+        """The longest window the model was built for (None when its config does not say)."""
+        config = getattr(self.model.config, "get_text_config", lambda: self.model.config)()
+        return getattr(config, "max_position_embeddings", None)
+
+    @property
     def prunable_params(self) -> int:
         return sum(m.weight.numel() for i in range(len(self.blocks)) for m in self.linear_layers(i).values())
 

@@ -50,6 +50,8 @@ class PruningSession:
         sample_size: int = 2**18,
         progress: Callable[[str, int, int], None] | None = None,
     ):
+        if lm.context_length is not None and seqlen > lm.context_length:  # else minutes of work before it fails
+            raise ConfigError(f"--seqlen {seqlen} is beyond {lm.name}'s context of {lm.context_length} tokens.")
         self.lm = lm
         self.calib, self.nsamples, self.seqlen, self.seed = calib, nsamples, seqlen, seed
         self.data_source = data_source

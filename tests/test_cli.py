@@ -22,7 +22,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
     (["--pattern", "2:4", "--sparsity", "0.6"], "does not match it"),
     (["--pattern", "2:4", "--sparsity", "0.5", "--allocation", "owl"], "use --allocation uniform"),
     (["--calib", "/no/such/file.txt"], "neither a known dataset"),
-    (["--seqlen", "100000", "--calib", "{short}"], "too short"),
+    (["--seqlen", "4000", "--calib", "{short}"], "too short"),
+    (["--seqlen", "100000"], "beyond random:tiny's context of 4096 tokens"),
 ])
 def test_bad_input_is_one_sentence_and_exit_code_2(args, message, tmp_path):
     short = tmp_path / "short.txt"
