@@ -3,8 +3,10 @@
 Where: the URL given, else the environment variable DSA_DATABASE_URL, else a SQLite file under
 ~/.local/share/sparsity-explorer/. SQLite-only settings (WAL journal, foreign keys, busy timeout, BEGIN
 IMMEDIATE for writes) are applied in the SQLite branch alone, so a PostgreSQL URL works unchanged.
-Database errors leave here as `StorageError` with a sentence for the user, after the transaction has been
-rolled back. No queries on experiments here (see history.py), no UI or torch imports.
+A database is checked before anything is written to it, WAL journal included: one that is refused (another
+program's, or a newer schema's) is left byte for byte as it was. Database errors leave here as `StorageError`
+with a sentence for the user, after the transaction has been rolled back. No queries on experiments here (see
+history.py), no UI or torch imports.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from storage.models import SCHEMA_VERSION, Base, Experiment, StorageMeta
 
 ENV_VAR = "DSA_DATABASE_URL"
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
+# A search keeps its Optuna study beside the experiments (dsa_core.workers), so these tables are not foreign.
+OPTUNA_TABLES = frozenset({
+    "alembic_version", "studies", "study_directions", "study_system_attributes", "study_user_attributes",
+    "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
+    "trial_user_attributes", "trial_values", "trials", "version_info",
+})
 
 
 def default_path() -> Path:
@@ -77,11 +85,20 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({self.url!r})"
 
-    def prepare(self) -> None:
-        """Check an existing schema, then create what is missing. A mismatch changes nothing."""
+    def check(self) -> set[str]:
+        """Refuse, writing nothing, a database this version cannot use: another program's tables and none of
+        ours, an experiments table without our columns, or a newer schema version. Returns the tables found."""
         with translate_errors(self.url):
             inspector = inspect(self.engine)
             tables = set(inspector.get_table_names())
+            ours = {Experiment.__tablename__, StorageMeta.__tablename__}
+            foreign = sorted(tables - ours - OPTUNA_TABLES)
+            if foreign and not tables & ours:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise StorageError(
+                    f"The database {self.url} holds another program's tables ({shown}) and no Sparsity Explorer "
+                    f"history; it was left untouched. Point {ENV_VAR} (or --db, --storage) at another database."
+                )
             if Experiment.__tablename__ in tables:
                 have = {c["name"] for c in inspector.get_columns(Experiment.__tablename__)}
                 missing = sorted(set(Experiment.__table__.columns.keys()) - have)
@@ -93,6 +110,18 @@ class Database:
                     )
             if StorageMeta.__tablename__ in tables:
                 self._check_version()
+        return tables
+
+    def prepare(self) -> None:
+        """Check the database (see `check`), then switch SQLite to WAL and create what is missing."""
+        tables = self.check()
+        with translate_errors(self.url):
+            if self.engine.dialect.name == "sqlite":
+                raw = self.engine.raw_connection()  # no transaction: SQLite changes the journal only outside one
+                try:
+                    raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # in memory, it stays "memory"
+                finally:
+                    raw.close()
             if not {Experiment.__tablename__, StorageMeta.__tablename__} <= tables:
                 with self.engine.execution_options(dsa_write=True).begin() as conn:
                     Base.metadata.create_all(conn)  # checks again under the write lock: concurrent openers
@@ -119,8 +148,7 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")  # kept in the file; an in-memory database answers "memory"
-        cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL, and keeps frequent updates cheap
+        cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL (set by prepare), keeps updates cheap
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -142,9 +170,7 @@ def database_url(url: str | None = None) -> str:
     return url
 
 
-def open_database(url: str | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
-    """Open (and create if needed) the history database; see the module docstring for where it lives."""
-    url = database_url(url)
+def _engine(url: str, busy_timeout: float) -> Engine:
     try:
         parsed = make_url(url)
     except exc.ArgumentError:
@@ -165,10 +191,22 @@ def open_database(url: str | None = None, *, busy_timeout: float = DEFAULT_BUSY_
         ) from None
     if sqlite:
         _configure_sqlite(engine, busy_timeout)
-    db = Database(engine)
+    return engine
+
+
+def open_database(url: str | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+    """Open (and create if needed) the history database; see the module docstring for where it lives."""
+    db = Database(_engine(database_url(url), busy_timeout))
     try:
         db.prepare()
     except BaseException:
-        engine.dispose()
+        db.close()
         raise
     return db
+
+
+def check_database(url: str) -> None:
+    """Refuse (StorageError) a database the history would refuse, writing nothing to it: for a program that puts
+    its own tables beside the history's, as a search does with its Optuna study."""
+    with Database(_engine(url, DEFAULT_BUSY_TIMEOUT)) as db:
+        db.check()

@@ -6,13 +6,16 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import ExperimentNotFound, ExperimentRecord, History, StorageError, open_database
+from storage.db import check_database
 from tests.strategies import TEXT, json_values
 
 CONFIG = {"model": "HuggingFaceTB/SmolLM2-135M", "metric": "wanda", "pattern": "unstructured", "sparsity": 0.5,
@@ -224,14 +227,44 @@ def test_unusable_urls_are_storage_errors(url, message):
     assert "secret" not in str(caught.value)
 
 
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder with its bytes: a refused database is left as it was, and no journal appears."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def another_programs_database(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
 def test_foreign_schema_is_refused_and_left_alone(tmp_path):
-    path = tmp_path / "other.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE experiments (id TEXT PRIMARY KEY, title TEXT)")
+    another_programs_database(tmp_path / "other.db", "CREATE TABLE experiments (id TEXT PRIMARY KEY, title TEXT)")
+    before = files(tmp_path)
     with pytest.raises(StorageError, match="without the columns .*kind.*not written by this version"):
-        open_database(f"sqlite:///{path}")
-    tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-    assert tables == [("experiments",)]
+        open_database(f"sqlite:///{tmp_path / 'other.db'}")
+    assert files(tmp_path) == before  # not even switched to WAL
+
+
+@pytest.mark.parametrize("refuse", [open_database, check_database])
+def test_another_programs_database_is_refused_and_left_alone(tmp_path, refuse):
+    another_programs_database(tmp_path / "app.db", "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)",
+                              "INSERT INTO customers (name) VALUES ('Ada')")
+    before = files(tmp_path)
+    with pytest.raises(StorageError, match=r"holds another program's tables \(customers\) .* left untouched"):
+        refuse(f"sqlite:///{tmp_path / 'app.db'}")
+    assert files(tmp_path) == before
+
+
+def test_a_search_study_and_the_history_share_one_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    optuna.create_study(study_name="s", storage=url)  # a search that ran before the history was opened
+    check_database(url)
+    with open_database(url) as db:
+        History(db).save("search", CONFIG)
+    assert optuna.load_study(study_name="s", storage=url).study_name == "s"
 
 
 def test_newer_schema_version_is_refused(tmp_path):

@@ -1,6 +1,7 @@
 """dsa_core/workers.py without a server: devices per worker, claims, and a stale trial failed and re-enqueued
 by the heartbeat (SQLite). tests/test_search_postgres.py runs real workers against PostgreSQL."""
 
+import sqlite3
 import time
 
 import optuna
@@ -9,7 +10,9 @@ from optuna.trial import TrialState
 
 from dsa_core import search as S
 from dsa_core import workers as W
+from dsa_core.cli import main
 from dsa_core.errors import ConfigError
+from storage import StorageError
 
 
 @pytest.mark.parametrize("visible,spec,expected", [
@@ -30,13 +33,35 @@ def test_bad_worker_counts_are_refused(monkeypatch, visible, spec, message):
         W.worker_devices(spec)
 
 
-@pytest.mark.parametrize("url,file", [("not a url", None), ("sqlite:///{path}", "hello, not a database\n")])
-def test_a_storage_that_is_not_a_database_is_one_sentence(tmp_path, url, file):
+@pytest.mark.parametrize("url,file,message", [
+    ("not a url", None, "is not a database URL"),
+    ("sqlite:///{path}", "hello, not a database\n", "file is not a database"),
+])
+def test_a_storage_that_is_not_a_database_is_one_sentence(tmp_path, url, file, message):
     path = tmp_path / "notes.txt"
     if file:
         path.write_text(file)
-    with pytest.raises(ConfigError, match="Cannot open the study storage"):
+    with pytest.raises(StorageError, match=message):
         W.open_storage(url.format(path=path))
+    assert [p.read_text() for p in tmp_path.iterdir()] == ([file] if file else [])
+
+
+@pytest.mark.parametrize("command", [
+    ["search", "--model", "random:tiny", "--device", "cpu", "--nsamples", "2", "--seqlen", "64",
+     "--data-source", "local", "--budget-candidates", "2", "--fitness-windows", "1", "--no-final"],
+    ["worker", "--study", "s"],
+])
+def test_search_and_worker_leave_another_programs_database_untouched(tmp_path, capsys, command):
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    assert main([*command, "--storage", f"sqlite:///{path}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another program's tables (customers)" in err and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["app.db"] and path.read_bytes() == before  # no Optuna tables
 
 
 def test_bad_heartbeat_setting_is_refused(monkeypatch):
