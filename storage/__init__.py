@@ -13,6 +13,7 @@ from storage.db import Database, open_database
 from storage.errors import ExperimentNotFound, ImportRefused, StorageError
 from storage.history import Filters, History
 from storage.records import KINDS, STATUSES, ExperimentRecord, new_record
+from storage.shapes import SHAPES, shape_problem
 from storage.sharing import (
     FORMAT,
     MAX_IMPORT_BYTES,
@@ -29,7 +30,7 @@ from storage.sharing import (
 
 __all__ = [
     "Database", "open_database", "StorageError", "ImportRefused", "ExperimentNotFound", "History", "Filters",
-    "ExperimentRecord", "new_record", "KINDS", "STATUSES", "FORMAT", "VERSION", "SCHEMA", "MAX_IMPORT_BYTES",
-    "export_experiment", "export_to_file", "import_experiment", "import_file", "read_document", "permalink",
-    "experiment_id_from_url",
+    "ExperimentRecord", "new_record", "KINDS", "STATUSES", "SHAPES", "shape_problem", "FORMAT", "VERSION", "SCHEMA",
+    "MAX_IMPORT_BYTES", "export_experiment", "export_to_file", "import_experiment", "import_file", "read_document",
+    "permalink", "experiment_id_from_url",
 ]

@@ -201,7 +201,8 @@ def to_json_value(value: Any, what: str) -> Any:
 
     Tuples become lists and numpy arrays or scalars become Python values (through `tolist()`). Anything
     JSON cannot hold faithfully is refused with the path to it: NaN and infinities (PostgreSQL and the
-    JSON standard reject them; store None or a string), non-text keys, other objects, deep nesting."""
+    JSON standard reject them; store None or a string), integers beyond 64 bits, non-text keys, other objects,
+    deep nesting."""
     nodes = 0
 
     def walk(v: Any, path: str, depth: int) -> Any:
@@ -217,6 +218,9 @@ def to_json_value(value: Any, what: str) -> Any:
         if v is None or isinstance(v, bool):
             return v
         if isinstance(v, int):
+            if not -2**63 <= v < 2**63:
+                raise StorageError(f"{path} is an integer beyond 64 bits, which the web app cannot send to a browser; "
+                                   "store it as a float or a string instead.")
             return int(v)
         if isinstance(v, float):
             if not math.isfinite(v):

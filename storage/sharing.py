@@ -3,7 +3,8 @@
 A document is `{"format": "sparsity-explorer/experiment", "version": 1, "experiment": {...}}`. Imports treat
 the file as hostile: its size is checked before it is parsed, then NaN/Infinity, duplicate keys, deep
 nesting, too many values, wrong types, extra keys, another format or a newer version are refused with an
-`ImportRefused` that says which; only a document that passes every check reaches the database, in one
+`ImportRefused` that says which, and so are config, protocol and results that the app could not read back for the
+experiment's kind (storage.shapes); only a document that passes every check reaches the database, in one
 transaction. No UI, no torch; nothing here writes anything but the one new row and the export file.
 """
 
@@ -39,6 +40,7 @@ from storage.records import (
     parse_time,
     utcnow,
 )
+from storage.shapes import SHAPES
 
 FORMAT = "sparsity-explorer/experiment"
 VERSION = 1
@@ -83,6 +85,8 @@ SCHEMA: dict[str, Any] = {
                 "notes": {"type": "string", "maxLength": MAX_NOTES},
                 "source": {"type": ["object", "null"]},
             },
+            "allOf": [{"if": {"required": ["kind"], "properties": {"kind": {"const": kind}}},
+                       "then": {"properties": shape}} for kind, shape in SHAPES.items()],
         },
     },
 }

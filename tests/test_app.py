@@ -2,6 +2,7 @@
 evaluation, search, and the history's list, open, compare, export, import and delete. Also app.py's options."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_a_refused_load_keeps_the_loaded_model(client, tmp_path):
     assert client.predict(*CONTROLS, 0.5, api_name="/profile")[3].startswith("No warnings")
 
 
-def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp_path):
+def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp_path, monkeypatch):
     status, saved, table, *_ = client.predict(*CONTROLS, 0.5, "fast", 2, False, "", "api run", "api, tiny", "", 0,
                                               api_name="/evaluate")
     assert status.startswith("✓ Evaluation done"), status
@@ -87,9 +88,14 @@ def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp
     bars = json.loads(perplexity["value"]["plot"])["data"][0]
     assert bars["name"] == "api run" and bars["x"] == [r[0] for r in table["data"]]
 
-    message, exported = client.predict([id], api_name="/export_experiment")
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "tempdir", str(tmp_path))  # where the app, in this process, makes its temporary folders
+        message, exported = client.predict([id], api_name="/export_experiment")
+        refused, nothing = client.predict(["0" * 32], api_name="/export_experiment")
     doc = json.loads(Path(exported).read_text())
     assert doc["experiment"]["id"] == id and message.startswith("✓")
+    assert refused.startswith("✗") and nothing is None
+    assert not list(tmp_path.glob("sparsity-explorer-export-*"))  # gone once the file is served, or on failure
     copy = tmp_path / "shared.json"
     copy.write_text(json.dumps(doc))
     message, table, _ = client.predict(handle_file(str(copy)), "all", "", "", api_name="/import_experiment")
@@ -192,11 +198,28 @@ def test_options_and_exposure(monkeypatch):
         allow=allow_local_paths, db=db) or Launched())
     assert app.main(["--host", "0.0.0.0", "--port", "7999", "--auth", "a:b", "--db", "sqlite://"]) == 0
     assert seen["allow"] is False and seen["db"] == "sqlite://"
-    assert (seen["launch"]["server_name"], seen["launch"]["server_port"], seen["launch"]["auth"]) == \
-        ("0.0.0.0", 7999, ("a", "b"))
+    assert (seen["launch"]["server_name"], seen["launch"]["server_port"]) == ("0.0.0.0", 7999)
+    assert seen["launch"]["auth"]("a", "b") and not seen["launch"]["auth"]("a", "c")
     app.main([])
     assert seen["allow"] is True and seen["launch"]["server_name"] == "127.0.0.1"
     assert seen["launch"]["server_port"] == 7860 and seen["launch"]["share"] is False
+
+
+@pytest.mark.parametrize("argv", [["--share"], ["--host", "0.0.0.0"]])
+def test_an_exposed_app_needs_a_login(argv, monkeypatch, capsys):
+    monkeypatch.setattr(app, "create_app", lambda *a, **k: pytest.fail("nothing starts without --auth"))
+    assert app.main(argv) == 2
+    assert "give it a login with --auth" in capsys.readouterr().err
+
+
+def test_repeated_failed_logins_lock_every_login_for_a_minute():
+    now = [0.0]
+    guard = app.LoginGuard("ann", "secret", clock=lambda: now[0])
+    assert guard("ann", "secret")
+    assert not any(guard("ann", f"guess{i}") for i in range(app.MAX_FAILED_LOGINS))
+    assert not guard("ann", "secret")  # locked: the right password waits too
+    now[0] += app.FAILED_LOGIN_WINDOW_S
+    assert guard("ann", "secret")
 
 
 def test_evaluate_with_zero_shot_tasks_shows_a_table_and_bars(client):

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): load the tiny model, change a dropdown
 and see the profile change, evaluate and save, reopen the permalink in a fresh page, run and stop a search, run a
-hybrid search to its refinement chart, and import a bad file. A failing test leaves a screenshot in test-artifacts/."""
+hybrid search to its refinement chart, import a bad file, and import one whose strings carry markup. A failing test
+leaves a screenshot in test-artifacts/."""
 
 import json
 import re
@@ -209,3 +210,62 @@ def test_a_bad_import_is_refused_with_a_message(loaded, page, tmp_path):
     page.locator("#history-refresh").click()
     wait_text(page, "#history-status", "listed")
     assert table_rows(page, "history-table") == rows
+
+
+BEACON = "beacon.invalid"
+MARKUP = (f'<img src="http://{BEACON}/img.png"><a href="http://{BEACON}/a">a</a> ![m](http://{BEACON}/md.png) '
+          f"[l](http://{BEACON}/link) http://{BEACON}/auto")
+
+
+def test_markup_in_an_imported_experiment_is_shown_as_text(url, browser, tmp_path):
+    """Names, tags, model, environment and the results' labels and error of a shared file are shown as text on the
+    list, the status line, the summary and the charts: no request goes to a host they name, no link to it is made."""
+    experiment = {
+        "id": "b" * 32, "kind": "evaluation", "name": MARKUP, "status": "failed",
+        "created_at": "2025-05-01T10:00:00+00:00", "updated_at": "2025-05-01T10:00:00+00:00",
+        "config": {"model": MARKUP, "metric": MARKUP, "allocation": MARKUP, "sparsity": 0.5},
+        "results": {"target": 0.5, "error": MARKUP, "rows": [{"label": MARKUP, "ppl": 20.0, "ratios": [0.4, 0.6]},
+                                                             {"label": "uniform", "ppl": 25.0, "ratios": [0.5, 0.5]}]},
+        "environment": {"python": MARKUP, "device": MARKUP}, "tags": [f"<img src=http://{BEACON}/tag.png>"],
+    }
+    shared = tmp_path / "shared.json"
+    shared.write_text(json.dumps({"format": "sparsity-explorer/experiment", "version": 1, "experiment": experiment}))
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        tab(page, "History & sharing")
+        page.locator("#history-upload input[type=file]").set_input_files(str(shared))
+        page.wait_for_selector("#history-upload .file-preview, #history-upload table")
+        page.locator("#history-import").click()
+        message = wait_text(page, "#history-status", "Imported as")
+        assert MARKUP in message
+        assert MARKUP in page.locator("#history-table").inner_text()
+        id = re.search(r"Imported as ([0-9a-f]{32})", message).group(1)
+
+        opened = context.new_page()  # the permalink: the list fills and the experiment opens as the page loads
+        opened.set_default_timeout(TIMEOUT_MS)
+        opened.goto(f"{url}?experiment={id}")
+        details = wait_text(opened, "#history-details", "imported")
+        assert details.count(MARKUP) == 7 and f"<img src=http://{BEACON}/tag.png>" in details
+        opened.wait_for_selector("#history-profiles .js-plotly-plot")
+        opened.wait_for_selector("#history-perplexity .js-plotly-plot")
+        texts = "([s]) => [...document.querySelectorAll(s)].map(e => e.textContent)"
+        assert opened.evaluate(texts, ["#history-profiles .legendtext"]) == [MARKUP, "uniform"]
+        assert opened.evaluate(texts, ["#history-perplexity .xtick text"]) == [MARKUP, "uniform"]
+        opened.wait_for_timeout(1000)  # time for any image to be fetched
+        for p in (page, opened):
+            planted = p.evaluate(f"() => document.querySelectorAll('[src*=\"{BEACON}\"], [*|href*=\"{BEACON}\"]')"
+                                 ".length")
+            assert planted == 0
+        assert [u for u in requested if BEACON in u] == []
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        for i, p in enumerate(context.pages):
+            p.screenshot(path=str(ARTIFACTS / f"markup-{i}.png"), full_page=True)
+        raise
+    finally:
+        context.close()

@@ -24,7 +24,8 @@ from storage import (
 from tests.strategies import TEXT, json_values
 
 CONFIG = {"model": "HuggingFaceTB/SmolLM2-135M", "metric": "wanda", "sparsity": 0.6, "allocation": "owl"}
-RESULTS = {"ppl": 25.25, "ratios": [0.5, 0.7, 0.6], "generations": [{"best": 30.5}, {"best": 25.25}],
+RESULTS = {"ppl": 25.25, "ratios": [0.5, 0.7, 0.6], "generations": [{"generation": 0, "best": 30.5, "mean": 31.0},
+                                                                     {"generation": 1, "best": 25.25, "mean": 27.0}],
            "flags": [True, False, None, -1.5e-3, "é"]}
 
 
@@ -152,6 +153,27 @@ HOSTILE = {
     "deep nesting": (encoded(valid_doc(results=nested(40))), "nested more than 32 levels"),
     "very deep nesting": (b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested more than 32 levels"),
     "too many values": (encoded(valid_doc(results={"x": [0] * 200_001})), "more than 200000 values"),
+    "integer beyond 64 bits": (VALID.replace(b"25.25", b"9" * 20, 1), "results.ppl is an integer beyond 64 bits"),
+    # Results (and the config and protocol the app reads) that the history could not list or chart.
+    "evaluation rows without labels": (encoded(valid_doc(results={"target": 0.5, "rows": [{}]})),
+                                       "at experiment/results/rows/0: 'label' is a required property"),
+    "evaluation rows without a target": (encoded(valid_doc(results={"rows": [{"label": "a", "ratios": [], "ppl": 1}]})),
+                                         "at experiment/results: 'target' is a dependency of 'rows'"),
+    "search fitness as text": (encoded(valid_doc(kind="search", results={"best_fitness": "abc"})),
+                               "at experiment/results/best_fitness: 'abc' is not of type 'number', 'null'"),
+    "search generation as text": (encoded(valid_doc(kind="search", results={"generations": [
+        {"generation": "0", "best": 1, "mean": 1}]})), "at experiment/results/generations/0/generation: '0' is not of"),
+    "search fitness kind as a list": (encoded(valid_doc(kind="search", config={"fitness": ["kl"]})),
+                                      r"at experiment/config/fitness: \['kl'\] is not of type 'string'"),
+    "search stages without tokens": (encoded(valid_doc(kind="search", protocol={"stages": [{}]})),
+                                     "at experiment/protocol/stages/0: 'tokens' is a required property"),
+    "sweep point without perplexity": (encoded(valid_doc(kind="sweep", results={"series": [
+        {"label": "a", "points": [{"sparsity": 0.5}]}]})), "at experiment/results/series/0/points/0: 'ppl' is a"),
+    "structural full width of zero": (encoded(valid_doc(kind="structural", results={
+        "selection": {"widths": [[1]]}, "full_widths": [0], "structure_labels": ["q"]})),
+        "at experiment/results/full_widths/0: 0 is less than the minimum of 1"),
+    "error that is not text": (encoded(valid_doc(status="failed", results={"error": {"a": 1}})),
+                               "at experiment/results/error: {'a': 1} is not of type 'string'"),
 }
 
 

@@ -79,6 +79,7 @@ def test_a_run_streams_to_a_table_charts_and_the_history(app):
     assert record.id in saved and record.status == "done" and record.name == "tiny run"
     assert record.tags == ["test", "structural"] and len(record.results["curve"]) == 3
     assert record.results["params"]["ratio"] == pytest.approx(0.6, abs=0.01)
+    assert set(experiments.charts(record)) == {"widths", "training"}  # a real run's results have the shape read back
 
 
 def test_bad_settings_are_one_line_and_nothing_is_saved(app):

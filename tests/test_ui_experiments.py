@@ -1,10 +1,33 @@
 """Saved experiments as the app shows them: search results from live events, charts of one or several records,
-list rows and summaries."""
+list rows and summaries; records the app cannot read, and markup in stored strings."""
 
+import html
+import json
 import math
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from markdown_it import MarkdownIt
 
 from dsa_core.search import FAILED_FITNESS, Candidate, SearchConfig, SearchEvent, SearchResult
-from storage import new_record
+from storage import (
+    FORMAT,
+    KINDS,
+    SCHEMA,
+    SHAPES,
+    STATUSES,
+    VERSION,
+    History,
+    ImportRefused,
+    import_experiment,
+    new_record,
+    open_database,
+)
+from storage.records import ID_PATTERN
+from tests.strategies import TEXT, json_values, matching
 from ui import experiments
 
 ROWS = [{"label": "this function", "allocation": "W:(NO_OP)-(VAR)-(NO_OP)", "ppl": 20.0, "ratios": [0.4, 0.6],
@@ -160,7 +183,105 @@ def test_rows_choices_and_summary():
     assert row[0] == rec.id and row[2:6] == ["evaluation", "eval", "done", "random:tiny"] and row[6] == "ppl 20 at 50%"
     assert experiments.choice(rec)[1] == rec.id
     md = experiments.summary_markdown(rec, f"http://host/?experiment={rec.id}")
-    assert rec.id in md and f"(http://host/?experiment={rec.id})" in md and "`a`" in md and "device cpu" in md
+    assert rec.id in md and f"(http://host/?experiment={rec.id})" in md and "device cpu" in md
+    assert "tags: <code>a</code>" in md
     failed = new_record("evaluation", {}, status="failed", results={"error": "The GPU ran out of memory."})
     assert experiments.headline(failed) == "The GPU ran out of memory."
     assert experiments.label(failed) == f"evaluation {failed.id[:8]}"
+
+
+# ---- records the app cannot read, and markup in stored strings --------------------------------------------------
+
+def test_a_record_stored_before_imports_were_checked_is_shown_as_unreadable():
+    rows_without_labels = new_record("evaluation", {}, name="no labels", status="done",
+                                     results={"rows": [{}], "target": 0.5})
+    text_fitness = new_record("search", {}, name="text fitness", status="done", results={"best_fitness": "abc"})
+    records = [rows_without_labels, text_fitness, evaluation("fine")]
+    assert [row[6] for row in experiments.table_rows(records)] == [experiments.UNREADABLE] * 2 + ["ppl 20 at 50%"]
+    charts = experiments.compare(records)
+    assert [t.name for t in charts["perplexity"].data] == ["fine"] and "search" not in charts
+    assert experiments.charts(text_fitness) == {}
+    md = experiments.summary_markdown(rows_without_labels, "?experiment=x")
+    assert "result: ⚠ unreadable results" in md and "results/rows/0: 'label' is a required property" in md
+
+
+def names(schema: dict) -> set[str]:
+    """Every property name a schema mentions, at any depth."""
+    subs = [*schema.get("properties", {}).values(), *([schema["items"]] if "items" in schema else [])]
+    return set(schema.get("properties", {})).union(*map(names, subs))
+
+
+READ = sorted(set().union(*(names(part) for shape in SHAPES.values() for part in shape.values())))
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from(KINDS), parts=st.lists(st.dictionaries(st.sampled_from(READ), json_values, max_size=4),
+                                                   min_size=3, max_size=3))
+def test_any_stored_record_lists_opens_and_compares(kind, parts):
+    """Whatever a record holds where the app reads (one saved before imports were checked), it lists, opens and
+    compares: as unreadable, at worst."""
+    config, protocol, results = parts
+    record = new_record(kind, config, protocol=protocol, results=results)
+    experiments.table_rows([record])
+    experiments.compare([record, evaluation()])
+    assert record.id in experiments.summary_markdown(record, "?experiment=x")
+
+
+HOSTILE = '<img src="http://beacon.invalid/x.png"> [link](http://beacon.invalid/) `'
+
+
+def test_stored_strings_are_escaped_in_summaries_and_charts():
+    rec = new_record("evaluation", {"model": HOSTILE, "allocation": HOSTILE, "metric": HOSTILE}, name=HOSTILE,
+                     status="failed", tags=["<b>tag</b>"], environment={"device": HOSTILE},
+                     results={"target": 0.5, "rows": [{**ROWS[0], "label": HOSTILE}], "error": HOSTILE},
+                     source={"origin": HOSTILE, "original_id": "0" * 32})
+    rendered = MarkdownIt("commonmark").render(experiments.summary_markdown(rec, "?experiment=x"))
+    assert set(re.findall(r"<(\w+)", rendered)) == {"h3", "p", "strong", "code", "a"}
+    assert re.findall(r"<a [^>]*>", rendered) == ['<a href="?experiment=x">']
+    assert rendered.count(html.escape(HOSTILE)) == 7  # name, model, metric, allocation, device, origin, error
+    for figure in experiments.charts(rec).values():
+        labels = [figure.data[0].name, *(x for x in figure.data[0].x if isinstance(x, str))]
+        assert any(label.startswith("&lt;img src=") for label in labels)
+        assert not any("<img" in label for label in labels)
+
+
+def shared(kind: str) -> st.SearchStrategy:
+    """Any shared document of this kind that the import schema accepts, its config, protocol and results drawn
+    from the shapes the app reads."""
+    shape = SHAPES[kind]
+    anything = {"type": "object"}
+    time = st.just("2025-05-01T10:00:00+00:00")
+    tag = st.text(st.characters(categories=("L", "N", "P", "S", "Zs"), exclude_characters='"\\'), min_size=1,
+                  max_size=20)
+    experiment = st.fixed_dictionaries(
+        {"id": st.from_regex(ID_PATTERN, fullmatch=True), "kind": st.just(kind), "name": st.text(TEXT, max_size=40),
+         "status": st.sampled_from(STATUSES), "created_at": time, "updated_at": time,
+         **{part: matching(shape.get(part, anything)) for part in ("config", "protocol", "results")}},
+        optional={"environment": st.dictionaries(st.text(TEXT, max_size=12), json_values, max_size=3),
+                  "tags": st.lists(tag, max_size=3, unique=True), "notes": st.text(TEXT, max_size=40)})
+    return st.fixed_dictionaries({"format": st.just(FORMAT), "version": st.just(VERSION), "experiment": experiment})
+
+
+@pytest.fixture(scope="module")
+def history():
+    db = open_database("sqlite://")
+    yield History(db)
+    db.close()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=st.sampled_from(KINDS).flatmap(shared))
+def test_any_importable_document_lists_opens_and_compares(history, doc):
+    assert Draft202012Validator(SCHEMA).is_valid(doc)  # the strategy writes only what the schema accepts
+    before = history.count()
+    try:
+        record = import_experiment(history, json.dumps(doc))
+    except ImportRefused:  # what the schema lets through but a database cannot store (a NUL, a blank tag...)
+        assert history.count() == before
+        return
+    records = history.find(limit=None)  # every document imported so far, in one list
+    assert [row[0] for row in experiments.table_rows(records)] == [r.id for r in records]
+    assert experiments.headline(record) != experiments.UNREADABLE
+    for figure in [*experiments.charts(record).values(), *experiments.compare([record, *records[:2]]).values()]:
+        figure.to_json()
+    assert record.id in experiments.summary_markdown(record, "?experiment=x")

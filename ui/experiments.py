@@ -2,7 +2,9 @@
 how a stored record (or several, compared) turns back into charts, a table row and a summary.
 
 Results are plain JSON (see `Workspace.evaluate`, `sweep`, and `search_results` below); figures come from
-ui.figures. No Gradio and no model code here.
+ui.figures. A record whose stored values differ from what this version reads (storage.shape_problem: one imported
+before imports were checked per kind) is listed as unreadable and left out of charts, never breaking the rest;
+user-controlled text reaches Markdown only through ui.escape. No Gradio and no model code here.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import plotly.graph_objects as go
 from dsa_core.fitness import FITNESSES
 from dsa_core.levels import expand_to_units
 from dsa_core.search import FAILED_FITNESS, SearchConfig, SearchEvent, SearchResult
-from storage import ExperimentRecord
-from ui import figures, structural_figures
+from storage import ExperimentRecord, shape_problem
+from ui import escape, figures, structural_figures
 from ui.workspace import OWN_LABEL
 
 # The chart slots of the history tab, in order; "refinement" belongs to hybrid searches, "widths" and "training" to
 # structural-pruning runs.
 CHARTS = ("profiles", "perplexity", "sweep", "search", "refinement", "widths", "training")
+UNREADABLE = "⚠ unreadable results"
+_HEADLINE_KEYS = ("rows", "target", "best_fitness", "targets", "error")  # the results `headline` reads
 
 
 def search_protocol(cfg: SearchConfig) -> dict:
@@ -168,12 +172,14 @@ def charts(record: ExperimentRecord) -> dict[str, go.Figure]:
 
 def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
     """Charts that put one or more experiments side by side: profiles overlaid, perplexity bars grouped by
-    experiment, sweeps and search curves overlaid."""
+    experiment, sweeps and search curves overlaid. Unreadable records are left out."""
     single = len(records) == 1
     profiles, bars, sweeps, curves, structural = {}, {}, {}, {}, {}
     single_search, moved = None, None  # one search's own charts: its candidates, and a hybrid's refinement
     dense, target = None, None
     for rec in records:
+        if shape_problem(rec) is not None:
+            continue
         name = label(rec)
         res = rec.results
         if rec.kind == "evaluation" and res.get("rows"):
@@ -225,7 +231,9 @@ def label(record: ExperimentRecord) -> str:
 
 
 def headline(record: ExperimentRecord) -> str:
-    """The one number a list shows for an experiment."""
+    """The one number a list shows for an experiment, or UNREADABLE."""
+    if shape_problem(record, _HEADLINE_KEYS) is not None:
+        return UNREADABLE
     res = record.results
     if record.kind == "evaluation" and res.get("rows"):
         own = next((r for r in res["rows"] if r["label"] == OWN_LABEL), res["rows"][0])
@@ -257,32 +265,38 @@ def _search_line(cfg: Mapping, protocol: Mapping) -> str:
     per = "linear layer" if cfg.get("granularity") == "projection" else "block"
     unit = "" if space == "function" else f" per {per}"
     stages = ", ".join(str(s["tokens"]) for s in protocol.get("stages", []))
-    return (f"search: {space}{unit} · fitness {figures.FITNESS_LABELS.get(cfg.get('fitness', 'ppl'), '?')}"
-            + (f" · stages of {stages} tokens" if stages else ""))
+    return (f"search: {escape.markdown(space)}{unit} · fitness "
+            f"{figures.FITNESS_LABELS.get(cfg.get('fitness', 'ppl'), '?')}"
+            + (f" · stages of {escape.markdown(stages)} tokens" if stages else ""))
 
 
 def summary_markdown(record: ExperimentRecord, link: str) -> str:
-    """Who, what, when and the permalink of one experiment, as Markdown."""
-    cfg, env = record.config, record.environment
+    """Who, what, when and the permalink of one experiment, as Markdown; every stored string is escaped, and an
+    unreadable record says why."""
+    cfg, env, text = record.config, record.environment, escape.markdown
+    problem = shape_problem(record)
+    allocation = f"allocation {escape.code(cfg['allocation'])} · " if cfg.get("allocation") else ""
     lines = [
-        f"### {label(record)}",
+        f"### {text(label(record))}",
         f"**{record.kind}** · {record.status} · id `{record.id}`",
         f"created {record.created_at:%Y-%m-%d %H:%M:%S} UTC · updated {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"model `{cfg.get('model') or 'smollm2'}` · metric {cfg.get('metric', '?')} · "
-        f"{'allocation `' + cfg['allocation'] + '` · ' if cfg.get('allocation') else ''}"
-        f"target {cfg.get('sparsity', '?')}",
-        f"environment: python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-        f"transformers {env.get('transformers', '?')}, device {env.get('device', '?')}",
-        f"result: {headline(record) or '—'}",
-        f"permalink: [{link}]({link})",
+        f"model {escape.code(cfg.get('model') or 'smollm2')} · metric {text(cfg.get('metric', '?'))} · "
+        f"{allocation}target {text(cfg.get('sparsity', '?'))}",
+        "environment: " + ", ".join(f"{key} {text(env.get(key, '?'))}"
+                                    for key in ("python", "torch", "transformers", "device")),
+        f"result: {text(headline(record) or '—')}",
+        f"permalink: {escape.link(link)}",
     ]
-    if record.kind == "search":
+    if record.kind == "search" and problem is None:
         lines.insert(4, _search_line(cfg, record.protocol))
+    if problem is not None:
+        lines.append(f"⚠ This version cannot read what this experiment stored ({text(problem)}); the full record "
+                     "is below.")
     if record.tags:
-        lines.append("tags: " + ", ".join(f"`{t}`" for t in record.tags))
+        lines.append("tags: " + ", ".join(escape.code(t) for t in record.tags))
     if record.source:
-        lines.append(f"imported from {record.source.get('origin') or 'a file'} "
-                     f"(original id `{record.source.get('original_id')}`)")
+        lines.append(f"imported from {text(record.source.get('origin') or 'a file')} "
+                     f"(original id {escape.code(record.source.get('original_id'))})")
     if record.results.get("error"):
-        lines.append(f"⚠ {record.results['error']}")
+        lines.append(f"⚠ {text(record.results['error'])}")
     return "\n\n".join(lines)

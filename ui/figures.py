@@ -4,7 +4,8 @@ sparsity, search progress, and how far a hybrid search's refinement moved each u
 Each builder takes plain data (lists, dicts of floats) and returns a `plotly.graph_objects.Figure`; none of them
 touches a model, a session or the database, so the same figures serve live runs, saved experiments and
 comparisons. Perplexity axes of curves are logarithmic (a pruned model's perplexity spans orders of magnitude);
-bars are logarithmic only when they span more than a decade.
+bars are logarithmic only when they span more than a decade. Labels may come from users (experiment names,
+imported results), so they are escaped where Plotly would render their HTML.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
+
+from ui import escape
 
 # Fixed colours for the reference allocations, so that they look the same on every chart.
 REFERENCE_COLOURS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa preset": "#2ca02c"}
@@ -41,7 +44,8 @@ def _finite(values: Sequence[float | None]) -> list[float | None]:
 def empty_figure(message: str) -> go.Figure:
     """A blank chart that says why it is blank (no model loaded, nothing to compare...)."""
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
+    fig.add_annotation(text=escape.plot(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 14})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _layout(fig, "", "", "")
@@ -54,11 +58,11 @@ def profile_figure(profiles: Mapping[str, Sequence[float]], target: float | None
     fig = go.Figure()
     for i, (label, ratios) in enumerate(profiles.items()):
         fig.add_trace(go.Scatter(
-            x=list(range(len(ratios))), y=_finite(ratios), name=label, mode="lines+markers",
+            x=list(range(len(ratios))), y=_finite(ratios), name=escape.plot(label), mode="lines+markers",
             line={"width": 3 if i == 0 else 1.5, "color": REFERENCE_COLOURS.get(label),
                   "dash": "solid" if i == 0 else "dot"},
             marker={"size": 6 if i == 0 else 4},
-            hovertemplate=f"{label}<br>block %{{x}}: %{{y:.3f}}<extra></extra>",
+            hovertemplate=f"{escape.plot(label)}<br>block %{{x}}: %{{y:.3f}}<extra></extra>",
         ))
     if target is not None:
         fig.add_hline(y=target, line={"dash": "dash", "color": "#d62728", "width": 1},
@@ -76,7 +80,8 @@ def perplexity_bars(groups: Mapping[str, Mapping[str, float]], dense: float | No
     for group, values in groups.items():
         labels = list(values)
         fig.add_trace(go.Bar(
-            x=labels, y=_finite([values[k] for k in labels]), name=group, text=[f"{values[k]:.4g}" for k in labels],
+            x=[escape.plot(k) for k in labels], y=_finite([values[k] for k in labels]), name=escape.plot(group),
+            text=[f"{values[k]:.4g}" for k in labels],
             textposition="outside", marker_color=None if len(groups) > 1 else
             [REFERENCE_COLOURS.get(k, "#ff7f0e") for k in labels],
         ))
@@ -99,9 +104,10 @@ def sweep_figure(series: Mapping[str, Sequence[tuple[float, float]]],
     for label, points in series.items():
         points = sorted(points)
         fig.add_trace(go.Scatter(
-            x=[s for s, _ in points], y=_finite([p for _, p in points]), name=label, mode="lines+markers",
+            x=[s for s, _ in points], y=_finite([p for _, p in points]), name=escape.plot(label),
+            mode="lines+markers",
             line={"color": REFERENCE_COLOURS.get(label)},
-            hovertemplate=f"{label}<br>sparsity %{{x:.2f}}: %{{y:.4g}}<extra></extra>",
+            hovertemplate=f"{escape.plot(label)}<br>sparsity %{{x:.2f}}: %{{y:.4g}}<extra></extra>",
         ))
     fig.update_xaxes(tickformat=".0%")
     return _layout(fig, title, "target sparsity", "perplexity", log_y=True)
@@ -135,7 +141,7 @@ def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
             marker={"size": 5, "color": "rgba(120,120,120,0.45)"},
         ))
     for name, gens in curves.items():
-        prefix = f"{name}: " if named else ""
+        prefix = f"{escape.plot(name)}: " if named else ""
         x = [g["generation"] for g in gens]
         fig.add_trace(go.Scatter(x=x, y=_finite([g["best"] for g in gens]), name=f"{prefix}best", mode="lines+markers",
                                  line={"width": 3, "color": None if named else "#1f77b4"}))
@@ -156,7 +162,7 @@ def refinement_figure(start: Sequence[float], refined: Sequence[float], labels: 
     from (above; a function's or ATP's) and refined − start as bars (below: red pruned more, blue pruned less).
     Units are blocks (x is the block index) or, with `labels` (e.g. "3.gate"), linear layers."""
     unit = "block" if labels is None else "linear layer"
-    x = list(range(len(start))) if labels is None else list(labels)
+    x = list(range(len(start))) if labels is None else [escape.plot(label) for label in labels]
     moved = [r - s for s, r in zip(start, refined)]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
     for label, ratios, style in (("refined allocation", refined, {"color": "#ff7f0e", "width": 2.5}),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from dsa_core.errors import DSAError
+from ui import escape
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Job:
 
     def status(self) -> str:
         """One line of Markdown: what runs, how far it is, for how long."""
-        where = f"{self.stage} · " if self.stage else ""
+        where = f"{escape.markdown(self.stage)} · " if self.stage else ""  # it may name the model typed
         count = f" {self.done}/{self.total}" if self.total else f" {self.done}" if self.done else ""
         bar = ""
         if self.total:

@@ -15,6 +15,7 @@ import gradio as gr
 
 from dsa_core.errors import DSAError
 from storage import History
+from ui import escape
 from ui.jobs import Cancelled, Job
 from ui.workspace import Workspace
 
@@ -48,7 +49,8 @@ class AppContext:
 
 
 def error_text(e: BaseException) -> str:
-    return f"⚠ {e}" if isinstance(e, Cancelled) else f"✗ {e}"
+    """An error as a status line; its message may quote what the user typed or imported."""
+    return f"{'⚠' if isinstance(e, Cancelled) else '✗'} {escape.markdown(e)}"
 
 
 def warnings_text(warnings: list[str]) -> str:

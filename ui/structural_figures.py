@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ui import escape
+
 HEIGHT = 360
 
 
@@ -23,8 +25,8 @@ def widths_heatmap(widths: Sequence[Sequence[int]], full_widths: Sequence[int], 
     share = [[w / full for w in row] for row, full in zip(rows, full_widths)]
     text = [[f"{w} / {full}" for w in row] for row, full in zip(rows, full_widths)]
     fig = go.Figure(go.Heatmap(
-        z=share, x=list(range(len(widths))), y=list(labels), text=text, zmin=0.0, zmax=1.0,
-        colorscale="Viridis", colorbar={"title": {"text": "kept"}, "tickformat": ".0%"},
+        z=share, x=list(range(len(widths))), y=[escape.plot(label) for label in labels], text=text,
+        zmin=0.0, zmax=1.0, colorscale="Viridis", colorbar={"title": {"text": "kept"}, "tickformat": ".0%"},
         hovertemplate="block %{x}<br>%{y}: %{text}<br>%{z:.1%} kept<extra></extra>",
     ))
     fig.update_layout(title={"text": title, "x": 0.01}, height=HEIGHT, template="plotly_white",

@@ -13,7 +13,7 @@ from dsa_core.config import MODES
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.zeroshot.tasks import parse_tasks
 from storage import StorageError
-from ui import experiments, figures
+from ui import escape, experiments, figures
 from ui.formula import CONTROLS, function_from_controls
 from ui.jobs import Cancelled
 from ui.layout import AppContext, error_text, permalink_for, stream_job
@@ -39,7 +39,7 @@ def parse_tags(text: str) -> list[str]:
 
 
 def saved_markdown(id: str, link: str) -> str:
-    return f"Saved as experiment `{id}` · permalink: [{link}]({link})"
+    return f"Saved as experiment `{id}` · permalink: {escape.link(link)}"
 
 
 def result_rows(kind: str, result: dict) -> list[list]:

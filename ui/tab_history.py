@@ -5,13 +5,14 @@ or hostile file is refused with a message and changes nothing). A permalink `?ex
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 
 from storage import KINDS, ExperimentRecord, StorageError, export_to_file, import_file
 from storage.records import ID_PATTERN
-from ui import experiments
+from ui import escape, experiments
 from ui.layout import AppContext, error_text, permalink_for
 from ui.tab_evaluate import parse_tags
 
@@ -82,8 +83,8 @@ def build(ctx: AppContext) -> None:
             rec = records[0]
             return (message, experiments.summary_markdown(rec, permalink_for(request, rec.id)), rec.name,
                     ", ".join(rec.tags), rec.to_dict(), *figs)
-        summary = "\n\n".join(f"- {experiments.label(r)} ({r.kind}, `{r.id}`): {experiments.headline(r)}"
-                              for r in records)
+        summary = "\n\n".join(f"- {escape.markdown(experiments.label(r))} ({r.kind}, `{r.id}`): "
+                              f"{escape.markdown(experiments.headline(r))}" for r in records)
         return message, f"### Comparing {len(records)} experiments\n\n{summary}", "", "", None, *figs
 
     def unchanged(message: str) -> tuple:
@@ -122,15 +123,19 @@ def build(ctx: AppContext) -> None:
         except StorageError as e:
             return error_text(e)
 
-    def export_one(ids: list[str] | None) -> tuple:
+    def export_one(ids: list[str] | None) -> Iterator[tuple]:
+        # A generator: Gradio copies the yielded file into its own cache before it resumes us, and only then
+        # (or when the run is dropped) does the folder go.
         if not ids or len(ids) != 1:
-            return "✗ Pick exactly one experiment to export.", None
-        try:
-            folder = Path(tempfile.mkdtemp(prefix="sparsity-explorer-export-"))
-            path = export_to_file(history, ids[0], folder / f"experiment-{ids[0]}.json")
-        except StorageError as e:
-            return error_text(e), None
-        return f"✓ Exported `{ids[0]}`: download it below.", str(path)
+            yield "✗ Pick exactly one experiment to export.", None
+            return
+        with tempfile.TemporaryDirectory(prefix="sparsity-explorer-export-") as folder:
+            try:
+                path = export_to_file(history, ids[0], Path(folder) / f"experiment-{ids[0]}.json")
+            except StorageError as e:
+                yield error_text(e), None
+                return
+            yield f"✓ Exported `{ids[0]}`: download it below.", str(path)
 
     def import_one(path: str | None, kind: str, text: str, tag: str) -> tuple:
         if not path:
@@ -139,8 +144,8 @@ def build(ctx: AppContext) -> None:
             rec = import_file(history, path)
             rows, picker_update, _ = listing_of(kind, text, tag, [rec.id])
         except StorageError as e:
-            return f"✗ Import refused: {e}", gr.skip(), gr.skip()
-        return f"✓ Imported as `{rec.id}` ({experiments.label(rec)}).", rows, picker_update
+            return f"✗ Import refused: {escape.markdown(e)}", gr.skip(), gr.skip()
+        return f"✓ Imported as `{rec.id}` ({escape.markdown(experiments.label(rec))}).", rows, picker_update
 
     filters = [kind, text, tag, picker]
     ctx.add(history_table=table, history_picker=picker, history_shown=shown, history_open=open_one,
@@ -175,7 +180,8 @@ def wire_permalink(ctx: AppContext, demo: gr.Blocks) -> None:
             return rows, picker_update, *(gr.skip(),) * (1 + len(shown))
         if not ID_PATTERN.match(wanted):
             return (rows, picker_update, gr.Tabs(selected="history"),
-                    f"✗ {wanted[:40]!r} in the address is not an experiment id.", *(gr.skip(),) * (len(shown) - 1))
+                    f"✗ {escape.markdown(repr(wanted[:40]))} in the address is not an experiment id.",
+                    *(gr.skip(),) * (len(shown) - 1))
         return rows, picker_update, gr.Tabs(selected="history"), *ctx["history_open"]([wanted], request)
 
     demo.load(on_load, None, outputs, api_visibility="private")

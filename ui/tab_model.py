@@ -10,6 +10,7 @@ from dsa_core.data import SOURCES
 from dsa_core.errors import DSAError
 from dsa_core.models import DEFAULT_MODEL
 from dsa_core.scores import METRICS, PATTERNS
+from ui import escape
 from ui.layout import AppContext, error_text, stream_job
 
 MODELS = [DEFAULT_MODEL, "gemma3-270m", "random:tiny"]
@@ -17,11 +18,17 @@ BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]
 
 
 def summary_markdown(d: dict) -> str:
+    """The loaded model, shown to every page: its name and calibration source are what someone typed."""
     t = d.get("timings", {})
     took = ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
-    return (f"**{d['name']}** · {d['arch']} · {len(d['blocks'])} blocks · {d['total_params']:,} parameters, "
-            f"{d['prunable_params']:,} prunable · {d['device']} · {d['dtype']}\n\n"
-            f"calibration: {d.get('calibration_source') or '—'}\n\n{took}")
+    text = escape.markdown
+    return (f"**{text(d['name'])}** · {text(d['arch'])} · {len(d['blocks'])} blocks · {d['total_params']:,} "
+            f"parameters, {d['prunable_params']:,} prunable · {d['device']} · {d['dtype']}\n\n"
+            f"calibration: {text(d.get('calibration_source') or '—')}\n\n{took}")
+
+
+def ready_text(d: dict, metric: str, pattern: str) -> str:
+    return f"✓ Ready: {escape.markdown(d['name'])} scored with {metric} ({pattern})."
 
 
 def block_rows(d: dict) -> list[list]:
@@ -71,7 +78,7 @@ def build(ctx: AppContext) -> None:
             return
 
         def finish(d: dict) -> tuple:
-            return f"✓ Ready: {d['name']} scored with {metric} ({pattern}).", summary_markdown(d), block_rows(d)
+            return ready_text(d, metric, pattern), summary_markdown(d), block_rows(d)
 
         yield from stream_job(job, 3, finish, lambda e: (error_text(e), "", []))
 
@@ -80,7 +87,7 @@ def build(ctx: AppContext) -> None:
         d, cfg = ws.description, ws.config
         if d is None or cfg is None:
             return (gr.skip(),) * 3
-        return f"✓ Ready: {d['name']} scored with {cfg.metric} ({cfg.pattern}).", summary_markdown(d), block_rows(d)
+        return ready_text(d, cfg.metric, cfg.pattern), summary_markdown(d), block_rows(d)
 
     ctx.page_loads.append((show_loaded, None, [status, summary, blocks]))
     inputs = [model, metric, pattern, target, calib, nsamples, seqlen, seed, source]
