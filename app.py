@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+from ui.limits import Limits
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_UPLOAD = "10mb"  # above storage's 5 MiB import limit, so that file gets storage's own message
 MAX_FAILED_LOGINS = 5  # within FAILED_LOGIN_WINDOW_S; then every login is refused for that long
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None, help="SQLAlchemy URL of the history (default: $DSA_DATABASE_URL or "
                    "a SQLite file under ~/.local/share/sparsity-explorer/)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu; default: cuda when present")
+    p.add_argument("--allow-models", default=None, metavar="M1,M2", help="when reachable from other machines, the "
+                   "models visitors may load (default: " + ",".join(Limits().models) + ")")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -71,13 +75,22 @@ def exposed(host: str, share: bool) -> bool:
     return share or host not in LOCAL_HOSTS
 
 
-def create_app(db: str | None = None, device: str | None = None, allow_local_paths: bool = True):
-    """The Gradio Blocks of the app over the given history database, not yet launched."""
+def create_app(db: str | None = None, device: str | None = None, limits: Limits | None = None):
+    """The Gradio Blocks of the app over the given history database, not yet launched; `limits` for an app that
+    other machines reach."""
     from storage import History, open_database
     from ui.layout import build_app
     from ui.workspace import Workspace
 
-    return build_app(Workspace(device, allow_local_paths), History(open_database(db)))
+    return build_app(Workspace(device, limits), History(open_database(db)))
+
+
+def limits_of(args: argparse.Namespace) -> Limits | None:
+    if not exposed(args.host, args.share):
+        return None
+    if args.allow_models is None:
+        return Limits()
+    return Limits(models=tuple(m.strip() for m in args.allow_models.split(",") if m.strip()))
 
 
 def launch_options(args: argparse.Namespace) -> dict:
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               "give it a login with --auth USER:PASS.", file=sys.stderr)
         return 2
     try:
-        demo = create_app(args.db, args.device, allow_local_paths=not exposed(args.host, args.share))
+        demo = create_app(args.db, args.device, limits_of(args))
     except DSAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

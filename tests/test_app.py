@@ -194,14 +194,15 @@ def test_options_and_exposure(monkeypatch):
         def launch(self, **kwargs):
             seen["launch"] = kwargs
 
-    monkeypatch.setattr(app, "create_app", lambda db, device, allow_local_paths: seen.update(
-        allow=allow_local_paths, db=db) or Launched())
+    monkeypatch.setattr(app, "create_app", lambda db, device, limits: seen.update(limits=limits, db=db) or Launched())
     assert app.main(["--host", "0.0.0.0", "--port", "7999", "--auth", "a:b", "--db", "sqlite://"]) == 0
-    assert seen["allow"] is False and seen["db"] == "sqlite://"
+    assert seen["limits"] == app.Limits() and seen["db"] == "sqlite://"
     assert (seen["launch"]["server_name"], seen["launch"]["server_port"]) == ("0.0.0.0", 7999)
     assert seen["launch"]["auth"]("a", "b") and not seen["launch"]["auth"]("a", "c")
+    assert app.main(["--share", "--auth", "a:b", "--allow-models", "smollm2, org/model"]) == 0
+    assert seen["limits"].models == ("smollm2", "org/model")
     app.main([])
-    assert seen["allow"] is True and seen["launch"]["server_name"] == "127.0.0.1"
+    assert seen["limits"] is None and seen["launch"]["server_name"] == "127.0.0.1"
     assert seen["launch"]["server_port"] == 7860 and seen["launch"]["share"] is False
 
 

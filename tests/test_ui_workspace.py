@@ -1,6 +1,7 @@
 """The web app's workspace on the tiny random model: loading and scoring, profiles from cached statistics,
 evaluations, sweeps and searches as jobs, cancellation, and the local-path rule of an exposed app."""
 
+import re
 import threading
 
 import numpy as np
@@ -11,7 +12,9 @@ from dsa_core import functions as F
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.search import SearchConfig
+from dsa_core.structural.training import StructuralConfig
 from ui.jobs import Busy, Cancelled, Job
+from ui.limits import Limits
 from ui.workspace import OWN_LABEL, REFERENCES, Workspace, is_local_path
 
 TINY = EvalConfig(model="random:tiny", nsamples=4, seqlen=64, data_source="local")
@@ -137,6 +140,23 @@ def test_search_publishes_candidates_and_stop_keeps_them(ws):
     assert (saved.model, saved.seqlen, saved.metric) == ("random:tiny", 64, "wanda")
 
 
+@pytest.mark.parametrize("cfg,message", [
+    (EvalConfig(model="org/any-hub-model"), "serves only smollm2, gemma3-270m, random:tiny"),
+    (EvalConfig(model="random:llama7b"), "serves only"),
+    (EvalConfig(nsamples=129), "at most 128 calibration samples, not 129"),
+    (EvalConfig(seqlen=4096), "at most 2048 tokens per window"),
+    (EvalConfig(eval_windows=1000), "at most 200 evaluation windows"),
+    (SearchConfig(budget_candidates=None, budget_seconds=3600), "at most 900 seconds of search"),
+    (SearchConfig(budget_candidates=10**6), "at most 5000 search candidates"),
+    (StructuralConfig(steps=10**6), "at most 2000 training steps"),
+])
+def test_an_exposed_app_caps_what_a_visitor_asks_for(cfg, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Limits().check(cfg)
+    Limits().check(EvalConfig(model="gemma3-270m", nsamples=128, seqlen=2048))  # the standard protocol fits
+    assert "searches of 5000 candidates or 900 s" in Limits().text()
+
+
 @pytest.mark.parametrize("spec,local", [("/tmp/model", True), ("./model", True), ("~/m", True), ("m.gguf", True),
                                         ("a/b/c", True), ("HuggingFaceTB/SmolLM2-135M", False), ("gpt2", False)])
 def test_what_counts_as_a_local_path(spec, local):
@@ -144,7 +164,7 @@ def test_what_counts_as_a_local_path(spec, local):
 
 
 def test_an_exposed_app_refuses_local_paths(tmp_path):
-    ws = Workspace("cpu", allow_local_paths=False)
+    ws = Workspace("cpu", Limits(models=("smollm2", "random:tiny", "org/name")))
     text = tmp_path / "calib.txt"
     text.write_text("some text")
     for cfg in (EvalConfig(model=str(tmp_path)), EvalConfig(model="x.gguf"), EvalConfig(calib=str(text))):

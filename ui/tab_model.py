@@ -39,11 +39,10 @@ def block_rows(d: dict) -> list[list]:
 def build(ctx: AppContext) -> None:
     ws = ctx.workspace
     where = ("smollm2 (SmolLM2-135M-Instruct, the default), gemma3-270m (Gemma 3 270M), random:tiny, a Hugging Face "
-             "hub id, a local directory or a .gguf file" if ws.allow_local_paths else
-             "smollm2 (the default), gemma3-270m, random:tiny or a Hugging Face hub id; local paths are disabled "
-             "because this app is reachable from other machines")
+             "hub id, a local directory or a .gguf file" if ws.limits is None else ws.limits.text())
     with gr.Row():
-        model = gr.Dropdown(MODELS, value=DEFAULT_MODEL, allow_custom_value=True, label="Model", info=where,
+        model = gr.Dropdown(MODELS if ws.limits is None else list(ws.limits.models), value=DEFAULT_MODEL,
+                            allow_custom_value=ws.limits is None, label="Model", info=where,
                             elem_id="model", scale=3)
         metric = gr.Dropdown(list(METRICS), value="wanda", label="Metric", elem_id="metric")
         pattern = gr.Dropdown(list(PATTERNS), value="unstructured", label="Pattern", elem_id="pattern")

@@ -26,6 +26,7 @@ from dsa_core.search import SearchConfig, SearchResult, create_study, run_search
 from dsa_core.session import PruningSession
 from dsa_core.stats import BlockStats
 from ui.jobs import Busy, Job
+from ui.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,10 @@ def is_local_path(spec: str) -> bool:
 class Workspace:
     """The loaded model and what was computed on it; `job` is the work that holds the device, if any."""
 
-    def __init__(self, device: str | None = None, allow_local_paths: bool = True):
+    def __init__(self, device: str | None = None, limits: Limits | None = None):
+        """`limits`: what visitors may ask for when the app is reachable from other machines (None: no limits)."""
         self.device = str(pick_device(device))
-        self.allow_local_paths = allow_local_paths
+        self.limits = limits
         self.session: PruningSession | None = None
         self.config: EvalConfig | None = None  # what the session was loaded and scored with
         self.stats: BlockStats | None = None
@@ -87,17 +89,23 @@ class Workspace:
 
     # --- model and scores -------------------------------------------------------------------------------------
 
-    def check_sources(self, cfg: EvalConfig) -> None:
-        """Refuse local paths for the model and the calibration text when the app is exposed beyond localhost."""
-        if self.allow_local_paths:
+    @property
+    def allow_local_paths(self) -> bool:
+        return self.limits is None
+
+    def check_sources(self, cfg) -> None:
+        """When the app is exposed beyond localhost: refuse local paths for the model and the calibration text, and
+        anything beyond the limits (a load's EvalConfig, a StructuralConfig)."""
+        if self.limits is None:
             return
         model = cfg.model or DEFAULT_MODEL
         if model != DEFAULT_MODEL and not model.startswith("random:") and is_local_path(model):
             raise ConfigError("This app is reachable from other machines, so models cannot be loaded from local "
-                              "paths; choose smollm2 or a Hugging Face hub id.")
+                              "paths; choose one it serves.")
         if cfg.calib not in ("wikitext2", "c4"):
             raise ConfigError("This app is reachable from other machines, so calibration text cannot come from a "
                               "local file; choose wikitext2 or c4.")
+        self.limits.check(cfg)
 
     def load(self, cfg: EvalConfig, job: Job) -> dict:
         """Load the model (unless the loaded one has the same settings) and score it with cfg's metric and
@@ -168,8 +176,11 @@ class Workspace:
         if parse_pattern(cfg.pattern) is not None:
             raise ConfigError(f"The {cfg.pattern} pattern fixes every block's sparsity, so allocations cannot be "
                               "compared; load the model with the unstructured pattern.")
-        return replace(cfg, allocation=allocation, sparsity=target, mode=mode, eval_windows=windows,
-                       dense=False).validate()
+        out = replace(cfg, allocation=allocation, sparsity=target, mode=mode, eval_windows=windows,
+                      dense=False).validate()
+        if self.limits is not None:
+            self.limits.check(out)
+        return out
 
     def evaluate(self, fn: F.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
                  job: Job, tasks: tuple[str, ...] = (), tasks_limit: int | None = None) -> dict:
@@ -227,9 +238,12 @@ class Workspace:
         if parse_pattern(loaded.pattern) is not None:
             raise ConfigError(f"A search allocates unstructured sparsity; the model was scored for {loaded.pattern}. "
                               "Load it with the unstructured pattern.")
-        return replace(cfg, model=loaded.model, metric=loaded.metric, calib=loaded.calib, nsamples=loaded.nsamples,
-                       seqlen=loaded.seqlen, data_source=loaded.data_source, device=self.device,
-                       dtype=loaded.dtype).validate()
+        out = replace(cfg, model=loaded.model, metric=loaded.metric, calib=loaded.calib, nsamples=loaded.nsamples,
+                      seqlen=loaded.seqlen, data_source=loaded.data_source, device=self.device,
+                      dtype=loaded.dtype).validate()
+        if self.limits is not None:
+            self.limits.check(out)
+        return out
 
     def search(self, cfg: SearchConfig, job: Job) -> SearchResult:
         """Run a search in memory; each evaluated candidate is published to the job, and cancelling the job
