@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except DSAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for it; a search's study keeps its trials
+    except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: search_cli): one line, the shell's code
         print("interrupted", file=sys.stderr)
         return 130
     except torch.OutOfMemoryError as e:  # one sentence, not a traceback; a search keeps its study (resume it)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from dataclasses import fields
 
@@ -84,6 +85,29 @@ def _progress_printer(quiet: bool):
     return on_event
 
 
+INTERRUPTED = 130  # the shell's exit code for Ctrl-C
+
+
+def _interruptible(search):
+    """`search(stop)` with Ctrl-C asking it to stop (dsa_core.workers.ctrl_c_stops); None, with one line said,
+    when it was: what it found stays in its study, to resume."""
+    from dsa_core.errors import DSAError
+    from dsa_core.workers import ctrl_c_stops
+
+    stop = threading.Event()
+    try:
+        with ctrl_c_stops(stop):
+            result = search(stop)
+    except DSAError:
+        if not stop.is_set():
+            raise
+        result = None  # stopped before its first candidate was measured
+    if not stop.is_set():
+        return result
+    print("interrupted: the study keeps every candidate measured; run the same command to resume", file=sys.stderr)
+    return None
+
+
 def search_command(args: argparse.Namespace) -> int:
     from dsa_core.search import create_study, faithful_table, rerank, run_search, summarize
 
@@ -113,7 +137,10 @@ def search_command(args: argparse.Namespace) -> int:
     else:
         session = _session(cfg)
         started = time.perf_counter()
-        result = rerank(session, cfg, run_search(session, cfg, study, on_event=_progress_printer(args.json)))
+        result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(args.json), stop))
+        if result is None:
+            return INTERRUPTED
+        result = rerank(session, cfg, result)
         search_s = time.perf_counter() - started
     table = [] if args.no_final else faithful_table(session, cfg, result.top)
     out = {
@@ -162,7 +189,10 @@ def worker_command(args: argparse.Namespace) -> int:
     if args.device:
         cfg.device = args.device
     study.sampler.reseed_rng()  # workers started alike would otherwise all propose the same candidates
-    result = run_search(_session(cfg), cfg, study, on_event=_progress_printer(False))
+    session = _session(cfg)
+    result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(False), stop))
+    if result is None:
+        return INTERRUPTED
     print(json.dumps({"study": result.study, "evaluated": result.evaluated, "best": result.best.text,
                       "best_fitness": result.best.fitness}))
     return 0

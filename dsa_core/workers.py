@@ -129,43 +129,39 @@ def fail_stale(study: optuna.Study) -> None:
 
 def ask(study: optuna.Study, space: dict) -> optuna.Trial:
     """study.ask, a re-enqueued trial first; without Optuna's warning that heartbeats expect Study.optimize
-    (`heartbeat` below does for ask/tell what optimize does). A Ctrl-C while Optuna creates and samples the trial
-    is held until the trial is in hand, then fails it: else it would stay RUNNING with no one to finish it."""
-    with warnings.catch_warnings(), _held_interrupt() as interrupted:
+    (`heartbeat` below does for ask/tell what optimize does)."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        trial = study.ask(space)
-    if interrupted:
-        tell(study, trial, state=TrialState.FAIL)
-        raise KeyboardInterrupt
-    return trial
+        return study.ask(space)
 
 
 @contextmanager
-def _held_interrupt() -> Iterator[list]:
-    """Hold SIGINT for the block (in the main thread; elsewhere it never arrives): the list says if it came."""
-    came: list = []
+def ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
+    """In the block, the first Ctrl-C sets `stop`, so that a search ends after the candidate in flight, told and
+    kept; the second interrupts at once. (Interrupting a search anywhere could cut a SQLite write in half and leave
+    its trial RUNNING until the heartbeat marks it stale.) Only the main thread receives signals."""
     if threading.current_thread() is not threading.main_thread():
-        yield came
+        yield
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: came.append(True))
+
+    def first(signum, frame) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
     try:
-        yield came
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Beat for the trial while the block runs, as Study.optimize does for each of its trials. Interrupted
-    (Ctrl-C), the trial is failed rather than left running, so that a resumed search measures it again."""
+    """Beat for the trial while the block runs, as Study.optimize does for each of its trials."""
     from optuna.storages._heartbeat import get_heartbeat_thread  # the thread optimize uses; no public name
 
     with get_heartbeat_thread(trial._trial_id, study._storage):
-        try:
-            yield
-        except KeyboardInterrupt:
-            tell(study, trial, state=TrialState.FAIL)
-            raise
+        yield
 
 
 def claim(study: optuna.Study, trial: optuna.Trial, text: str, budget: int | None,

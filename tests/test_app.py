@@ -35,7 +35,7 @@ def client(server):
 
 
 def listed(client) -> list[list]:
-    return client.predict("all", "", "", [], api_name="/list_experiments")[0]["data"]
+    return client.predict("all", "", "", [], 1, api_name="/list_experiments")[0]["data"]
 
 
 def test_the_api_names_every_action(client):
@@ -181,6 +181,31 @@ def test_a_direct_allocation_is_summarised_and_explains_why_it_does_not_load(cli
 
 def test_stop_with_nothing_running_says_so(client):
     assert client.predict(api_name="/stop") == "Nothing is running."
+
+
+def test_the_history_pages_through_every_experiment_and_says_how_many(tmp_path):
+    from storage import History, open_database
+    from ui.tab_history import LIST_LIMIT
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    history = History(open_database(url))
+    for i in range(LIST_LIMIT + 5):
+        history.save("evaluation", {"model": "random:tiny"}, name=f"run {i}")
+    demo = app.create_app(url, "cpu")
+    _, address, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                quiet=True)
+    try:
+        client = Client(address, verbose=False)
+        rows, _, status = client.predict("all", "", "", [], 1, api_name="/list_experiments")
+        assert len(rows["data"]) == LIST_LIMIT
+        assert status == f"Experiments 1–{LIST_LIMIT} of {LIST_LIMIT + 5} listed (page 1 of 2, newest first)."
+        rows, _, status = client.predict("all", "", "", [], 2, api_name="/list_experiments")
+        assert len(rows["data"]) == 5 and "page 2 of 2" in status
+        assert rows["data"][-1][3] == "run 0"  # newest first: the oldest is the last of the last page
+        _, _, status = client.predict("all", "run 1", "", [], 1, api_name="/list_experiments")
+        assert status == "111 experiment(s) listed."  # run 1, 10–19 and 100–199: one page
+    finally:
+        demo.close()
 
 
 def test_options_and_exposure(monkeypatch):

@@ -4,6 +4,7 @@ or hostile file is refused with a message and changes nothing). A permalink `?ex
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ def build(ctx: AppContext) -> None:
         kind = gr.Dropdown([ALL, *KINDS], value=ALL, label="Kind", elem_id="history-kind")
         text = gr.Textbox(label="Name or model contains", elem_id="history-text")
         tag = gr.Textbox(label="Tag", elem_id="history-tag")
+        page = gr.Number(1, precision=0, minimum=1, label=f"Page ({LIST_LIMIT} a page)", elem_id="history-page")
         refresh = gr.Button("Refresh", elem_id="history-refresh")
     table = gr.Dataframe(headers=experiments.TABLE_HEADERS, interactive=False, label="Experiments (newest first)",
                          elem_id="history-table", max_height=320)
@@ -53,25 +55,32 @@ def build(ctx: AppContext) -> None:
     listing = [table, picker]
     shown = [status, details, name, tags, record_json, *plots.values()]
 
-    def listing_of(kind: str, text: str, tag: str, selected: list[str] | None) -> tuple[list, dict, int]:
-        """Table rows, the picker's choices (keeping what is still listed) and how many experiments match."""
-        records = history.find(kind=None if kind in (None, ALL) else kind, text=text or None, tag=tag or None,
-                               limit=LIST_LIMIT)
+    def listing_of(kind: str, text: str, tag: str, selected: list[str] | None,
+                   page: float | None = 1) -> tuple[list, dict, str]:
+        """Table rows of one page, the picker's choices (keeping what is still listed) and what the page shows of
+        how many experiments match."""
+        criteria = {"kind": None if kind in (None, ALL) else kind, "text": text or None, "tag": tag or None}
+        total = history.count(**criteria)
+        pages = max(1, math.ceil(total / LIST_LIMIT))
+        page = min(max(1, int(page or 1)), pages)
+        records = history.find(**criteria, limit=LIST_LIMIT, offset=(page - 1) * LIST_LIMIT)
         keep = [i for i in (selected or []) if any(r.id == i for r in records)]
         picker_update = gr.update(choices=[experiments.choice(r) for r in records], value=keep)
-        return experiments.table_rows(records), picker_update, len(records)
+        first = (page - 1) * LIST_LIMIT + 1
+        shown = (f"{total} experiment(s) listed." if pages == 1 else f"Experiments {first}–{first + len(records) - 1}"
+                 f" of {total} listed (page {page} of {pages}, newest first).")
+        return experiments.table_rows(records), picker_update, shown
 
-    def list_experiments(kind: str, text: str, tag: str, selected: list[str] | None) -> tuple:
+    def list_experiments(kind: str, text: str, tag: str, selected: list[str] | None, page: float | None = 1) -> tuple:
         try:
-            rows, picker_update, n = listing_of(kind, text, tag, selected)
+            return listing_of(kind, text, tag, selected, page)
         except StorageError as e:
             return gr.skip(), gr.skip(), error_text(e)
-        return rows, picker_update, f"{n} experiment(s) listed."
 
-    def relist(kind: str, text: str, tag: str, selected: list[str] | None) -> tuple:
+    def relist(kind: str, text: str, tag: str, selected: list[str] | None, page: float | None = 1) -> tuple:
         """After a change: the list again, leaving the message of the change in place."""
         try:
-            return listing_of(kind, text, tag, selected)[:2]
+            return listing_of(kind, text, tag, selected, page)[:2]
         except StorageError:
             return gr.skip(), gr.skip()
 
@@ -147,13 +156,14 @@ def build(ctx: AppContext) -> None:
             return f"✗ Import refused: {escape.markdown(e)}", gr.skip(), gr.skip()
         return f"✓ Imported as `{rec.id}` ({escape.markdown(experiments.label(rec))}).", rows, picker_update
 
-    filters = [kind, text, tag, picker]
+    filters = [kind, text, tag, picker, page]
     ctx.add(history_table=table, history_picker=picker, history_shown=shown, history_open=open_one,
             history_listing=listing_of)
     refresh.click(list_experiments, filters, [*listing, status], api_name="list_experiments")
     for box in (text, tag):
         box.submit(list_experiments, filters, [*listing, status], api_visibility="private")
-    kind.input(list_experiments, filters, [*listing, status], api_visibility="private")
+    for control in (kind, page):
+        control.input(list_experiments, filters, [*listing, status], api_visibility="private")
     ctx["history_tab"].select(relist, filters, listing, api_visibility="private")  # show what other tabs saved
     open_.click(open_one, picker, shown, api_name="open_experiment")
     compare.click(compare_many, picker, shown, api_name="compare_experiments")
