@@ -21,14 +21,19 @@ def test_non_finite_values_become_gaps():
     assert not fig.layout.shapes
 
 
-def test_perplexity_bars_single_and_grouped():
-    one = figures.perplexity_bars({"run": {"this function": 20.0, "uniform": 22.0}}, dense=12.0)
+def test_perplexity_dots_single_and_grouped():
+    one = figures.perplexity_figure({"run": {"this function": 20.0, "uniform": 22.0}}, dense=12.0)
     assert len(one.data) == 1 and list(one.data[0].x) == ["this function", "uniform"]
+    assert one.data[0].mode == "markers+text" and list(one.data[0].text) == ["20", "22"]  # values beside the dots
+    assert one.data[0].cliponaxis is False  # labels are never cut at the plot's edge
     assert one.layout.yaxis.type != "log" and one.layout.showlegend is False
     assert [s.y0 for s in one.layout.shapes] == [12.0]
-    many = figures.perplexity_bars({"a": {"uniform": 20.0}, "b": {"uniform": 400.0}})
+    many = figures.perplexity_figure({"a": {"uniform": 650.0}, "b": {"uniform": 8260.0}})
     assert [t.name for t in many.data] == ["a", "b"] and many.layout.yaxis.type == "log"
-    assert many.layout.barmode == "group" and many.layout.showlegend is True
+    assert many.layout.scattermode == "group" and many.layout.showlegend is True
+    # Whole-number ticks on the log axis, not Plotly's "2 3 4 … 8" for 2000–8000.
+    assert list(many.layout.yaxis.tickvals) == [500, 1000, 2000, 5000, 10000]
+    assert list(many.layout.yaxis.ticktext) == ["500", "1,000", "2,000", "5,000", "10,000"]
 
 
 def test_sweep_figure_sorts_points_by_sparsity():

@@ -171,7 +171,7 @@ def charts(record: ExperimentRecord) -> dict[str, go.Figure]:
 
 
 def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
-    """Charts that put one or more experiments side by side: profiles overlaid, perplexity bars grouped by
+    """Charts that put one or more experiments side by side: profiles overlaid, perplexity dots grouped by
     experiment, sweeps and search curves overlaid. Unreadable records are left out."""
     single = len(records) == 1
     profiles, bars, sweeps, curves, structural = {}, {}, {}, {}, {}
@@ -210,7 +210,7 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
     if profiles:
         out["profiles"] = figures.profile_figure(profiles, target if single else None)
     if bars:
-        out["perplexity"] = figures.perplexity_bars(bars, dense)
+        out["perplexity"] = figures.perplexity_figure(bars, dense)
     if sweeps:
         out["sweep"] = figures.sweep_figure(sweeps)
     if curves:

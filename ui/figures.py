@@ -1,10 +1,10 @@
-"""Plotly figure builders for the web app: per-block sparsity profiles, perplexity bars, perplexity against
+"""Plotly figure builders for the web app: per-block sparsity profiles, perplexity dots, perplexity against
 sparsity, search progress, and how far a hybrid search's refinement moved each unit.
 
 Each builder takes plain data (lists, dicts of floats) and returns a `plotly.graph_objects.Figure`; none of them
 touches a model, a session or the database, so the same figures serve live runs, saved experiments and
 comparisons. Perplexity axes of curves are logarithmic (a pruned model's perplexity spans orders of magnitude);
-bars are logarithmic only when they span more than a decade. Labels may come from users (experiment names,
+the perplexity dots' axis only when they span more than a decade. Labels may come from users (experiment names,
 imported results), so they are escaped where Plotly would render their HTML.
 """
 
@@ -73,26 +73,48 @@ def profile_figure(profiles: Mapping[str, Sequence[float]], target: float | None
     return _layout(fig, title, "block", "sparsity")
 
 
-def perplexity_bars(groups: Mapping[str, Mapping[str, float]], dense: float | None = None,
-                    title: str = "Perplexity (lower is better)") -> go.Figure:
-    """Bars of perplexity per allocation; with several groups (experiments compared), one bar colour per group."""
+def perplexity_figure(groups: Mapping[str, Mapping[str, float]], dense: float | None = None,
+                      title: str = "Perplexity (lower is better)") -> go.Figure:
+    """A dot per allocation, its value beside it inside the plot; with several groups (experiments compared), one
+    colour per group. Dots, not bars: a bar's length misleads on a log axis or one that does not start at zero (a bar
+    from 650 made 712 look a quarter of 826), while a dot's position reads true on both. The axis is logarithmic
+    only when the values span more than 10×, and then its ticks are whole numbers (1, 2, 5 × 10^k)."""
     fig = go.Figure()
     for group, values in groups.items():
         labels = list(values)
-        fig.add_trace(go.Bar(
+        fig.add_trace(go.Scatter(
             x=[escape.plot(k) for k in labels], y=_finite([values[k] for k in labels]), name=escape.plot(group),
-            text=[f"{values[k]:.4g}" for k in labels],
-            textposition="outside", marker_color=None if len(groups) > 1 else
-            [REFERENCE_COLOURS.get(k, "#ff7f0e") for k in labels],
+            mode="markers+text", text=[f"{values[k]:.4g}" for k in labels], textposition="middle right",
+            cliponaxis=False, marker={"size": 12, "color": None if len(groups) > 1 else
+                                      [REFERENCE_COLOURS.get(k, "#ff7f0e") for k in labels]},
+            hovertemplate=f"{escape.plot(group)}<br>%{{x}}: %{{y:.4g}}<extra></extra>",
         ))
     if dense is not None and math.isfinite(dense):
         fig.add_hline(y=dense, line={"dash": "dash", "color": "#444"}, annotation_text=f"dense {dense:.4g}")
-    fig.update_layout(barmode="group", showlegend=len(groups) > 1)
-    return _layout(fig, title, "allocation", "perplexity", log_y=_spans_decades(groups))
+    fig.update_layout(scattermode="group", showlegend=len(groups) > 1)
+    log = _spans_decades(groups)
+    _layout(fig, title, "allocation", "perplexity", log_y=log)
+    values = [v for g in groups.values() for v in g.values() if v is not None and math.isfinite(v) and v > 0]
+    values += [dense] if dense is not None and math.isfinite(dense) and dense > 0 else []
+    if log:
+        ticks = _round_ticks(min(values), max(values))
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
+    else:
+        fig.update_yaxes(tickformat=",~g")
+    return fig
+
+
+def _round_ticks(lo: float, hi: float) -> list[float]:
+    """1, 2, 5 × 10^k from the last at or below `lo` to the first at or above `hi`: whole numbers to read on a log
+    axis, where Plotly would label 2000–8000 as "2 3 4 … 8"."""
+    ticks = [m * 10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    first = max((t for t in ticks if t <= lo), default=ticks[0])
+    last = min((t for t in ticks if t >= hi), default=ticks[-1])
+    return [round(t, 10) for t in ticks if first <= t <= last]
 
 
 def _spans_decades(groups: Mapping[str, Mapping[str, float]]) -> bool:
-    """Log axis only when the bars differ by more than 10×; otherwise it hides differences that matter."""
+    """Log axis only when the values differ by more than 10×; otherwise it hides differences that matter."""
     values = [v for g in groups.values() for v in g.values() if v is not None and math.isfinite(v) and v > 0]
     return bool(values) and max(values) / min(values) > 10
 

@@ -1,5 +1,5 @@
 """The "Evaluate" tab: prune with the builder's function and measure perplexity next to uniform, OWL and the DSA
-preset at the same target (per-block profiles, perplexity bars), or sweep several targets (perplexity against
+preset at the same target (per-block profiles, perplexity dots), or sweep several targets (perplexity against
 sparsity). Every run is saved in the history as it starts and updated when it ends."""
 
 from __future__ import annotations
