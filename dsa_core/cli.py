@@ -12,7 +12,6 @@ import json
 import logging
 import sys
 
-import torch
 from tqdm import tqdm
 
 from dsa_core.config import MODES, EvalConfig
@@ -142,7 +141,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: search_cli): one line, the shell's code
         print("interrupted", file=sys.stderr)
         return 130
-    except torch.OutOfMemoryError as e:  # one sentence, not a traceback; a search keeps its study (resume it)
-        print(f"error: the GPU ran out of memory ({str(e).splitlines()[0]}). Free GPU memory or measure fewer "
-              "tokens (--nsamples, --seqlen, --fidelity) and run again.", file=sys.stderr)
-        return 2

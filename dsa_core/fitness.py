@@ -60,7 +60,8 @@ class Fitness:
             raise ConfigError(f"Unknown fitness '{kind}'; choose one of {', '.join(FITNESSES)}.")
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
         self.stats = session.stats(metric)
-        session.scores(metric)
+        if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
+            session.scores(metric)
         self.windows = windows or [8]
         seqlen = session.seqlen
         self.tokens = [w * seqlen for w in self.windows]

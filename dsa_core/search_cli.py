@@ -109,6 +109,7 @@ def _interruptible(search):
 
 
 def search_command(args: argparse.Namespace) -> int:
+    from dsa_core.pipeline import oom_as_error
     from dsa_core.search import create_study, faithful_table, rerank, run_search, summarize
 
     declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
@@ -140,9 +141,11 @@ def search_command(args: argparse.Namespace) -> int:
         result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(args.json), stop))
         if result is None:
             return INTERRUPTED
-        result = rerank(session, cfg, result)
+        with oom_as_error("re-ranking the best candidates"):
+            result = rerank(session, cfg, result)
         search_s = time.perf_counter() - started
-    table = [] if args.no_final else faithful_table(session, cfg, result.top)
+    with oom_as_error("re-evaluating the best candidates"):
+        table = [] if args.no_final else faithful_table(session, cfg, result.top)
     out = {
         "study": result.study,
         "space": cfg.space,

@@ -95,7 +95,7 @@ class Workspace:
 
     def check_sources(self, cfg) -> None:
         """When the app is exposed beyond localhost: refuse local paths for the model and the calibration text, and
-        anything beyond the limits (a load's EvalConfig, a StructuralConfig)."""
+        anything beyond the limits (an EvalConfig or SearchConfig, a StructuralConfig)."""
         if self.limits is None:
             return
         model = cfg.model or DEFAULT_MODEL
@@ -178,8 +178,7 @@ class Workspace:
                               "compared; load the model with the unstructured pattern.")
         out = replace(cfg, allocation=allocation, sparsity=target, mode=mode, eval_windows=windows,
                       dense=False).validate()
-        if self.limits is not None:
-            self.limits.check(out)
+        self.check_sources(out)
         return out
 
     def evaluate(self, fn: F.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
@@ -241,8 +240,7 @@ class Workspace:
         out = replace(cfg, model=loaded.model, metric=loaded.metric, calib=loaded.calib, nsamples=loaded.nsamples,
                       seqlen=loaded.seqlen, data_source=loaded.data_source, device=self.device,
                       dtype=loaded.dtype).validate()
-        if self.limits is not None:
-            self.limits.check(out)
+        self.check_sources(out)
         return out
 
     def search(self, cfg: SearchConfig, job: Job) -> SearchResult:
