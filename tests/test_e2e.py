@@ -127,10 +127,12 @@ def test_changing_a_dropdown_redraws_the_profile(loaded, page):
 def test_evaluate_save_and_reopen_by_permalink(loaded, page, browser):
     tab(page, "Evaluate")
     fill(page, "eval-windows", "2")
+    assert not page.locator("#zs-table").is_visible()  # no zero-shot results yet: no empty table
     page.locator("#evaluate").click()
     wait_text(page, "#eval-status", "Evaluation done")
     assert table_rows(page, "eval-table") == 4
     page.wait_for_selector("#eval-bars .js-plotly-plot")  # charts draw just after the status line
+    assert not page.locator("#zs-table").is_visible()  # nor after an evaluation without tasks
     fill(page, "eval-name", "browser run")
     fill(page, "eval-tags", "e2e")
     page.locator("#eval-save").click()

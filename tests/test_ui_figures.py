@@ -10,7 +10,7 @@ def test_profile_figure_draws_each_allocation_and_the_target():
     assert [t.name for t in fig.data] == ["this function", "uniform"]
     assert list(fig.data[0].y) == [0.4, 0.6, 0.5] and list(fig.data[0].x) == [0, 1, 2]
     assert fig.data[0].line.width > fig.data[1].line.width  # the function being built stands out
-    assert fig.data[1].line.color == figures.REFERENCE_COLOURS["uniform"]
+    assert fig.data[1].line.color == figures.ALLOCATION_COLOURS["uniform"]
     assert [s.y0 for s in fig.layout.shapes] == [0.5]
     assert fig.layout.xaxis.dtick == 1
 
@@ -84,3 +84,27 @@ def test_refinement_figure_shows_both_allocations_and_the_moves():
 def test_empty_figure_says_why():
     fig = figures.empty_figure("Load a model first.")
     assert fig.layout.annotations[0].text == "Load a model first." and not fig.data
+
+
+def test_each_allocation_has_one_colour_on_every_chart():
+    from ui.zeroshot_figures import zeroshot_bars
+
+    labels = ["this function", "uniform", "owl", "dsa preset"]
+    profile = figures.profile_figure({k: [0.5, 0.5] for k in labels})
+    dots = figures.perplexity_figure({"run": {k: 20.0 + i for i, k in enumerate(labels)}})
+    sweep = figures.sweep_figure({k: [(0.5, 20.0)] for k in labels})
+    task = {"tasks": {"piqa": {"acc": 0.6, "acc_norm": 0.6, "n": 10, "acc_stderr": 0.01}}, "mean_acc": 0.6}
+    bars = zeroshot_bars({k: task for k in ["dense", *labels]})
+    seen = {
+        "profile": [t.line.color for t in profile.data], "dots": list(dots.data[0].marker.color),
+        "sweep": [t.line.color for t in sweep.data], "bars": [t.marker.color for t in bars.data if t.type == "bar"][1:],
+    }
+    expected = [figures.ALLOCATION_COLOURS[k] for k in labels]
+    assert all(c == expected for c in seen.values()), seen
+    assert len(set(expected)) == 4 and bars.data[0].marker.color == figures.ALLOCATION_COLOURS["dense"]
+    # Labels that name no allocation (experiments compared) never take an allocation's colour.
+    others = figures.colours([f"experiment {i}" for i in range(12)])
+    assert not set(others) & set(figures.ALLOCATION_COLOURS.values())
+    best = figures.profile_figure({"best function": [0.5], "uniform": [0.5]})
+    progress = figures.search_figure({"s": [{"generation": 0, "best": 5.0, "mean": 6.0}]})
+    assert best.data[0].line.color == progress.data[0].line.color == figures.BEST

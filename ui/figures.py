@@ -19,8 +19,13 @@ from plotly.subplots import make_subplots
 
 from ui import escape
 
-# Fixed colours for the reference allocations, so that they look the same on every chart.
-REFERENCE_COLOURS = {"uniform": "#7f7f7f", "owl": "#1f77b4", "dsa preset": "#2ca02c"}
+# One colour per allocation on every chart (profiles, perplexity, sweeps, zero-shot bars, searches): the function
+# being built, the references, the dense model and a search's best keep theirs; any other label (experiments
+# compared) takes the next colour of OTHER_COLOURS, none of which is a reserved one.
+ALLOCATION_COLOURS = {"this function": "#ff7f0e", "uniform": "#7f7f7f", "owl": "#1f77b4", "dsa preset": "#2ca02c",
+                      "dense": "#333333", "best function": "#9467bd", "best allocation": "#9467bd"}
+BEST = ALLOCATION_COLOURS["best function"]  # a search's best, on its progress and refinement charts too
+OTHER_COLOURS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39")
 HEIGHT = 360
 # What a search's fitness is called on axes, status lines and headlines (dsa_core.fitness.FITNESSES says how each is
 # measured).
@@ -35,6 +40,12 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, log_y: bool = False) -> 
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def colours(labels: Sequence[str]) -> list[str]:
+    """The colour of each label: its own when it names an allocation, else the next of OTHER_COLOURS."""
+    others = iter(OTHER_COLOURS * (1 + len(labels) // len(OTHER_COLOURS)))
+    return [ALLOCATION_COLOURS.get(label) or next(others) for label in labels]
 
 
 def _finite(values: Sequence[float | None]) -> list[float | None]:
@@ -56,10 +67,10 @@ def profile_figure(profiles: Mapping[str, Sequence[float]], target: float | None
     """One line per allocation: sparsity of each block (blocks numbered from 0), with the target dashed.
     The first profile is drawn thickest: it is the one being built or inspected."""
     fig = go.Figure()
-    for i, (label, ratios) in enumerate(profiles.items()):
+    for i, ((label, ratios), colour) in enumerate(zip(profiles.items(), colours(list(profiles)))):
         fig.add_trace(go.Scatter(
             x=list(range(len(ratios))), y=_finite(ratios), name=escape.plot(label), mode="lines+markers",
-            line={"width": 3 if i == 0 else 1.5, "color": REFERENCE_COLOURS.get(label),
+            line={"width": 3 if i == 0 else 1.5, "color": colour,
                   "dash": "solid" if i == 0 else "dot"},
             marker={"size": 6 if i == 0 else 4},
             hovertemplate=f"{escape.plot(label)}<br>block %{{x}}: %{{y:.3f}}<extra></extra>",
@@ -80,13 +91,13 @@ def perplexity_figure(groups: Mapping[str, Mapping[str, float]], dense: float | 
     from 650 made 712 look a quarter of 826), while a dot's position reads true on both. The axis is logarithmic
     only when the values span more than 10×, and then its ticks are whole numbers (1, 2, 5 × 10^k)."""
     fig = go.Figure()
-    for group, values in groups.items():
+    for group, group_colour in zip(groups, colours(list(groups))):
+        values = groups[group]
         labels = list(values)
         fig.add_trace(go.Scatter(
             x=[escape.plot(k) for k in labels], y=_finite([values[k] for k in labels]), name=escape.plot(group),
             mode="markers+text", text=[f"{values[k]:.4g}" for k in labels], textposition="middle right",
-            cliponaxis=False, marker={"size": 12, "color": None if len(groups) > 1 else
-                                      [REFERENCE_COLOURS.get(k, "#ff7f0e") for k in labels]},
+            cliponaxis=False, marker={"size": 12, "color": group_colour if len(groups) > 1 else colours(labels)},
             hovertemplate=f"{escape.plot(group)}<br>%{{x}}: %{{y:.4g}}<extra></extra>",
         ))
     if dense is not None and math.isfinite(dense):
@@ -123,12 +134,12 @@ def sweep_figure(series: Mapping[str, Sequence[tuple[float, float]]],
                  title: str = "Perplexity against sparsity") -> go.Figure:
     """One line per allocation through its (target sparsity, perplexity) points."""
     fig = go.Figure()
-    for label, points in series.items():
+    for (label, points), colour in zip(series.items(), colours(list(series))):
         points = sorted(points)
         fig.add_trace(go.Scatter(
             x=[s for s, _ in points], y=_finite([p for _, p in points]), name=escape.plot(label),
             mode="lines+markers",
-            line={"color": REFERENCE_COLOURS.get(label)},
+            line={"color": colour},
             hovertemplate=f"{escape.plot(label)}<br>sparsity %{{x:.2f}}: %{{y:.4g}}<extra></extra>",
         ))
     fig.update_xaxes(tickformat=".0%")
@@ -166,7 +177,7 @@ def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
         prefix = f"{escape.plot(name)}: " if named else ""
         x = [g["generation"] for g in gens]
         fig.add_trace(go.Scatter(x=x, y=_finite([g["best"] for g in gens]), name=f"{prefix}best", mode="lines+markers",
-                                 line={"width": 3, "color": None if named else "#1f77b4"}))
+                                 line={"width": 3, "color": None if named else BEST}))
         fig.add_trace(go.Scatter(x=x, y=_finite([g["mean"] for g in gens]), name=f"{prefix}population mean",
                                  mode="lines", line={"dash": "dot", "color": None if named else "#555"}))
     if allocation_from is not None:
@@ -187,7 +198,7 @@ def refinement_figure(start: Sequence[float], refined: Sequence[float], labels: 
     x = list(range(len(start))) if labels is None else [escape.plot(label) for label in labels]
     moved = [r - s for s, r in zip(start, refined)]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
-    for label, ratios, style in (("refined allocation", refined, {"color": "#ff7f0e", "width": 2.5}),
+    for label, ratios, style in (("refined allocation", refined, {"color": BEST, "width": 2.5}),
                                  ("start allocation", start, {"dash": "dot", "color": "#444", "width": 2})):
         hover = f"{label}<br>{unit} %{{x}}: %{{y:.3f}}<extra></extra>"
         fig.add_trace(go.Scatter(x=x, y=_finite(ratios), name=label, mode="lines+markers", line=style,

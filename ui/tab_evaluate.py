@@ -52,13 +52,14 @@ def result_rows(kind: str, result: dict) -> list[list]:
 
 
 def zeroshot_outputs(result: dict) -> tuple:
-    """The zero-shot table and grouped bars of an evaluation (dense first when measured); skips without tasks."""
+    """Whether the zero-shot section shows, and its table and grouped bars (dense first when measured): the section
+    is hidden when the evaluation had no tasks."""
     zs = ({"dense": result["dense_zeroshot"]} if result.get("dense_zeroshot") else {}) | {
         r["label"]: r["zeroshot"] for r in result.get("rows", []) if r.get("zeroshot")}
     if not zs:
-        return gr.skip(), gr.skip()
+        return gr.Column(visible=False), gr.skip(), gr.skip()
     headers, rows = zeroshot_table(zs)
-    return gr.Dataframe(value=rows, headers=headers), zeroshot_bars(zs, "acc")
+    return gr.Column(visible=True), gr.Dataframe(value=rows, headers=headers), zeroshot_bars(zs, "acc")
 
 
 def build(ctx: AppContext) -> None:
@@ -89,13 +90,13 @@ def build(ctx: AppContext) -> None:
         profiles = gr.Plot(label="Per-block profiles", elem_id="eval-profiles")
         bars = gr.Plot(label="Perplexity", elem_id="eval-bars")
     sweep_plot = gr.Plot(label="Perplexity against sparsity", elem_id="eval-sweep")
-    with gr.Row():
+    with gr.Column(visible=False, elem_id="zs-section") as zs_section, gr.Row():  # shown once there are results
         zs_table = gr.Dataframe(interactive=False, label="Zero-shot accuracy (acc, acc_norm; n examples)",
                                 elem_id="zs-table")
         zs_bars = gr.Plot(label="Zero-shot accuracy", elem_id="zs-bars")
     experiment = gr.State(None)  # id of the experiment this tab saved last
     builder = [ctx[c] for c in CONTROLS]
-    outputs = [status, saved, table, profiles, bars, sweep_plot, experiment, zs_table, zs_bars]
+    outputs = [status, saved, table, profiles, bars, sweep_plot, experiment, zs_section, zs_table, zs_bars]
 
     def run(kind: str, controls: tuple, target, mode, windows, dense, targets, name, tags, request, zs_tasks="",
             zs_limit=0):
@@ -135,7 +136,7 @@ def build(ctx: AppContext) -> None:
         def fail(e: BaseException) -> tuple:
             history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed",
                            results={"error": str(e)})
-            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id, gr.skip(), gr.skip()
+            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id, *(gr.skip(),) * 3
 
         def abandoned() -> None:
             history.update(rec.id, status="cancelled", results={"error": "The page that started it was closed."})

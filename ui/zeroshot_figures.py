@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import plotly.colors
 import plotly.graph_objects as go
 
 from dsa_core.zeroshot.report import MEAN, table, task_names, title
 from dsa_core.zeroshot.tasks import TASKS
+from ui.figures import colours
 
 METRICS = ("acc", "acc_norm")
-# The reference allocations keep one colour on every chart of the app (ui/figures.py uses the same ones).
-COLOURS = {"dense": "#333333", "uniform": "#7f7f7f", "owl": "#1f77b4", "dsa preset": "#2ca02c"}
-OTHER_COLOURS = plotly.colors.qualitative.Plotly[3:]
 
 
 def zeroshot_table(results: Mapping[str, dict], digits: int = 4) -> tuple[list[str], list[list]]:
@@ -49,12 +46,11 @@ def zeroshot_bars(results: Mapping[str, dict], metric: str = "acc") -> go.Figure
         names.append(MEAN)
     x = [title(n) if n != MEAN else MEAN for n in names]
     fig = go.Figure()
-    others = iter(OTHER_COLOURS * 4)
-    for label, result in results.items():
+    for (label, result), colour in zip(results.items(), colours(list(results))):  # each allocation's own colour
         values = [_value(result, n, metric) for n in names]
         errors = [(result["tasks"].get(n) or {}).get(f"{metric}_stderr") if n != MEAN else None for n in names]
         counts = [(result["tasks"].get(n) or {}).get("n", "") if n != MEAN else "" for n in names]
-        fig.add_bar(name=label, x=x, y=values, marker_color=COLOURS.get(label) or next(others),
+        fig.add_bar(name=label, x=x, y=values, marker_color=colour,
                     error_y={"type": "data", "array": [e or 0 for e in errors], "visible": any(errors)},
                     customdata=counts,
                     hovertemplate=f"{label}<br>%{{x}}: %{{y:.3f}} (n = %{{customdata}})<extra></extra>")
