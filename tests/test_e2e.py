@@ -271,3 +271,27 @@ def test_markup_in_an_imported_experiment_is_shown_as_text(url, browser, tmp_pat
         raise
     finally:
         context.close()
+
+
+def set_number(page, elem_id: str, value: str) -> None:
+    """Type a value into a slider's number box, as a user does."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_the_target_is_shown_and_edited_on_every_tab_that_uses_it(loaded, page):
+    tab(page, "Evaluate")
+    set_number(page, "eval-target", "0.6")
+    wait_text(page, "#evaluate", "Evaluate at 60% sparsity")
+    tabs = (("Model & data", "target"), ("Formula builder", "builder-target"), ("Search", "search-target"))
+    for name, elem_id in tabs:
+        tab(page, name)
+        page.wait_for_function("([s]) => document.querySelector(s).value === '0.6'",
+                               arg=[f"#{elem_id} input[type=number]"])
+    tab(page, "Formula builder")  # the profile follows the target set on another tab
+    page.wait_for_function("() => { const d = document.querySelector('#profile-plot .js-plotly-plot');"
+                           " return d && d.layout.shapes.length && d.layout.shapes[0].y0 === 0.6; }")
+    set_number(page, "builder-target", "0.45")
+    tab(page, "Evaluate")
+    wait_text(page, "#evaluate", "Evaluate at 45% sparsity")

@@ -35,6 +35,7 @@ class AppContext:
     components: dict[str, Any] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
     page_loads: list[tuple] = field(default_factory=list)  # (fn, inputs, outputs) run when a page opens
+    targets: list[gr.Slider] = field(default_factory=list)  # the target sparsity, one slider per tab that uses it
 
     def __getitem__(self, name: str) -> Any:
         return self.components[name]
@@ -46,6 +47,23 @@ class AppContext:
     def device_queue(self) -> dict:
         """Event options of work that holds the device: one at a time per device, in queue order."""
         return {"concurrency_limit": 1, "concurrency_id": f"device:{self.workspace.device}"}
+
+
+def target_slider(ctx: AppContext, elem_id: str) -> gr.Slider:
+    """The target sparsity as a tab shows it; every tab's copy moves with the others (`wire_targets`)."""
+    slider = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Target sparsity", elem_id=elem_id,
+                       info="the parameter-weighted mean sparsity every allocation reaches; the same on every tab")
+    ctx.targets.append(slider)
+    return slider
+
+
+def wire_targets(ctx: AppContext) -> None:
+    """Moving the target on one tab moves it on the others (`input` fires on the user's edits only, so the
+    updates it makes do not echo back)."""
+    for slider in ctx.targets:
+        others = [o for o in ctx.targets if o is not slider]
+        slider.input(lambda v, n=len(others): [v] * n, slider, others, api_visibility="private",
+                     show_progress="hidden", trigger_mode="always_last")
 
 
 def error_text(e: BaseException) -> str:
@@ -117,6 +135,7 @@ def build_app(workspace: Workspace, history: History) -> gr.Blocks:
             with gr.Tab("History & sharing", id="history") as history_tab:
                 ctx.add(history_tab=history_tab)
                 tab_history.build(ctx)
+        wire_targets(ctx)
         for fn, inputs, outputs in ctx.page_loads:
             demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
         tab_history.wire_permalink(ctx, demo)

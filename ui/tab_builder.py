@@ -21,7 +21,7 @@ from ui.formula import (
     glossary,
     mapping_choices,
 )
-from ui.layout import AppContext, error_text, warnings_text
+from ui.layout import AppContext, error_text, target_slider, warnings_text
 
 PRESET_CHOICES = [("DSA preset (LLaMA-1-7B, Wanda, 70%)", "dsa"), ("OWL written as a function", "owl_fn"),
                   ("uniform written as a function", "uniform_fn")]
@@ -60,6 +60,7 @@ def build(ctx: AppContext) -> None:
         mapping = gr.Radio(mapping_choices(), value=start.mapping, label="Mapping to sparsity", elem_id="mapping")
         param = gr.Slider(0.0, PARAM_MAX, value=start.param, step=0.01, elem_id="param",
                           label="λ (band, at most 0.5) / ε (multiplicative, at most 1)")
+        target = target_slider(ctx, "builder-target")
     formula = gr.Markdown(formula_markdown(function_from_controls(*start.values())), elem_id="formula",
                           elem_classes="formula", latex_delimiters=[{"left": "$$", "right": "$$", "display": True}])
     with gr.Row():
@@ -91,12 +92,12 @@ def build(ctx: AppContext) -> None:
         return F.MAPPINGS[mapping]  # each mapping's published default
 
     outputs = [formula, text, plot, warnings]
-    triggers = [c.change for c in controls] + [ctx["target"].change]
-    gr.on(triggers, profile, [*controls, ctx["target"]], outputs, api_name="profile", trigger_mode="always_last",
+    triggers = [c.change for c in controls] + [target.change]
+    gr.on(triggers, profile, [*controls, target], outputs, api_name="profile", trigger_mode="always_last",
           show_progress="hidden", concurrency_id="profile")
-    ctx.events["loaded"].then(profile, [*controls, ctx["target"]], outputs, show_progress="hidden",
+    ctx.events["loaded"].then(profile, [*controls, target], outputs, show_progress="hidden",
                               api_visibility="private")
-    ctx.page_loads.append((profile, [*controls, ctx["target"]], outputs))
+    ctx.page_loads.append((profile, [*controls, target], outputs))
     text.submit(load_text, text, [*controls, warnings], api_name="load_text")
     preset.input(load_text, preset, [*controls, warnings], api_visibility="private")
     mapping.input(mapping_changed, mapping, param, api_visibility="private")

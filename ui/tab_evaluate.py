@@ -16,7 +16,7 @@ from storage import StorageError
 from ui import escape, experiments, figures
 from ui.formula import CONTROLS, function_from_controls
 from ui.jobs import Cancelled
-from ui.layout import AppContext, error_text, permalink_for, stream_job
+from ui.layout import AppContext, error_text, permalink_for, stream_job, target_slider
 from ui.zeroshot_figures import zeroshot_bars, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
@@ -32,6 +32,11 @@ def parse_targets(text: str) -> list[float]:
     if not targets or len(targets) > 12:
         raise ConfigError("A sweep takes between 1 and 12 target sparsities.")
     return targets
+
+
+def evaluate_label(target: float) -> str:
+    """The Evaluate button names the target it evaluates at."""
+    return f"Evaluate at {target:.0%} sparsity"
 
 
 def parse_tags(text: str) -> list[str]:
@@ -65,6 +70,7 @@ def zeroshot_outputs(result: dict) -> tuple:
 def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
     with gr.Row():
+        target = target_slider(ctx, "eval-target")
         mode = gr.Radio(list(MODES), value="fast", label="Pruning mode", elem_id="mode",
                         info="fast: re-mask from the dense model's scores; sequential: prune block by block")
         windows = gr.Number(8, precision=0, minimum=0, label="Evaluation windows (0 = the whole test split)",
@@ -80,7 +86,7 @@ def build(ctx: AppContext) -> None:
         tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="eval-tags")
         save = gr.Button("Save name & tags", elem_id="eval-save")
     with gr.Row():
-        evaluate = gr.Button("Evaluate at the target", variant="primary", elem_id="evaluate")
+        evaluate = gr.Button(evaluate_label(target.value), variant="primary", elem_id="evaluate")
         sweep = gr.Button("Sweep the targets", elem_id="sweep")
         cancel = gr.Button("Cancel", variant="stop", elem_id="eval-cancel")
     status = gr.Markdown(elem_id="eval-status", elem_classes="status-line")
@@ -164,8 +170,10 @@ def build(ctx: AppContext) -> None:
             return error_text(e)
         return f"✓ Saved name and tags of experiment `{id}`."
 
-    inputs = [*builder, ctx["target"], mode, windows, dense, targets, name, tags, tasks, tasks_limit]
+    inputs = [*builder, target, mode, windows, dense, targets, name, tags, tasks, tasks_limit]
     evaluate.click(evaluate_fn, inputs, outputs, api_name="evaluate", show_progress="hidden", **ctx.device_queue)
     sweep.click(sweep_fn, inputs, outputs, api_name="sweep", show_progress="hidden", **ctx.device_queue)
     save.click(save_meta, [experiment, name, tags], status, api_name="save_experiment")
+    target.change(lambda v: gr.Button(evaluate_label(v)), target, evaluate, api_visibility="private",
+                  show_progress="hidden", queue=False)
     cancel.click(ws.cancel, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="control")

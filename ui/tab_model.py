@@ -11,7 +11,7 @@ from dsa_core.errors import DSAError
 from dsa_core.models import DEFAULT_MODEL
 from dsa_core.scores import METRICS, PATTERNS
 from ui import escape
-from ui.layout import AppContext, error_text, stream_job
+from ui.layout import AppContext, error_text, stream_job, target_slider
 
 MODELS = [DEFAULT_MODEL, "gemma3-270m", "random:tiny"]
 BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]
@@ -46,8 +46,7 @@ def build(ctx: AppContext) -> None:
                             elem_id="model", scale=3)
         metric = gr.Dropdown(list(METRICS), value="wanda", label="Metric", elem_id="metric")
         pattern = gr.Dropdown(list(PATTERNS), value="unstructured", label="Pattern", elem_id="pattern")
-    target = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Target sparsity", elem_id="target",
-                       info="the parameter-weighted mean sparsity every allocation reaches")
+    target = target_slider(ctx, "target")
     with gr.Row():
         calib = gr.Dropdown(["wikitext2", "c4"], value="wikitext2", allow_custom_value=ws.allow_local_paths,
                             label="Calibration text", info="wikitext2, c4 (hub only)" +

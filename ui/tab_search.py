@@ -20,7 +20,7 @@ from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
 from ui import experiments, figures
 from ui.formula import controls_from_text
 from ui.jobs import Cancelled, Job
-from ui.layout import AppContext, error_text, permalink_for, stream_job
+from ui.layout import AppContext, error_text, permalink_for, stream_job, target_slider
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 
@@ -87,6 +87,7 @@ def loadable_function(result: SearchResult) -> str:
 def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
     with gr.Row():
+        target = target_slider(ctx, "search-target")
         sampler = gr.Radio(list(SAMPLERS), value="ga", label="Sampler", elem_id="sampler",
                            info="functions: ga: genetic algorithm, children pre-selected by their allocations; nsga2: "
                                 "Optuna's NSGA-II as a one-objective GA; random: the baseline")
@@ -210,7 +211,7 @@ def build(ctx: AppContext) -> None:
         return [*controls_update(controls), gr.Tabs(selected="builder"), message]
 
     builder = [ctx[c] for c in ("pre1", "pre2", "reduction", "transform1", "transform2", "mapping", "param")]
-    inputs = [sampler, population, budget, seconds, windows, seed, ctx["target"], name, tags,
+    inputs = [sampler, population, budget, seconds, windows, seed, target, name, tags,
               *(declared[f.name] for f in DECLARED)]
     start.click(search, inputs, outputs, api_name="search", show_progress="hidden", **ctx.device_queue)
     stop.click(ws.cancel, None, status, api_name="stop", concurrency_limit=None, concurrency_id="control")
