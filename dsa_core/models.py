@@ -45,7 +45,8 @@ BLOCK_PATHS = {
 
 # Families trained with <bos> at the start of every sequence: their perplexity windows and calibration windows
 # each start with it (dsa_core.data). Dense Gemma 3 270M, 4 WikiText-2 windows of 512: ppl 49.9 without, 23.2 with.
-BOS_PER_WINDOW_ARCHS = ("gemma",)  # model_type prefixes: gemma, gemma2, gemma3, gemma3_text
+BOS_PER_WINDOW_ARCHS = ("gemma", "disp_gemma")  # model_type prefixes: gemma, gemma2, gemma3, gemma3_text and
+# their structurally pruned models (dsa_core.structural.compressed: disp_gemma2, disp_gemma3_text)
 
 
 def window_bos_id(arch: str, tokenizer) -> int | None:

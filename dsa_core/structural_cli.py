@@ -18,8 +18,8 @@ from dsa_core.structural.training import StructuralConfig
 def add_structural_parser(sub) -> None:
     d = StructuralConfig()
     p = sub.add_parser("structural", help="DISP-LLM structural pruning: train, compress, compare with a baseline")
-    p.add_argument("--model", default=None, help="a LLaMA model: hub id, local directory, .gguf file, "
-                   "random:<shape>; default: SmolLM2-135M-Instruct")
+    p.add_argument("--model", default=None, help="a LLaMA, Mistral, Qwen2/3 or Gemma 2/3 model: hub id, local "
+                   "directory, .gguf file, gemma3-270m, random:<shape>; default: SmolLM2-135M-Instruct")
     p.add_argument("--target-ratio", type=float, default=d.target_ratio,
                    help="share of the blocks' linear-layer parameters to keep")
     p.add_argument("--steps", type=int, default=d.steps, help="hypernetwork training steps")

@@ -28,8 +28,8 @@ def build_structural_tab(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
     d = StructuralConfig()
     with gr.Row():
-        model = gr.Textbox("smollm2", label="Model (LLaMA family)", elem_id="st-model",
-                           info="smollm2, a hub id, or random:tiny for a quick try")
+        model = gr.Textbox("smollm2", label="Model (LLaMA, Mistral, Qwen2/3, Gemma 2/3)", elem_id="st-model",
+                           info="smollm2, gemma3-270m, a hub id, or random:tiny for a quick try")
         target = gr.Slider(0.1, 0.95, value=d.target_ratio, step=0.05, label="Keep this share of block parameters",
                            elem_id="st-target")
         steps = gr.Number(d.steps, precision=0, minimum=1, label="Training steps", elem_id="st-steps")

@@ -1,11 +1,13 @@
-"""The training-time model of structural pruning: a frozen LLaMA whose blocks' activations are multiplied by
-selection masks through forward hooks, so that gradients reach the masks but never the weights.
+"""The training-time model of structural pruning: a frozen decoder (any of `families.FAMILIES`) whose blocks'
+activations are multiplied by selection masks through forward hooks, so that gradients reach the masks but
+never the weights.
 
 Per block: the attention input mask scales the input RMSNorm's output (the norm itself sees the full
-residual stream), the attention output mask scales what attention adds to the residual, likewise the MLP
-input mask after the second RMSNorm, the intermediate mask the input of down_proj and the output mask the
-MLP's output. This is the function the compressed model computes with index-select and index-add. The
-weights are never changed here.
+residual stream), the attention output mask scales attention's output, likewise the MLP input mask after the
+pre-MLP RMSNorm, the intermediate mask the input of down_proj and the output mask the MLP's output. Where a
+family normalises what attention and the MLP write (Gemma), the mask acts before that norm, whose statistic is
+then taken over the full width with zeros in the dropped channels. This is the function the compressed model
+computes with index-select and index-add. The weights are never changed here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from dsa_core.structural.families import block_parts
 
 
 class MaskedBlocks:
@@ -40,12 +44,13 @@ class MaskedBlocks:
 
     def __enter__(self) -> MaskedBlocks:
         for i, block in enumerate(self.blocks):
+            parts = block_parts(block)
             self._handles += [
-                block.input_layernorm.register_forward_hook(self._scale_output(i, 0)),
-                block.self_attn.register_forward_hook(self._scale_output(i, 1)),
-                block.post_attention_layernorm.register_forward_hook(self._scale_output(i, 2)),
-                block.mlp.down_proj.register_forward_pre_hook(self._scale_input(i, 3)),
-                block.mlp.register_forward_hook(self._scale_output(i, 4)),
+                parts.attn_norm.register_forward_hook(self._scale_output(i, 0)),
+                parts.attn.register_forward_hook(self._scale_output(i, 1)),
+                parts.mlp_norm.register_forward_hook(self._scale_output(i, 2)),
+                parts.down.register_forward_pre_hook(self._scale_input(i, 3)),
+                parts.mlp.register_forward_hook(self._scale_output(i, 4)),
             ]
         return self
 

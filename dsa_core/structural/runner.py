@@ -80,7 +80,8 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     calib = data.load_text(cfg.calib, "train", cfg.data_source)
     ids = data.tokenize(lm.tokenizer, calib.text)
     test = data.load_text("wikitext2", "test", cfg.data_source)
-    windows = data.eval_windows(data.tokenize(lm.tokenizer, test.text), cfg.eval_seqlen, cfg.eval_windows)
+    windows = data.eval_windows(data.tokenize(lm.tokenizer, test.text), cfg.eval_seqlen, cfg.eval_windows,
+                                bos_id=lm.window_bos)
     lap("data")
     with oom_as_error("training the hypernetwork"):
         trained = train_selection(lm, ids, cfg, progress, on_step)
@@ -102,7 +103,7 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     lap("perplexity")
     baseline = None
     if cfg.baseline:
-        calib_windows = data.calibration_windows(ids, cfg.baseline_samples, cfg.seqlen, cfg.seed)
+        calib_windows = data.calibration_windows(ids, cfg.baseline_samples, cfg.seqlen, cfg.seed, lm.window_bos)
         with oom_as_error("choosing the baseline's channels"):
             base_sel = uniform_selection(lm, calib_windows, cfg.target_ratio, bs, cfg.align)
         baseline = compress(lm, base_sel)

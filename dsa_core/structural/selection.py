@@ -31,7 +31,7 @@ LABELS = {
 
 @dataclass(frozen=True)
 class BlockShape:
-    """The dimensions of a LLaMA-family model that the kept-parameter count depends on."""
+    """The dimensions of a decoder (any of families.FAMILIES) that the kept-parameter count depends on."""
 
     n_blocks: int
     hidden: int

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError, ModelError
 from dsa_core.models import LoadedModel
+from dsa_core.structural.families import family_of
+from dsa_core.structural.layouts import Independent
 from dsa_core.structural.masking import MaskedBlocks
-from dsa_core.structural.selection import BlockShape, HyperNetwork, Selection, fit_budget, group_by_block
+from dsa_core.structural.selection import BlockShape, HyperNetwork, Selection
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +104,28 @@ class TrainingResult:
     hypernetwork: HyperNetwork | None = None
 
 
-def _random_windows(ids: torch.Tensor, n: int, seqlen: int, generator: torch.Generator) -> torch.Tensor:
-    starts = torch.randint(0, ids.numel() - seqlen, (n,), generator=generator)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+def _random_windows(ids: torch.Tensor, n: int, seqlen: int, generator: torch.Generator,
+                    bos_id: int | None = None) -> torch.Tensor:
+    """n random windows of seqlen tokens; with `bos_id` (LoadedModel.window_bos: Gemma), each is <bos> followed by
+    seqlen - 1 text tokens, as in dsa_core.data's windows."""
+    if bos_id is not None and ids.numel() and int(ids[0]) == bos_id:
+        ids = ids[1:]
+    span = seqlen - (bos_id is not None)
+    starts = torch.randint(0, ids.numel() - span, (n,), generator=generator)
+    windows = torch.stack([ids[s : s + span] for s in starts.tolist()])
+    return windows if bos_id is None else torch.cat([windows.new_full((n, 1), bos_id), windows], dim=1)
 
 
 def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, progress: Progress | None = None,
-                    on_step: Callable[[dict], None] | None = None) -> TrainingResult:
-    """Train a hypernetwork on windows of the token ids `ids` and return its selection."""
-    if lm.arch != "llama":
-        raise ModelError(f"Structural pruning supports LLaMA models, not '{lm.arch}'.")
+                    on_step: Callable[[dict], None] | None = None, layout: type = Independent) -> TrainingResult:
+    """Train a hypernetwork on windows of the token ids `ids` and return its selection. `layout` (layouts.py) maps
+    its outputs to the blocks' selections: DISP-LLM's own by default."""
+    family_of(lm.arch)  # refuses the families it cannot prune, in a sentence
     if ids.numel() <= cfg.seqlen:
         raise ConfigError(f"The calibration text has {ids.numel()} tokens, too short for windows of {cfg.seqlen}.")
     shape = BlockShape.from_config(lm.model.config)
-    hn = HyperNetwork([w for _ in range(shape.n_blocks) for w in shape.full_widths], temperature=cfg.temperature,
-                      offset=cfg.offset, seed=cfg.seed).to(lm.device)
+    space = layout(shape)
+    hn = HyperNetwork(space.widths(), temperature=cfg.temperature, offset=cfg.offset, seed=cfg.seed).to(lm.device)
     optimizer = torch.optim.AdamW(hn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator(lm.device).manual_seed(cfg.seed)
@@ -125,8 +134,8 @@ def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, p
     hn.train()
     with MaskedBlocks(lm.blocks) as masked:
         for step in range(1, cfg.steps + 1):
-            batch = _random_windows(ids, cfg.batch_size, cfg.seqlen, data_gen).to(lm.device)
-            masks = group_by_block(hn.sample(noise_gen))
+            batch = _random_windows(ids, cfg.batch_size, cfg.seqlen, data_gen, lm.window_bos).to(lm.device)
+            masks = space.expand(hn.sample(noise_gen))
             masked.masks = masks
             logits = lm.model(input_ids=batch, use_cache=False).logits
             ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())
@@ -151,7 +160,7 @@ def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, p
                 break
     hn.eval()
     scores = hn.scores()
-    raw = Selection.from_masks(shape, [(s > 0).float() for s in scores])
-    selection = fit_budget(shape, scores, cfg.target_ratio, cfg.align)
+    raw = Selection.from_masks(shape, [(s > 0).float() for block in space.expand(scores) for s in block])
+    selection = space.fit(scores, cfg.target_ratio, cfg.align)
     log.info("hypernetwork kept %.4f of the parameters; fitted to %.4f", raw.ratio, selection.ratio)
     return TrainingResult(selection=selection, raw_ratio=raw.ratio, curve=curve, hypernetwork=hn)

@@ -1,0 +1,153 @@
+"""Structural pruning on every supported family (tiny random configs): the compressed model computes what the masked
+training-time model computes (Gemma's (1 + w) norms before and after each half-block, q/k norms, Qwen2's biases,
+grouped-query attention, sliding-window layers, scaled and tied embeddings, soft-capped logits), generates the same
+tokens with a KV cache, keeps the parameter count within 0.1% of the target, and saves and reloads through
+AutoModelForCausalLM. Training runs on each family's masked model; Gemma's windows start with <bos>."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dsa_core.errors import ModelError
+from dsa_core.models import LoadedModel
+from dsa_core.structural.compressed import compress, load_compressed
+from dsa_core.structural.families import FAMILIES, family_of
+from dsa_core.structural.masking import MaskedBlocks
+from dsa_core.structural.selection import BlockShape, HyperNetwork, Selection, fit_budget
+from dsa_core.structural.training import StructuralConfig, _random_windows, train_selection
+
+COMMON = dict(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=32, max_position_embeddings=128)
+ALTERNATING = dict(layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=6)
+EXTRA = {
+    "llama": dict(attention_bias=True, mlp_bias=True),
+    "mistral": dict(sliding_window=6),
+    "qwen2": {},
+    "qwen3": {},
+    "gemma2": dict(ALTERNATING, query_pre_attn_scalar=20, attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+    "gemma3_text": dict(ALTERNATING, query_pre_attn_scalar=20),
+}
+ARCHS = list(FAMILIES)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def dense_model(arch: str) -> LoadedModel:
+    """A random model of the family with norms away from their neutral value and large projections, so that a
+    wrong fold, slice or norm statistic would show."""
+    family = FAMILIES[arch]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(family.config(**COMMON, **EXTRA[arch])).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g) + (0.0 if family.gemma_norms else 1.0))
+            elif "bias" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif ".layers." in name:
+                p.mul_(5.0)
+    model.requires_grad_(False)
+    return LoadedModel(model, None, f"tiny {arch}", arch, torch.device("cpu"), torch.float32)
+
+
+def hypernetwork_selection(shape: BlockShape, target: float, seed: int) -> Selection:
+    """The budget fit of an untrained hypernetwork's scores plus noise: widths that differ block by block."""
+    hn = HyperNetwork(shape.full_widths * shape.n_blocks, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return fit_budget(shape, [s + torch.randn(s.shape, generator=g) for s in hn.scores()], target)
+
+
+def masked_logits(lm: LoadedModel, sel: Selection, ids: torch.Tensor) -> torch.Tensor:
+    with MaskedBlocks(lm.blocks) as masked:
+        masked.masks = sel.masks(lm.device)
+        return lm.model(input_ids=ids, use_cache=False).logits
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, COMMON["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compressed_equals_masked_and_meets_the_budget(arch, ids):
+    lm = dense_model(arch)
+    shape = BlockShape.from_config(lm.model.config)
+    assert shape.dense_params == lm.prunable_params
+    sel = hypernetwork_selection(shape, 0.7, seed=3)
+    assert (sel.widths.max(0) > sel.widths.min(0)).any()
+    expected = masked_logits(lm, sel, ids)
+    assert (expected - lm.model(input_ids=ids).logits).abs().max() > 0.1  # the masks matter
+    compressed = compress(lm, sel)
+    assert type(compressed).__name__.startswith("Disp") and compressed.config.model_type == f"disp_{arch}"
+    torch.testing.assert_close(compressed(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+    linears = sum(m.weight.numel() for layer in compressed.model.layers for m in layer.modules()
+                  if isinstance(m, torch.nn.Linear))
+    assert linears == sel.params
+    assert abs(sel.params / (0.7 * shape.dense_params) - 1) < 0.001
+    full = compress(lm, Selection.full(shape))
+    torch.testing.assert_close(full(input_ids=ids).logits, lm.model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generation_with_a_cache_and_save_and_reload(arch, ids, tmp_path):
+    lm = dense_model(arch)
+    sel = hypernetwork_selection(BlockShape.from_config(lm.model.config), 0.5, seed=4)
+    compressed = compress(lm, sel)
+    prompt, args = ids[:1, :8], dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
+    with MaskedBlocks(lm.blocks) as masked:  # 18 tokens: past the sliding window of 6
+        masked.masks = sel.masks()
+        expected = lm.model.generate(prompt, **args)
+    assert torch.equal(compressed.generate(prompt, **args), expected)
+    compressed.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is type(compressed) and loaded.config.disp_widths == sel.widths.tolist()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, compressed(input_ids=ids).logits)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in compressed.parameters())
+    if lm.model.config.tie_word_embeddings:
+        assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text"])
+def test_training_runs_on_the_masked_family_model(arch):
+    lm = dense_model(arch)
+    text = torch.randint(0, COMMON["vocab_size"], (2000,), generator=torch.Generator().manual_seed(5))
+    cfg = StructuralConfig(steps=3, batch_size=1, seqlen=16, target_ratio=0.6)
+    result = train_selection(lm, text, cfg)
+    assert len(result.curve) == 3 and result.selection.ratio == pytest.approx(0.6, abs=0.01)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+
+
+def test_gemma_windows_start_with_bos_and_others_do_not():
+    ids = torch.cat([torch.tensor([2]), torch.arange(10, 200)])
+    g = torch.Generator().manual_seed(0)
+    with_bos = _random_windows(ids, 8, 16, g, bos_id=2)
+    assert with_bos.shape == (8, 16) and (with_bos[:, 0] == 2).all()
+    assert (with_bos[:, 2:] - with_bos[:, 1:-1] == 1).all()  # then 15 consecutive text tokens, never the text's <bos>
+    plain = _random_windows(ids, 64, 16, g)
+    assert plain.shape == (64, 16) and (plain[:, 0] != 2).any() and (plain[:, 2:] - plain[:, 1:-1] == 1).all()
+
+
+def test_gemma_compressed_model_keeps_bos_per_window():
+    from dsa_core.models import window_bos_id
+
+    class Tok:
+        bos_token_id = 2
+
+    assert window_bos_id("disp_gemma3_text", Tok()) == 2 and window_bos_id("disp_llama", Tok()) is None
+
+
+@pytest.mark.parametrize("arch, message", [("opt", "not written yet"), ("gemma3", "multimodal"),
+                                           ("bert", "does not support")])
+def test_other_families_are_refused_in_a_sentence(arch, message):
+    with pytest.raises(ModelError, match=message) as e:
+        family_of(arch)
+    assert "LLaMA, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3" in str(e.value)
+
+
+def test_load_compressed_reads_any_family(tmp_path, tiny):
+    lm = dense_model("gemma3_text")
+    compress(lm, hypernetwork_selection(BlockShape.from_config(lm.model.config), 0.5, seed=6)).save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = load_compressed(tmp_path, device="cpu")
+    assert loaded.arch == "disp_gemma3_text"
