@@ -40,33 +40,44 @@ def listed(client) -> list[list]:
 
 def test_the_api_names_every_action(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/load_model", "/cancel", "/profile", "/load_text", "/evaluate", "/sweep", "/save_experiment", "/search",
-            "/stop", "/load_best", "/list_experiments", "/open_experiment", "/compare_experiments",
+    assert {"/load_model", "/cancel", "/profile", "/describe", "/load_text", "/evaluate", "/sweep", "/save_experiment",
+            "/search", "/stop", "/load_best", "/list_experiments", "/open_experiment", "/compare_experiments",
             "/rename_experiment", "/delete_experiments", "/export_experiment", "/import_experiment"} <= names
 
 
 def test_profile_follows_the_controls(client):
-    formula, text, plot, warnings = client.predict(*CONTROLS, 0.6, api_name="/profile")
-    assert text == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)" and r"\mathrm{kurt}(S_\ell)" in formula
+    plot, warnings = client.predict(*CONTROLS, 0.6, api_name="/profile")
     traces = json.loads(plot["plot"])["data"]
     assert [t["name"] for t in traces] == ["this function", "uniform", "owl", "dsa preset"]
-    other = json.loads(client.predict(*CONTROLS[:2], "mean", *CONTROLS[3:], 0.6, api_name="/profile")[2]["plot"])
+    other = json.loads(client.predict(*CONTROLS[:2], "mean", *CONTROLS[3:], 0.6, api_name="/profile")[0]["plot"])
     assert other["data"][0]["y"] != traces[0]["y"] and other["data"][1]["y"] == traces[1]["y"]
-    *_, warnings = client.predict(*CONTROLS[:-1], 0.8, 0.6, api_name="/profile")  # λ beyond the band's 0.5
+    plot, warnings = client.predict(*CONTROLS[:-1], 0.8, 0.6, api_name="/profile")  # λ beyond the band's 0.5
     assert warnings.startswith("✗") and "[0.0, 0.5]" in warnings
-    formula, text, *_ = client.predict(*CONTROLS[:-2], "multiplicative", 0.8, 0.6, api_name="/profile")
+    assert "No profile" in json.loads(plot["plot"])["layout"]["annotations"][0]["text"]  # not the last valid one
+
+
+def test_the_formula_text_and_preset_follow_the_controls(client):
+    formula, text, preset = client.predict(*CONTROLS, api_name="/describe")
+    assert text == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)" and r"\mathrm{kurt}(S_\ell)" in formula
+    assert preset is None
+    formula, text, _ = client.predict(*CONTROLS[:-2], "multiplicative", 0.8, api_name="/describe")
     assert text.endswith("-(MULT=0.8)") and r"\varepsilon = 0.8" in formula
-    *controls, warnings = client.predict("W:(ABSLOG)-(VAR)", api_name="/load_text")
-    assert warnings.startswith("✗ Cannot read") and "W:(PRE)-(REDUCTION)-(TRANSFORM)" in warnings
-    *controls, warnings = client.predict("dsa", api_name="/load_text")
+    formula, text, _ = client.predict(*CONTROLS[:-1], 0.8, api_name="/describe")  # λ beyond the band's 0.5
+    assert formula.startswith("✗") and text == ""
+    *controls, text, warnings = client.predict("dsa", *CONTROLS, api_name="/load_text")
     assert controls[:5] == ["abslog", "no_op", "var", "atan", "asin"] and warnings == ""
+    assert client.predict(*controls, api_name="/describe")[2] == "dsa"
+    *_, text, warnings = client.predict("W:(ABSLOG)-(VAR)", *CONTROLS, api_name="/load_text")
+    assert warnings.startswith("✗ Cannot read") and "W:(PRE)-(REDUCTION)-(TRANSFORM)" in warnings
+    assert text == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)"  # the box shows the function still drawn
+    assert "still shows W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)" in warnings
 
 
 def test_a_refused_load_keeps_the_loaded_model(client, tmp_path):
     status, *_ = client.predict("random:tiny", "wanda", "unstructured", 0.5, str(tmp_path / "missing.txt"), 4, 64, 0,
                                 "local", api_name="/load_model")
     assert status.startswith("✗") and "missing.txt" in status
-    assert client.predict(*CONTROLS, 0.5, api_name="/profile")[3].startswith("No warnings")
+    assert client.predict(*CONTROLS, 0.5, api_name="/profile")[1].startswith("No warnings")
 
 
 def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp_path, monkeypatch):
@@ -135,7 +146,7 @@ def test_search_streams_to_the_end_and_loads_into_the_builder(client):
     assert record["results"]["best"] == best and len(record["results"]["candidates"]) >= 8
     *controls, message = client.predict(best, api_name="/load_best")  # the client leaves out the Tabs output
     assert len(controls) == 7 and message == ""
-    text = client.predict(*controls, 0.5, api_name="/profile")[1]
+    text = client.predict(*controls, api_name="/describe")[1]
     assert text == best or text + "-" in best  # the builder keeps no tag
 
 
@@ -166,7 +177,7 @@ def test_a_hybrid_search_with_staged_kl_fitness_ends_with_the_refinement(client)
 
     *controls, message = client.predict(best, api_name="/load_best")  # the first phase's function loads
     assert message.startswith("ⓘ Loaded W:(") and results["phases"][0]["best"] in message
-    assert client.predict(*controls, 0.5, api_name="/profile")[1] in results["phases"][0]["best"]
+    assert client.predict(*controls, api_name="/describe")[1] in results["phases"][0]["best"]
 
 
 def test_a_direct_allocation_is_summarised_and_explains_why_it_does_not_load(client):

@@ -295,3 +295,44 @@ def test_the_target_is_shown_and_edited_on_every_tab_that_uses_it(loaded, page):
     set_number(page, "builder-target", "0.45")
     tab(page, "Evaluate")
     wait_text(page, "#evaluate", "Evaluate at 45% sparsity")
+
+
+def text_value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+def test_the_builder_keeps_its_profile_in_view_and_nothing_stale(loaded, browser, request):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(loaded)
+        tab(page, "Formula builder")
+        page.wait_for_function(f"() => ({PROFILE_Y})() !== null")
+        plot, dropdown = page.locator("#profile-plot").bounding_box(), page.locator("#reduction").bounding_box()
+        assert plot["y"] + plot["height"] <= 800  # above the fold, beside the dropdowns
+        assert plot["x"] >= dropdown["x"] + dropdown["width"]
+
+        choose(page, "preset", "DSA preset (LLaMA-1-7B, Wanda, 70%)")
+        page.wait_for_function("() => document.querySelector('#function-text textarea, #function-text input')"
+                               ".value.startsWith('W:(ABSLOG)')")
+        assert text_value(page, "preset") == "DSA preset (LLaMA-1-7B, Wanda, 70%)"
+        choose(page, "reduction", "kurtosis")  # an edit: no longer the preset
+        page.wait_for_function("() => document.querySelector('#preset input').value === ''")
+
+        drawn = text_value(page, "function-text")
+        fill(page, "function-text", "W:(ABSLOG)-(VAR)")
+        page.locator("#function-text input, #function-text textarea").first.press("Enter")
+        assert "still shows" in wait_text(page, "#builder-warnings", "Cannot read")
+        page.wait_for_function("([t]) => document.querySelector('#function-text textarea, #function-text input')"
+                               ".value === t", arg=[drawn])  # the box shows what the plot shows
+
+        set_number(page, "param", "0.23")
+        wait_text(page, "#formula", "0.23")
+        page.wait_for_function("() => document.querySelector('#function-text textarea, #function-text input')"
+                               ".value.endsWith('BAND=0.23)')")
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        raise
+    finally:
+        page.close()

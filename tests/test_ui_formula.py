@@ -19,6 +19,7 @@ from ui.formula import (
     formula_markdown,
     function_from_controls,
     glossary,
+    preset_of,
 )
 
 
@@ -77,3 +78,13 @@ def test_formula_shows_value_and_mapping():
     assert r"\lambda = 0.08" in md and md.count("$$") == 4
     mult = formula_markdown(function_from_controls("pow", EMPTY, "mean", EMPTY, EMPTY, "multiplicative", 0.2))
     assert r"\varepsilon = 0.2" in mult and r"S_\ell^{2}" in mult
+
+
+def test_a_preset_is_named_only_while_the_controls_are_exactly_it():
+    presets = ("dsa", "owl_fn", "uniform_fn")
+    dsa = controls_from_text("dsa")
+    assert preset_of(dsa, presets) == "dsa"
+    assert preset_of(Controls(*dsa.values()[:-1], dsa.param + 0.01), presets) is None  # λ moved
+    assert preset_of(Controls(*dsa.values()[:2], "mean", *dsa.values()[3:]), presets) is None
+    assert preset_of(controls_from_text("owl_fn"), presets) == "owl_fn"
+    assert preset_of(Controls(), ("dsa",)) is None

@@ -68,6 +68,16 @@ def controls_from_text(text: str) -> Controls:
     return controls_from_function(F.PRESETS[key] if key in F.PRESETS else F.parse(text))
 
 
+def preset_of(controls: Controls, presets: tuple[str, ...]) -> str | None:
+    """Which of `presets` (keys of functions.PRESETS) the controls describe exactly; None once they differ from
+    every one, so that a preset's name is not left standing after an edit."""
+    for key in presets:
+        want = controls_from_function(F.PRESETS[key])
+        if want.values()[:-1] == controls.values()[:-1] and abs(want.param - float(controls.param)) < 1e-9:
+            return key
+    return None
+
+
 _VARIABLE = re.compile(r"(?<![A-Za-z\\])S(?![A-Za-z])")
 _NORMALISED = r"\frac{v_\ell-\min_j v_j}{\max_j v_j-\min_j v_j}"
 

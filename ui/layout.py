@@ -52,7 +52,7 @@ class AppContext:
 def target_slider(ctx: AppContext, elem_id: str) -> gr.Slider:
     """The target sparsity as a tab shows it; every tab's copy moves with the others (`wire_targets`)."""
     slider = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Target sparsity", elem_id=elem_id,
-                       info="the parameter-weighted mean sparsity every allocation reaches; the same on every tab")
+                       info="the parameter-weighted mean every allocation reaches; one value for every tab")
     ctx.targets.append(slider)
     return slider
 
