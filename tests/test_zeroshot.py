@@ -47,6 +47,8 @@ def test_missing_files_are_refused_before_any_model(tmp_path):
     check_sources("paper,piqa", FIXTURES)
     with pytest.raises(DataError, match="HellaSwag.*'hellaswag'"):
         check_sources("boolq,hellaswag", SUPERGLUE)
+    # The papers' seven asked as a whole: what is absent is reported missing, not refused.
+    assert set(check_sources("paper", SUPERGLUE)) == set(PAPER_TASKS) - {"boolq", "rte"}
     with pytest.raises(DataError, match="does not exist"):
         check_sources("piqa", tmp_path / "nowhere")
 
@@ -63,6 +65,7 @@ def test_source_choice():
 def test_readers_map_release_fields_to_lm_eval_schema():
     google = formats.boolq(FIXTURES / "boolq" / "dev.jsonl")
     assert [r["label"] for r in google] == [1, 0, 1, 1] and set(google[0]) == {"question", "passage", "label"}
+    assert google[0]["passage"].startswith("Pacific Ocean -- The Pacific Ocean is")  # SuperGLUE's "title -- passage"
     assert [r["label"] for r in formats.boolq(SUPERGLUE / "boolq" / "BoolQ" / "val.jsonl")] == [0, 1, 1]
     glue = formats.rte(FIXTURES / "rte" / "RTE" / "dev.tsv")
     assert [r["label"] for r in glue] == [0, 1, 1, 0] and '"record profits"' in glue[2]["sentence1"]
@@ -204,9 +207,9 @@ def test_superglue_formats_score_too(tiny):
 def test_hub_config_is_lm_eval_s_own():
     from dsa_core.zeroshot.harness import task_config
 
-    cfg, where = task_config(TASKS["piqa"], True, FIXTURES)
+    cfg, where = task_config(TASKS["piqa"], None)
     assert "custom_dataset" not in cfg and where == f"hub:{cfg['dataset_path']}/validation"
-    cfg, where = task_config(TASKS["arc_challenge"], True, FIXTURES)
+    cfg, where = task_config(TASKS["arc_challenge"], None)
     assert cfg["dataset_name"] == "ARC-Challenge" and where.endswith("/ARC-Challenge/test")
 
 

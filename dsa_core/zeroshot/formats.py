@@ -52,17 +52,26 @@ def piqa(jsonl: Path, labels: Path) -> list[dict]:
 
 
 def boolq(path: Path) -> list[dict]:
-    """Google's release answers in `answer`, SuperGLUE's in `label`; both are booleans (False = choice "no")."""
+    """SuperGLUE's `val.jsonl` is what lm-eval reads (`super_glue/boolq`): `passage` is "<title> -- <passage>",
+    `label` a boolean (true → 1, choice "yes"). Google's `dev.jsonl` keeps the title apart and answers in `answer`:
+    joined the same way, it gives the same 3,270 rows."""
     out = []
     for r in read_jsonl(path):
-        answer = r["label"] if "label" in r else _field(r, "answer", path)
-        out.append({"question": _field(r, "question", path), "passage": _field(r, "passage", path),
-                    "label": int(bool(answer))})
+        if "label" in r:
+            answer, passage = r["label"], _field(r, "passage", path)
+        else:
+            answer = _field(r, "answer", path)
+            passage = f"{_field(r, 'title', path)} -- {_field(r, 'passage', path)}"
+        if not isinstance(answer, bool):
+            raise DataError(f"{path} has the answer {answer!r}; BoolQ's are JSON true and false.")
+        out.append({"question": _field(r, "question", path), "passage": passage, "label": int(answer)})
     return out
 
 
 def rte(path: Path) -> list[dict]:
-    """SuperGLUE's jsonl (premise, hypothesis) or GLUE's tsv (sentence1, sentence2), labels as words."""
+    """lm-eval's task `rte` is GLUE's (`glue/rte`: sentence1, sentence2, label 0 = entailment, 1 = not_entailment).
+    SuperGLUE's `val.jsonl` holds the same 277 pairs as premise, hypothesis and the label as a word; GLUE's `dev.tsv`
+    as sentence1, sentence2 and the word. Both are mapped to GLUE's fields and ids, so `rte`'s prompt applies."""
     if path.suffix == ".tsv":
         with path.open(encoding="utf-8-sig", newline="") as f:
             # GLUE's files are unquoted: a quote character is part of the sentence.

@@ -26,10 +26,9 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml  # the loader TaskManager uses: resolves `include` and `!function`
 
-from dsa_core import data
 from dsa_core.errors import ConfigError
 from dsa_core.models import LoadedModel
-from dsa_core.zeroshot.tasks import TASKS, TaskSpec, local_files, origin, parse_tasks, read_local, use_hub
+from dsa_core.zeroshot.tasks import TASKS, TaskSpec, file_sha256, origin, read_local, resolve_sources
 
 # lm-eval warns about command-line flags and launch modes that this in-process use does not have.
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -71,15 +70,15 @@ def _upstream_yaml(spec: TaskSpec) -> Path:
     return Path(lm_eval.tasks.__file__).parent / spec.upstream
 
 
-def task_config(spec: TaskSpec, use_hub: bool, root: Path) -> tuple[dict, str]:
-    """lm-eval's config for the task, its data from the hub or from the local release files; and its origin."""
+def task_config(spec: TaskSpec, files: tuple[Path, ...] | None) -> tuple[dict, str]:
+    """lm-eval's config for the task, its data from the hub (files None) or from the local release files; and its
+    origin."""
     cfg = load_yaml(_upstream_yaml(spec), resolve_func=True)
     for key in ("tag", "group"):
         cfg.pop(key, None)
     cfg["num_fewshot"] = 0
-    if use_hub:
+    if files is None:
         return cfg, f"hub:{cfg['dataset_path']}/{cfg.get('dataset_name') or ''}/{spec.split}".replace("//", "/")
-    files = local_files(spec, root)
     cfg.update(
         custom_dataset=functools.partial(_local_dataset, spec, files),
         dataset_kwargs=None,
@@ -103,15 +102,15 @@ def evaluate_tasks(
     """Zero-shot accuracy of the model as it is now, task by task.
 
     Returns {"tasks": {name: {acc, acc_norm (None where lm-eval defines none), acc_stderr, acc_norm_stderr, n,
-    n_total, split, source}}, "mean_acc", "protocol", "seconds"}; with keep_samples, each task also lists its
-    scored examples as lm-eval logs them (doc, target, (context, continuation) requests, log-likelihoods).
-    Data: see `tasks.use_hub`."""
-    names = parse_tasks(tasks)
+    n_total, split, source}}, "mean_acc" (over the tasks scored), "mean_over" (their names), "missing" ({task:
+    reason} for tasks asked but not available here, see tasks.resolve_sources), "protocol" (with each local file's
+    full SHA-256), "seconds"}; with keep_samples, each task also lists its scored examples as lm-eval logs them
+    (doc, target, (context, continuation) requests, log-likelihoods)."""
     if limit is not None and limit < 1:
         raise ConfigError("The number of examples per task must be at least 1.")
-    hub = use_hub(source, data_root)
-    root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
-    configs = {n: task_config(TASKS[n], hub, root) for n in names}  # all files checked before any scoring
+    sources = resolve_sources(tasks, data_root, source)
+    # All files read and checked before any scoring.
+    configs = {n: task_config(TASKS[n], None if sources.hub else f) for n, f in sources.files.items()}
     bs = batch_size or (64 if lm.device.type == "cuda" else 8)
     progress = progress or (lambda phase, done, total: None)
     model = _SessionLM(lm, bs, progress, "zero-shot")
@@ -128,6 +127,8 @@ def evaluate_tasks(
         torch.cuda.synchronize(lm.device)
     out["seconds"] = time.perf_counter() - start
     out["mean_acc"] = sum(t["acc"] for t in out["tasks"].values()) / len(out["tasks"])
+    out["mean_over"] = list(out["tasks"])
+    out["missing"] = dict(sources.missing)
     out["protocol"] = {
         "harness": f"lm-evaluation-harness {lm_eval.__version__}",
         "num_fewshot": 0,
@@ -135,10 +136,22 @@ def evaluate_tasks(
         "scoring": SCORING,
         "softmax_dtype": "float32",
         "batch_size": bs,
-        "source": "hub" if hub else f"local:{root}",
-        "mean": "mean_acc is the plain mean of acc over the tasks; acc_norm is never mixed in",
+        "source": "hub" if sources.hub else f"local:{sources.root}",
+        "data": {n: ({"hub": configs[n][1]} if sources.hub else
+                     {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in files]})
+                 for n, files in sources.files.items()},
+        "missing": dict(sources.missing),
+        "mean": mean_note(out),
     }
     return out
+
+
+def mean_note(result: dict) -> str:
+    """How mean_acc was formed, naming any task it lacks."""
+    note = f"mean_acc is the plain mean of acc over {len(result['mean_over'])} task(s); acc_norm is never mixed in"
+    if result.get("missing"):
+        note += "; missing: " + ", ".join(f"{TASKS[n].title} ({why})" for n, why in result["missing"].items())
+    return note
 
 
 def _number(value) -> float | None:

@@ -10,6 +10,7 @@ folder. Names and paths only: nothing here imports lm-eval or touches a model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -114,9 +115,20 @@ def read_local(spec: TaskSpec, files: tuple[Path, ...]) -> list[dict]:
     return spec.reader(*files)
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The file's full SHA-256, computed once per version of the file (path, size, modification time)."""
+    st = path.stat()
+    return _sha256(path.resolve(), st.st_size, st.st_mtime_ns)
+
+
 def origin(files: tuple[Path, ...]) -> str:
     """Provenance in data.py's form: "local:<path>#sha256:<12 hex>", one per file, joined by "+"."""
-    return "+".join(f"local:{p}#sha256:{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}" for p in files)
+    return "+".join(f"local:{p}#sha256:{file_sha256(p)[:12]}" for p in files)
 
 
 def use_hub(source: str, data_root: str | Path | None) -> bool:
@@ -129,12 +141,55 @@ def use_hub(source: str, data_root: str | Path | None) -> bool:
     return source == "hub" or data.hub_reachable()
 
 
-def check_sources(tasks: str | Iterable[str], data_root: str | Path | None = None, source: str = "auto") -> None:
-    """Refuse unknown tasks and missing local files before a model is loaded for nothing."""
+@dataclass(frozen=True)
+class Sources:
+    """Where each task's examples come from: the hub (lm-eval's datasets by name) or local release files; and the
+    tasks that cannot be scored here, each with the reason, which every result and table must show."""
+
+    hub: bool
+    root: Path
+    files: dict[str, tuple[Path, ...]]
+    missing: dict[str, str]
+
+
+def resolve_sources(tasks: str | Iterable[str], data_root: str | Path | None = None,
+                    source: str = "auto") -> Sources:
+    """Each task's data, checked before a model is loaded for nothing. Unknown tasks and a missing data folder are
+    refused. A task without a local copy (when the hub is not used) is refused too, except within the papers' seven
+    asked as a whole: there it is skipped and named in `missing` (HellaSwag, where its file could not be shipped),
+    so the papers' table is still made and says which column it lacks."""
     names = parse_tasks(tasks)
     if data_root is not None and not Path(data_root).expanduser().is_dir():
         raise DataError(f"The zero-shot data folder '{data_root}' does not exist.")
-    if not use_hub(source, data_root):
-        root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
-        for name in names:
-            local_files(TASKS[name], root)
+    root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
+    if use_hub(source, data_root):
+        return Sources(True, root, {n: () for n in names}, {})
+    tolerated = set(PAPER_TASKS) <= set(names)
+    files: dict[str, tuple[Path, ...]] = {}
+    missing: dict[str, str] = {}
+    for name in names:
+        try:
+            files[name] = local_files(TASKS[name], root)
+        except DataError:
+            if not (tolerated and name in PAPER_TASKS):
+                raise
+            missing[name] = f"no local copy under {root} and the Hugging Face hub is not used"
+    if not files:
+        raise DataError(f"None of the zero-shot tasks has a local copy under {root}.")
+    return Sources(False, root, files, missing)
+
+
+def check_sources(tasks: str | Iterable[str], data_root: str | Path | None = None, source: str = "auto") -> dict:
+    """Refuse unknown tasks and missing local files before a model is loaded for nothing; returns the tasks that
+    will be reported missing (see resolve_sources), {task: reason}."""
+    return resolve_sources(tasks, data_root, source).missing
+
+
+def availability(data_root: str | Path | None = None, source: str = "auto") -> dict[str, str | None]:
+    """For each known task: None when it can be scored here (from the hub, or its local files), else why not; for
+    a form that offers the tasks before any is asked."""
+    if use_hub(source, data_root):
+        return dict.fromkeys(TASKS)
+    root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
+    return {name: None if find_files(spec, root) is not None else
+            f"no local copy under {root} and the Hugging Face hub is not used" for name, spec in TASKS.items()}
