@@ -38,7 +38,7 @@ from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core import search as S  # noqa: E402
 from dsa_core.allocation import allocate  # noqa: E402
 from dsa_core.errors import DSAError  # noqa: E402
-from dsa_core.fitness import Fitness  # noqa: E402
+from dsa_core.fitness import LAST_STAGES, Fitness  # noqa: E402
 from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
 from dsa_core.pipeline import environment, open_session  # noqa: E402
 from dsa_core.spaces import function_text  # noqa: E402
@@ -53,7 +53,8 @@ def model_name(args) -> str:
 def job_path(args, kind: str, extra: str = "") -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return out / f"{model_name(args)}_{args.metric}_{round(args.target * 100)}_{args.fitness}_{kind}{extra}.json"
+    fitness = args.fitness + ("_seq" if args.last_stage == "sequential" else "")
+    return out / f"{model_name(args)}_{args.metric}_{round(args.target * 100)}_{fitness}_{kind}{extra}.json"
 
 
 def open_job(args):
@@ -66,8 +67,8 @@ def open_job(args):
 def search_config(args, **kw) -> S.SearchConfig:
     return S.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
                           seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
-                          fitness=args.fitness, fidelity=args.fidelity, final_eval_windows=args.eval_windows,
-                          top_k=args.top_k, **kw).validate()
+                          fitness=args.fitness, fidelity=args.fidelity, last_stage=args.last_stage,
+                          final_eval_windows=args.eval_windows, top_k=args.top_k, **kw).validate()
 
 
 def measure_other(session, args, kind: str, windows: int, candidates: list[dict]) -> None:
@@ -92,7 +93,7 @@ def cmd_refs(args) -> None:
     with test ppl over random allocations near uniform (level switches) and random functions."""
     session = open_job(args)
     cfg = search_config(args, budget_candidates=1)
-    fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:])
+    fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:], args.last_stage)
     started = time.perf_counter()
     refs = S.references(session, cfg, fit)
     atp_s = time.perf_counter() - started
@@ -197,7 +198,7 @@ def _function_of(record: dict) -> str | None:
 
 def _setting(a: dict) -> tuple:
     """What makes a run comparable with a table of references: model, metric, target and fitness."""
-    return a["model"] or "smollm2", a["metric"], a["target"], a["fitness"]
+    return a["model"] or "smollm2", a["metric"], a["target"], a["fitness"], a.get("last_stage", "masked")
 
 
 def cmd_report(args) -> None:
@@ -208,8 +209,9 @@ def cmd_report(args) -> None:
         a = ref["args"]
         model, metric, target = a["model"] or "smollm2", a["metric"], a["target"]
         best_label, best = min(((r["label"], r["ppl"]) for r in ref["rows"]), key=lambda x: x[1])
-        print(f"\n== {model}, {metric}, {target:.0%}, {a['fitness']} fitness: WikiText-2 test ppl (faithful); best "
-              f"reference {best_label} {best:.2f}")
+        stage = a.get("last_stage", "masked")
+        print(f"\n== {model}, {metric}, {target:.0%}, {a['fitness']} fitness ({stage} last stage): WikiText-2 test ppl "
+              f"(faithful); best reference {best_label} {best:.2f}")
         print(f"{'allocation':<26}{'test ppl':>10}{'vs best ref':>13}{'fitness':>11}  {'candidates':>10}  found in")
         for r in ref["rows"]:
             print(f"{r['label'] + (' ' + r['allocation'] if r['label'] == 'atp' else ''):<26}{r['ppl']:>10.2f}"
@@ -239,7 +241,7 @@ def cmd_report(args) -> None:
         a = r["args"]
         if a["granularity"] == "block":
             seeds.setdefault(_setting(a), {}).setdefault(a["space"], {})[a["seed"]] = r["rows"][0]["ppl"]
-    for (model, metric, target, _), spaces in seeds.items():
+    for (model, metric, target, *_), spaces in seeds.items():
         if {"hybrid", "function", "allocation"} <= set(spaces) and len(spaces["hybrid"]) > 1:
             print(f"\n== equal budgets, {model} {metric} {target:.0%}: first-ranked test ppl per seed")
             common = sorted(set(spaces["hybrid"]) & set(spaces["function"]) & set(spaces["allocation"]))
@@ -265,6 +267,7 @@ def main() -> None:
         p.add_argument("--target", type=float, default=0.7)
         p.add_argument("--fitness", default="kl", choices=FITNESS_KINDS)
         p.add_argument("--fidelity", default="2k,16k,64k")
+        p.add_argument("--last-stage", default="masked", choices=tuple(LAST_STAGES))
         p.add_argument("--top-k", type=int, default=3)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True)

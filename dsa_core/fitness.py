@@ -8,6 +8,11 @@ fidelities (numbers of tokens).
 Neither ever reads the test split. With several fidelities a candidate is measured on the few tokens first and
 on more only while the search's pruner promotes it (dsa_core.search); each stage's windows are the first ones of
 the next, so a promoted candidate's measure only gets more precise.
+
+The last stage may instead measure the model pruned sequentially, as a result is finally applied (`last_stage`
+"sequential"). Re-masking from the dense model's scores is what makes the first stages fast, but on some models it
+ranks allocations differently from the sequential pruning the user gets: on Gemma 3 270M at 60% Wanda a refinement
+12% better than ATP on masked validation windows was no better on test once pruned sequentially.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from dsa_core.session import PruningSession
 
 FITNESSES = {"ppl": "perplexity on WikiText-2 validation windows",
              "kl": "KL divergence from the dense model on calibration tokens"}
+LAST_STAGES = {"masked": "re-masked from the dense model's scores, like the stages before it",
+               "sequential": "after pruning sequentially, as the result is applied (a second or so per candidate "
+                             "with Wanda on a GPU; minutes with SparseGPT on a CPU)"}
 FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes a search
 
 
@@ -55,10 +63,13 @@ class Fitness:
     stage. Memoised by key for whole evaluations, so a function the GA proposes again costs nothing."""
 
     def __init__(self, session: PruningSession, metric: str, sparsity: float, kind: str = "ppl",
-                 windows: list[int] | None = None):
+                 windows: list[int] | None = None, last_stage: str = "masked"):
         if kind not in FITNESSES:
             raise ConfigError(f"Unknown fitness '{kind}'; choose one of {', '.join(FITNESSES)}.")
+        if last_stage not in LAST_STAGES:
+            raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
+        self.sequential_last = last_stage == "sequential"
         self.stats = session.stats(metric)
         if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
             session.scores(metric)
@@ -84,18 +95,22 @@ class Fitness:
         self.memo: dict[str, float] = {}
         self.seconds = [0.0] * len(self.stages)  # measuring time per stage (re-masking counted in stage 0)
         self.counts = [0] * len(self.stages)
-        self._applied: tuple[str, int] | None = None  # the key and weights version of the mask this applied
+        # The key, weights version and kind (sequential or not) of the pruning this applied last.
+        self._applied: tuple[str, int, bool] | None = None
 
     def measure(self, key: str, ratios, stage: int, counted: bool = True) -> float:
         """The fitness of an allocation at a stage (FAILED_FITNESS when it is not finite); `counted` measurements
         are the search's own, in `throughput`."""
         start = time.perf_counter()
-        if self._applied != (key, self.session.weights_version):  # else this candidate's mask is still in place
-            if self.metric == "sparsegpt":  # its weight update, not only its mask (dsa_core.sparsegpt_levels)
+        sequential = self.sequential_last and stage == len(self.stages) - 1
+        if self._applied != (key, self.session.weights_version, sequential):  # else its pruning is still in place
+            if sequential:
+                self.session.prune_sequential(np.asarray(ratios, dtype=np.float64), self.metric)
+            elif self.metric == "sparsegpt":  # its weight update, not only its mask (dsa_core.sparsegpt_levels)
                 self.session.apply_sparsegpt_levels(np.asarray(ratios, dtype=np.float64))
             else:
                 self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
-            self._applied = (key, self.session.weights_version)
+            self._applied = (key, self.session.weights_version, sequential)
         value = self.stages[stage]()
         if counted:
             self.seconds[stage] += time.perf_counter() - start
@@ -114,6 +129,6 @@ class Fitness:
         return self.memo[key]
 
     def throughput(self) -> list[dict]:
-        """Per stage: tokens, measurements and their rate."""
+        """Per stage: tokens, measurements and their rate (re-masking or sequential pruning counted in)."""
         return [{"tokens": t, "evaluated": n, "seconds": s, "per_second": n / s if s else 0.0}
                 for t, n, s in zip(self.tokens, self.counts, self.seconds)]

@@ -32,7 +32,7 @@ from dsa_core import workers as W
 from dsa_core.allocation import allocate, describe
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
-from dsa_core.fitness import FAILED_FITNESS, FITNESSES, Fitness, parse_fidelity, stage_windows
+from dsa_core.fitness import FAILED_FITNESS, FITNESSES, LAST_STAGES, Fitness, parse_fidelity, stage_windows
 from dsa_core.levels import LevelSwitchSampler, expand_to_units
 from dsa_core.selection import RecentHalvingPruner
 from dsa_core.session import PruningSession
@@ -76,6 +76,8 @@ class SearchConfig:
     fidelity: str = _option("", "token counts of the staged selection, few first, e.g. 2k,16k,64k: every candidate "
                             "is measured on the first, the best 1/--promote on the next (default: one stage of "
                             "--fitness-windows windows)")
+    last_stage: str = _option("masked", "how the last fidelity stage measures a candidate: "
+                              + "; ".join(f"{k}: {v}" for k, v in LAST_STAGES.items()), choices=tuple(LAST_STAGES))
     promote: int = _option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
     level_step: float = _option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
     parents: int = _option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
@@ -100,7 +102,7 @@ class SearchConfig:
     def validate(self) -> SearchConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
-        for name in ("space", "granularity", "fitness"):
+        for name in ("space", "granularity", "fitness", "last_stage"):
             choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"Unknown {name} '{getattr(self, name)}'; choose one of {', '.join(choices)}.")
@@ -183,7 +185,7 @@ def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
 
 def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
     """The fitness a search's configuration asks for, at every fidelity stage."""
-    return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows())
+    return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows(), cfg.last_stage)
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:

@@ -204,6 +204,32 @@ def test_kl_fitness_is_zero_for_the_dense_model_and_positive_when_pruned(session
     assert fitness.stages[0]() == 0.0
 
 
+@pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
+def test_a_sequential_last_stage_measures_the_model_as_it_is_finally_pruned(session, metric):
+    ratios = np.array([0.3, 0.5, 0.7, 0.9])
+    fitness = Fitness(session, metric, 0.6, "kl", [1, 2], last_stage="sequential")
+    first, last = fitness.measure("a", ratios, 0), fitness.measure("a", ratios, 1)
+    session.prune_sequential(ratios, metric)
+    assert last == fitness.stages[1]()  # what sequential pruning gives, measured on the last stage's tokens
+    masked = Fitness(session, metric, 0.6, "kl", [1, 2])
+    assert first == masked.measure("a", ratios, 0)  # the stages before it still re-mask from the dense scores
+    assert masked.measure("a", ratios, 1) != last
+    assert fitness.measure("a", ratios, 1) == last  # pruned again after another pruning took its place
+    session.restore()
+
+
+def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_sequential_measure(session):
+    cfg = S.SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
+                         budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()
+    result = S.run_search(session, cfg, S.create_study(cfg))
+    check = S.search_fitness(session, cfg)  # its dense logits first
+    session.prune_sequential(np.asarray(result.best.ratios), "wanda")
+    assert result.best.fitness == check.stages[1]()
+    with pytest.raises(ConfigError, match="last_stage"):
+        S.SearchConfig(**QUICK, last_stage="faithful").validate()
+    session.restore()
+
+
 def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
     with pytest.raises(ConfigError, match="calibration windows"):
         Fitness(session, "wanda", 0.5, "kl", [1, 3])  # the session has 2 calibration windows
