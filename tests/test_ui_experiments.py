@@ -170,17 +170,41 @@ def test_compare_puts_runs_on_one_chart():
     search = new_record("search", {"sparsity": 0.5}, name="se", status="done", results=experiments.search_results(
         [event(0, 50.0, 50.0), event(1, 45.0, 45.0)]))
     charts = experiments.compare([evaluation("one"), evaluation("two"), sweep, search])
-    assert set(charts) == set(experiments.CHARTS) - {"refinement", "widths", "training"}  # single runs' charts
+    # single runs' charts, and no zero-shot tasks were scored in these
+    assert set(charts) == set(experiments.CHARTS) - {"refinement", "widths", "training", "zero-shot"}
     assert [t.name for t in charts["profiles"].data] == ["one", "two", "best of se"]
     assert [t.name for t in charts["perplexity"].data] == ["one", "two"]
     assert [t.name for t in charts["sweep"].data] == ["sw: uniform"]
     assert [t.name for t in charts["search"].data] == ["se: best", "se: population mean"]
 
 
+def zeroshot_section(acc: float, missing: bool = True) -> dict:
+    tasks = {"boolq": {"acc": acc, "acc_norm": None, "acc_stderr": 0.01, "acc_norm_stderr": None, "n": 20},
+             "arc_easy": {"acc": acc / 2, "acc_norm": acc / 2, "acc_stderr": 0.02, "acc_norm_stderr": 0.02, "n": 20}}
+    return {"tasks": tasks, "mean_acc": acc * 0.75, "missing": {"hellaswag": "no local copy"} if missing else {}}
+
+
+def test_zero_shot_bars_open_and_compare_across_experiments():
+    def with_tasks(name: str, acc: float):
+        rows = [dict(r, zeroshot=zeroshot_section(acc + i / 10)) for i, r in enumerate(ROWS)]
+        return new_record("evaluation", {"sparsity": 0.5}, name=name, status="done", results={
+            "target": 0.5, "rows": rows, "dense_ppl": 10.0, "dense_zeroshot": zeroshot_section(0.8)})
+
+    one, two = with_tasks("one", 0.6), with_tasks("two", 0.4)
+    single = experiments.charts(one)["zero-shot"]
+    bars = [t for t in single.data if t.type == "bar"]
+    assert [b.name for b in bars] == ["dense"] + [r["label"] for r in ROWS]
+    assert list(bars[1].x) == ["BoolQ", "ARC-e", "HellaSwag", "mean of 2 (HellaSwag missing)"]
+    assert bars[1].y[2] is None and [a.text for a in single.layout.annotations] == ["missing"]
+    compared = experiments.compare([one, two, evaluation("three")])["zero-shot"]  # "three" scored no tasks
+    assert [t.name for t in compared.data if t.type == "bar"] == ["one", "two"]
+    assert [t for t in compared.data if t.type == "bar"][1].y[0] == 0.4  # two's own function, not its dense model
+
+
 def test_rows_choices_and_summary():
     rec = evaluation()
     (row,) = experiments.table_rows([rec])
-    assert row[0] == rec.id and row[2:6] == ["evaluation", "eval", "done", "random:tiny"] and row[6] == "ppl 20 at 50%"
+    assert row[-1] == rec.id and row[:5] == ["eval", "evaluation", "done", "ppl 20 at 50%", "random:tiny"]
     assert experiments.choice(rec)[1] == rec.id
     md = experiments.summary_markdown(rec, f"http://host/?experiment={rec.id}")
     assert rec.id in md and f"(http://host/?experiment={rec.id})" in md and "device cpu" in md
@@ -197,7 +221,7 @@ def test_a_record_stored_before_imports_were_checked_is_shown_as_unreadable():
                                      results={"rows": [{}], "target": 0.5})
     text_fitness = new_record("search", {}, name="text fitness", status="done", results={"best_fitness": "abc"})
     records = [rows_without_labels, text_fitness, evaluation("fine")]
-    assert [row[6] for row in experiments.table_rows(records)] == [experiments.UNREADABLE] * 2 + ["ppl 20 at 50%"]
+    assert [row[3] for row in experiments.table_rows(records)] == [experiments.UNREADABLE] * 2 + ["ppl 20 at 50%"]
     charts = experiments.compare(records)
     assert [t.name for t in charts["perplexity"].data] == ["fine"] and "search" not in charts
     assert experiments.charts(text_fitness) == {}
@@ -280,7 +304,7 @@ def test_any_importable_document_lists_opens_and_compares(history, doc):
         assert history.count() == before
         return
     records = history.find(limit=None)  # every document imported so far, in one list
-    assert [row[0] for row in experiments.table_rows(records)] == [r.id for r in records]
+    assert [row[-1] for row in experiments.table_rows(records)] == [r.id for r in records]
     assert experiments.headline(record) != experiments.UNREADABLE
     for figure in [*experiments.charts(record).values(), *experiments.compare([record, *records[:2]]).values()]:
         figure.to_json()

@@ -336,6 +336,23 @@ def test_figures_group_bars_by_task():
         zeroshot_bars(results, metric="f1")
 
 
+def test_figures_mark_missing_tasks_and_give_the_mean_its_error():
+    from ui.zeroshot_figures import task_sets, zeroshot_bars
+
+    result = fake_result({"boolq": (0.6, None, 100), "arc_easy": (0.5, 0.4, 100)})
+    result["tasks"]["arc_easy"]["acc_stderr"] = 0.02
+    result["missing"] = {"hellaswag": "no local copy"}
+    fig = zeroshot_bars({"dense": result})
+    bar = fig.data[0]
+    assert list(bar.x) == ["BoolQ", "ARC-e", "HellaSwag", "mean of 2 (HellaSwag missing)"]
+    assert bar.y[2] is None and list(bar.error_y.array)[3] == pytest.approx(np.hypot(0.01, 0.02) / 2)
+    assert [a.text for a in fig.layout.annotations] == ["missing"] and fig.layout.annotations[0].x == "HellaSwag"
+    assert list(fig.data[1].y) == [0.5, 0.25, 0.25, None]  # chance: yes/no, four choices, four endings
+    sets = task_sets({"hellaswag": "no file", "piqa": None})
+    assert sets[0][1] == "paper" and sets[0][0].endswith("6 here, HellaSwag missing") and sets[1] == ("PIQA", "piqa")
+    assert task_sets({})[0][0].endswith("OBQA)")  # all available: nothing said missing
+
+
 # --- the real model ---------------------------------------------------------------------------------------------
 
 @pytest.mark.integration

@@ -20,10 +20,11 @@ from dsa_core.search import FAILED_FITNESS, SearchConfig, SearchEvent, SearchRes
 from storage import ExperimentRecord, shape_problem
 from ui import escape, figures, structural_figures
 from ui.workspace import OWN_LABEL
+from ui.zeroshot_figures import zeroshot_bars, zeroshot_sections
 
 # The chart slots of the history tab, in order; "refinement" belongs to hybrid searches, "widths" and "training" to
 # structural-pruning runs.
-CHARTS = ("profiles", "perplexity", "sweep", "search", "refinement", "widths", "training")
+CHARTS = ("profiles", "perplexity", "zero-shot", "sweep", "search", "refinement", "widths", "training")
 UNREADABLE = "⚠ unreadable results"
 _HEADLINE_KEYS = ("rows", "target", "best_fitness", "targets", "error")  # the results `headline` reads
 
@@ -174,7 +175,7 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
     """Charts that put one or more experiments side by side: profiles overlaid, perplexity dots grouped by
     experiment, sweeps and search curves overlaid. Unreadable records are left out."""
     single = len(records) == 1
-    profiles, bars, sweeps, curves, structural = {}, {}, {}, {}, {}
+    profiles, bars, sweeps, curves, structural, zeroshot = {}, {}, {}, {}, {}, {}
     single_search, moved = None, None  # one search's own charts: its candidates, and a hybrid's refinement
     dense, target = None, None
     for rec in records:
@@ -189,6 +190,7 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
                 profiles[row["label"] if single else name] = row["ratios"]
             bars[name] = {r["label"]: r["ppl"] for r in rows if r.get("ppl") is not None}
             dense = res.get("dense_ppl") if single else None
+            zeroshot |= zeroshot_sections(res, None if single else name)  # across experiments: the function's
         elif rec.kind == "sweep" and res.get("series"):
             for s in res["series"]:
                 sweeps[s["label"] if single else f"{name}: {s['label']}"] = [
@@ -211,6 +213,8 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
         out["profiles"] = figures.profile_figure(profiles, target if single else None)
     if bars:
         out["perplexity"] = figures.perplexity_figure(bars, dense)
+    if zeroshot:
+        out["zero-shot"] = zeroshot_bars(zeroshot)
     if sweeps:
         out["sweep"] = figures.sweep_figure(sweeps)
     if curves:
@@ -246,12 +250,14 @@ def headline(record: ExperimentRecord) -> str:
     return res.get("error", "")[:80]
 
 
-TABLE_HEADERS = ["id", "created (UTC)", "kind", "name", "status", "model", "result"]
+# The name first (what a person looks for; on a narrow screen the table scrolls from it), the id last.
+TABLE_HEADERS = ["name", "kind", "status", "result", "model", "created (UTC)", "id"]
+IMPORTED = "imported"  # marks an experiment that came from a shared file, in the list's status column
 
 
 def table_rows(records: Sequence[ExperimentRecord]) -> list[list[str]]:
-    return [[r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.kind, r.name, r.status, r.model or "smollm2",
-             headline(r)] for r in records]
+    return [[label(r), r.kind, f"{r.status} · {IMPORTED}" if r.source else r.status, headline(r),
+             r.model or "smollm2", r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.id] for r in records]
 
 
 def choice(record: ExperimentRecord) -> tuple[str, str]:

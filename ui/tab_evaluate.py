@@ -11,13 +11,13 @@ import gradio as gr
 from dsa_core import functions as F
 from dsa_core.config import MODES
 from dsa_core.errors import ConfigError, DSAError
-from dsa_core.zeroshot.tasks import parse_tasks
+from dsa_core.zeroshot.tasks import availability, parse_tasks
 from storage import StorageError
 from ui import escape, experiments, figures
 from ui.formula import CONTROLS, function_from_controls
 from ui.jobs import Cancelled
 from ui.layout import AppContext, error_text, permalink_for, stream_job, target_slider
-from ui.zeroshot_figures import zeroshot_bars, zeroshot_table
+from ui.zeroshot_figures import task_sets, zeroshot_bars, zeroshot_sections, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
 
@@ -59,8 +59,7 @@ def result_rows(kind: str, result: dict) -> list[list]:
 def zeroshot_outputs(result: dict) -> tuple:
     """Whether the zero-shot section shows, and its table and grouped bars (dense first when measured): the section
     is hidden when the evaluation had no tasks."""
-    zs = ({"dense": result["dense_zeroshot"]} if result.get("dense_zeroshot") else {}) | {
-        r["label"]: r["zeroshot"] for r in result.get("rows", []) if r.get("zeroshot")}
+    zs = zeroshot_sections(result)
     if not zs:
         return gr.Column(visible=False), gr.skip(), gr.skip()
     headers, rows = zeroshot_table(zs)
@@ -81,6 +80,8 @@ def build(ctx: AppContext) -> None:
         tasks = gr.Textbox("", label="Zero-shot tasks (evaluate only)", placeholder="e.g. piqa, or paper for the seven",
                            elem_id="zs-tasks")
         tasks_limit = gr.Number(0, precision=0, minimum=0, label="Examples per task (0 = all)", elem_id="zs-limit")
+        # The sets fill the box, which stays the one input (and the API's); a task not available here says so.
+        task_set = gr.CheckboxGroup(task_sets(availability()), label="Zero-shot task sets", elem_id="zs-sets")
     with gr.Row():
         name = gr.Textbox(label="Name", placeholder="optional", elem_id="eval-name")
         tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="eval-tags")
@@ -176,4 +177,6 @@ def build(ctx: AppContext) -> None:
     save.click(save_meta, [experiment, name, tags], status, api_name="save_experiment")
     target.change(lambda v: gr.Button(evaluate_label(v)), target, evaluate, api_visibility="private",
                   show_progress="hidden", queue=False)
+    task_set.change(lambda picked: ", ".join(picked), task_set, tasks, api_visibility="private",
+                    show_progress="hidden", queue=False)
     cancel.click(ws.cancel, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="control")
