@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 
-from dsa_core.structural.training import StructuralConfig
+from dsa_core.structural.estimate import RunEstimate
+from dsa_core.structural.training import CPU_DEFAULTS, StructuralConfig
+
+
+def _sized(name: str, what: str) -> str:
+    """Help for an option whose default depends on the device: both defaults, from the one declaration."""
+    general = getattr(StructuralConfig(), name)
+    return f"{what} (default {'all' if general is None else general}; on a CPU {CPU_DEFAULTS[name]})"
 
 
 def add_structural_parser(sub) -> None:
@@ -22,20 +30,22 @@ def add_structural_parser(sub) -> None:
                    "directory, .gguf file, gemma3-270m, random:<shape>; default: SmolLM2-135M-Instruct")
     p.add_argument("--target-ratio", type=float, default=d.target_ratio,
                    help="share of the blocks' linear-layer parameters to keep")
-    p.add_argument("--steps", type=int, default=d.steps, help="hypernetwork training steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per training step")
-    p.add_argument("--seqlen", type=int, default=d.seqlen, help="tokens per training window")
-    p.add_argument("--lr", type=float, default=d.lr)
+    # Options whose default is sized for the device (CPU_DEFAULTS): None here, filled in by config_from_args.
+    p.add_argument("--steps", type=int, default=None, help=_sized("steps", "hypernetwork training steps"))
+    p.add_argument("--batch-size", type=int, default=None, help=_sized("batch_size", "windows per training step"))
+    p.add_argument("--seqlen", type=int, default=None, help=_sized("seqlen", "tokens per training window"))
+    p.add_argument("--lr", type=float, default=None, help=_sized("lr", "learning rate"))
     p.add_argument("--lam", type=float, default=d.lam, help="weight λ of |log(ratio / target)|")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--offset", type=float, default=d.offset)
     p.add_argument("--calib", default=d.calib, help="wikitext2, c4 or a text file (never a test split)")
     p.add_argument("--data-source", choices=["auto", "hub", "local"], default=d.data_source)
-    p.add_argument("--eval-seqlen", type=int, default=d.eval_seqlen)
-    p.add_argument("--eval-windows", type=int, default=None, help="cap on WikiText-2 test windows (quick runs)")
+    p.add_argument("--eval-seqlen", type=int, default=None, help=_sized("eval_seqlen", "tokens per test window"))
+    p.add_argument("--eval-windows", type=int, default=None,
+                   help=_sized("eval_windows", "cap on WikiText-2 test windows; 0: the whole test split"))
     p.add_argument("--no-baseline", action="store_true", help="skip the uniform-width baseline")
-    p.add_argument("--baseline-samples", type=int, default=d.baseline_samples,
-                   help="calibration windows for the baseline's activation norms")
+    p.add_argument("--baseline-samples", type=int, default=None,
+                   help=_sized("baseline_samples", "calibration windows for the baseline's activation norms"))
     p.add_argument("--max-train-seconds", type=float, default=None,
                    help="stop training after this long, whatever --steps says")
     p.add_argument("--align", type=int, default=d.align,
@@ -49,13 +59,13 @@ def add_structural_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> StructuralConfig:
-    return StructuralConfig(
-        model=args.model, target_ratio=args.target_ratio, steps=args.steps, batch_size=args.batch_size,
-        seqlen=args.seqlen, lr=args.lr, lam=args.lam, temperature=args.temperature, offset=args.offset,
-        calib=args.calib, data_source=args.data_source, eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, baseline=not args.no_baseline, baseline_samples=args.baseline_samples,
-        max_train_seconds=args.max_train_seconds, align=args.align, seed=args.seed, device=args.device,
-        dtype=args.dtype,
+    sized = {k: getattr(args, k) for k in CPU_DEFAULTS if getattr(args, k) is not None}
+    if sized.get("eval_windows") == 0:
+        sized["eval_windows"] = None  # the whole test split
+    return StructuralConfig.defaults_for(
+        args.device, model=args.model, target_ratio=args.target_ratio, lam=args.lam, temperature=args.temperature,
+        offset=args.offset, calib=args.calib, data_source=args.data_source, baseline=not args.no_baseline,
+        max_train_seconds=args.max_train_seconds, align=args.align, seed=args.seed, dtype=args.dtype, **sized,
     ).validate()
 
 
@@ -96,10 +106,15 @@ def print_table(result: dict) -> None:
     print(f"protocol            {p['dataset']}/{p['split']} ({p['source']}), seqlen {p['seqlen']}, "
           f"{p['windows']} windows; calibration {p['calibration_source']}")
     print("seconds             " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
+    if result.get("estimate"):
+        print(f"estimated seconds   {result['estimate']['seconds_left']:.0f} after the first step; took "
+              f"{sum(v for k, v in result['timings'].items() if k not in ('load', 'data')):.0f}")
     if "saved_to" in result:
         print(f"saved to            {result['saved_to']}")
     if "history_id" in result:
         print(f"history id          {result['history_id']}")
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}")
 
 
 def structural_command(args: argparse.Namespace) -> int:
@@ -107,7 +122,15 @@ def structural_command(args: argparse.Namespace) -> int:
     from dsa_core.structural.runner import run_structural
 
     cfg = config_from_args(args)
-    run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save)
+    told: list[RunEstimate] = []
+
+    def estimate(e: RunEstimate) -> None:  # once, after the first step: before the bulk of the training
+        if not told and not args.json:
+            print(f"estimated: {e.describe()}", file=sys.stderr)
+        told.append(e)
+
+    run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save,
+                         on_estimate=estimate)
     result = run.result
     if args.history:
         result["history_id"] = save_to_history(result)

@@ -26,7 +26,7 @@ TABLE_HEADERS = ["model", "kept block parameters", "total parameters", "perplexi
 def build_structural_tab(ctx: AppContext) -> None:
     """Lay out the tab's components in the current Gradio block and wire its events."""
     ws, history = ctx.workspace, ctx.history
-    d = StructuralConfig()
+    d = StructuralConfig.defaults_for(ws.device)  # CPU-sized on a CPU
     with gr.Row():
         model = gr.Textbox("smollm2", label="Model (LLaMA, Mistral, Qwen2/3, Gemma 2/3)", elem_id="st-model",
                            info="smollm2, gemma3-270m, a hub id, or random:tiny for a quick try")
@@ -58,14 +58,15 @@ def build_structural_tab(ctx: AppContext) -> None:
 
     def train(model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags, request: gr.Request):
         try:
-            cfg = StructuralConfig(
-                model=None if (model or "").strip() in ("", "smollm2") else model.strip(), target_ratio=float(target),
-                steps=int(steps), batch_size=int(batch), seqlen=int(seqlen), lam=float(lam), lr=float(lr),
-                eval_windows=int(windows) or None, baseline=bool(baseline), device=ws.device).validate()
+            cfg = StructuralConfig.defaults_for(
+                ws.device, model=None if (model or "").strip() in ("", "smollm2") else model.strip(),
+                target_ratio=float(target), steps=int(steps), batch_size=int(batch), seqlen=int(seqlen),
+                lam=float(lam), lr=float(lr), eval_windows=int(windows) or None, baseline=bool(baseline)).validate()
             ws.check_sources(cfg)
             rec = history.save("structural", cfg.to_dict(), name=name or default_name(cfg.to_dict()),
                                tags=parse_tags(tags), environment=ws.environment())
-            job = ws.start("structural pruning", lambda job: run_structural(cfg, progress=job, on_step=job.publish))
+            job = ws.start("structural pruning", lambda job: run_structural(  # the status line shows the time left
+                cfg, progress=job, on_step=job.publish, on_estimate=lambda e: setattr(job, "stage", e.describe())))
         except (DSAError, TypeError, ValueError) as e:
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
@@ -86,7 +87,8 @@ def build_structural_tab(ctx: AppContext) -> None:
             params, ppl = result["params"], result["ppl"]
             versus = f", uniform baseline {ppl['baseline']:.2f}" if "baseline" in ppl else ""
             return (f"✓ Kept {params['ratio']:.2%} of the block parameters; perplexity {ppl['compressed']:.2f} "
-                    f"(dense {ppl['dense']:.2f}{versus}) in {job.elapsed():.1f} s.", saved_markdown(rec.id, link),
+                    f"(dense {ppl['dense']:.2f}{versus}) in {job.elapsed():.1f} s."
+                    + "".join(f"\n\n⚠ {w}" for w in result["warnings"]), saved_markdown(rec.id, link),
                     structural_figures.perplexity_rows(results), charts["loss"], charts["widths"])
 
         def fail(e: BaseException) -> tuple:

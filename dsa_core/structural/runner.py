@@ -6,6 +6,7 @@ it, storage keeps it. Orchestration only: each step is a call into the modules o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,11 @@ from dsa_core.models import LoadedModel, load_model
 from dsa_core.pipeline import environment, oom_as_error, peak_memory_gb
 from dsa_core.structural.baseline import uniform_selection
 from dsa_core.structural.compressed import as_loaded, compress
+from dsa_core.structural.estimate import RunEstimate, convergence_warnings
 from dsa_core.structural.selection import LABELS, STRUCTURES, Selection
 from dsa_core.structural.training import Progress, StructuralConfig, train_selection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +54,7 @@ def _selection_summary(selection: Selection) -> dict:
 
 # What the history keeps as an experiment's results; config, protocol and environment go in their own fields.
 RESULT_KEYS = ("ppl", "params", "selection", "baseline", "curve", "structures", "structure_labels", "full_widths",
-               "saved_to", "timings", "peak_memory_gb")
+               "saved_to", "timings", "estimate", "warnings", "peak_memory_gb")
 
 
 def stored_results(result: dict) -> dict:
@@ -59,9 +63,11 @@ def stored_results(result: dict) -> dict:
 
 def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
                    on_step: Callable[[dict], None] | None = None, lm: LoadedModel | None = None,
-                   save_dir: str | Path | None = None) -> StructuralRun:
+                   save_dir: str | Path | None = None,
+                   on_estimate: Callable[[RunEstimate], None] | None = None) -> StructuralRun:
     """Run cfg; reuse `lm` when given (it must be the model cfg names). Saves the compressed model (and
-    the tokenizer) to `save_dir` when given."""
+    the tokenizer) to `save_dir` when given. `on_estimate` hears the time left after every training step (the
+    first one before the bulk of the training); warnings say when training did not converge."""
     cfg.validate()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -83,8 +89,23 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     windows = data.eval_windows(data.tokenize(lm.tokenizer, test.text), cfg.eval_seqlen, cfg.eval_windows,
                                 bos_id=lm.window_bos)
     lap("data")
+    eval_tokens = windows.numel() * (3 if cfg.baseline else 2) + cfg.baseline * cfg.baseline_samples * cfg.seqlen
+    estimates: list[RunEstimate] = []
+
+    def step_done(point: dict) -> None:
+        cap = None if cfg.max_train_seconds is None else cfg.max_train_seconds - point["seconds"]
+        estimate = RunEstimate(point["seconds"] / point["step"], cfg.steps - point["step"], eval_tokens,
+                               cfg.batch_size * cfg.seqlen, cap)
+        if not estimates:
+            log.info("structural pruning: %s", estimate.describe())
+            estimates.append(estimate)
+        if on_estimate:
+            on_estimate(estimate)
+        if on_step:
+            on_step(point)
+
     with oom_as_error("training the hypernetwork"):
-        trained = train_selection(lm, ids, cfg, progress, on_step)
+        trained = train_selection(lm, ids, cfg, progress, step_done)
     lap("training")
     compressed = compress(lm, trained.selection)
     lap("compression")
@@ -110,6 +131,9 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
         result["baseline"] = _selection_summary(base_sel)
         result["ppl"]["baseline"] = ppl(as_loaded(baseline, lm, "baseline"), "perplexity (baseline)")
         lap("baseline")
+    result["warnings"] = convergence_warnings(trained.curve, cfg.target_ratio, result["ppl"])
+    for warning in result["warnings"]:
+        log.warning(warning)
     if save_dir is not None:
         compressed.save_pretrained(save_dir)
         lm.tokenizer.save_pretrained(save_dir)
@@ -140,6 +164,7 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
             "ratio_counts": "linear layers of the decoder blocks (q/k/v/o, gate/up/down)",
         },
         timings=timings,
+        estimate=estimates[0].to_dict() if estimates else None,
         peak_memory_gb=peak_memory_gb(lm.device),
         environment=environment(lm),
     )
