@@ -1,0 +1,151 @@
+"""Does the speed-up of structural pruning come from pruning? Prefill and decode throughput at batch 1 and 16 and
+peak memory of a model of a given shape with random weights (speed does not depend on their values):
+
+    stock                     the family's own transformers class (e.g. LlamaForCausalLM)
+    DISP class, full widths   the compressed model's class with nothing pruned (fused q/k/v and gate/up)
+    DISP-LLM 70% / 50%        the compressed class keeping 70% / 50% of the blocks' linear parameters, widths from
+                              one global threshold on random channel scores (they differ block by block, as a
+                              trained hypernetwork's do), multiples of 8
+
+Prefill: one forward pass over batch × prompt tokens that fills the KV cache. Decode: `--new-tokens` greedy steps of
+one token per sequence with that cache (the model's own forward, no generate() overhead). Median of `--repeats`
+after one warm-up. Peak memory: the most the CUDA allocator held while the model prefilled and decoded, counting
+its weights, activations and cache, not other models resident at the time.
+
+    python bench/bench_structural_speed.py --model random:llama-2-7b                      # GPU: the 7B shape, bf16
+    python bench/bench_structural_speed.py --model random:tiny --device cpu --prompt-len 32 --new-tokens 4 \\
+        --repeats 1                                                                          # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dsa_core.models import load_model  # noqa: E402
+from dsa_core.structural.compressed import compress  # noqa: E402
+from dsa_core.structural.selection import BlockShape, Selection, fit_budget  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def prefill_and_decode(model, prompts: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Seconds of the prefill pass and of `new_tokens` greedy decode steps."""
+    device = prompts.device
+    sync(device)
+    start = time.perf_counter()
+    out = model(input_ids=prompts, use_cache=True)
+    sync(device)
+    prefill = time.perf_counter() - start
+    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    sync(device)
+    return prefill, time.perf_counter() - start
+
+
+def measure(model, vocab: int, batches: list[int], args, device: torch.device, resident: int) -> dict:
+    """Throughput and peak memory of one model at each batch size; `resident` bytes belong to other models."""
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    for b in batches:
+        prompts = torch.randint(0, vocab, (b, args.prompt_len), generator=g).to(device)
+        prefill_and_decode(model, prompts, args.new_tokens)  # warm-up: kernels chosen, allocator grown
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        times = [prefill_and_decode(model, prompts, args.new_tokens) for _ in range(args.repeats)]
+        prefill, decode = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+        peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
+        out[str(b)] = {"prefill_tokens_per_s": b * args.prompt_len / prefill,
+                       "decode_tokens_per_s": b * args.new_tokens / decode, "peak_gb": peak}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="random:llama-2-7b", help="a random:<shape> (or any supported model)")
+    ap.add_argument("--ratios", default="0.7,0.5", help="kept shares of the blocks' linear parameters")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--align", type=int, default=8)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None, help="default: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--json", default=None, help="write the measurements to this file")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+
+    lm = load_model(args.model, args.device, args.dtype)
+    device, vocab = lm.device, lm.model.config.vocab_size
+    shape = BlockShape.from_config(lm.model.config)
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(w, generator=g) for _ in range(shape.n_blocks) for w in shape.full_widths]
+    selections = {"DISP class, full widths": Selection.full(shape),
+                  **{f"DISP-LLM {r:.0%}": fit_budget(shape, scores, r, args.align) for r in ratios}}
+    rows: dict[str, dict] = {}
+
+    def row(name: str, model, block_params: int, resident: int) -> None:
+        params = sum(p.numel() for p in model.parameters())
+        weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+        rows[name] = {"block_params": block_params, "params": params, "weights_gb": weights,
+                      "batches": measure(model, vocab, batches, args, device, resident)}
+        print(f"  measured {name}", file=sys.stderr)
+
+    row("stock", lm.model, shape.dense_params, 0)
+    resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    for name, sel in selections.items():
+        model = compress(lm, sel)
+        gc.collect()
+        row(name, model, sel.params, resident)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    title = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print(f"\n{args.model} ({lm.arch}), {title}, {lm.dtype}; prompt {args.prompt_len}, {args.new_tokens} decode steps, "
+          f"median of {args.repeats}; widths multiples of {args.align}")
+    cols = [(f"prefill b={b}", "prefill_tokens_per_s", b) for b in batches]
+    cols += [(f"decode b={b}", "decode_tokens_per_s", b) for b in batches]
+    cols += [(f"peak GB b={b}", "peak_gb", b) for b in batches]
+    print(f"{'':<26}{'share':>8}{'params':>15}{'weights GB':>12}" + "".join(f"{c[0]:>15}" for c in cols))
+    for name, r in rows.items():
+        line = f"{name:<26}{r['block_params'] / shape.dense_params:>8.1%}{r['params']:>15,}{r['weights_gb']:>12.2f}"
+        for _, key, b in cols:
+            v = r["batches"][str(b)][key]
+            line += f"{'-':>15}" if v is None else f"{v:>15.1f}" if key != "peak_gb" else f"{v:>15.2f}"
+        print(line)
+    full = rows["DISP class, full widths"]["batches"]
+    for r in ratios:
+        pruned = rows[f"DISP-LLM {r:.0%}"]["batches"]
+        parts = []
+        for b in map(str, batches):
+            parts.append(f"b={b}: prefill ×{pruned[b]['prefill_tokens_per_s'] / full[b]['prefill_tokens_per_s']:.2f}, "
+                         f"decode ×{pruned[b]['decode_tokens_per_s'] / full[b]['decode_tokens_per_s']:.2f}"
+                         + (f", peak memory ×{pruned[b]['peak_gb'] / full[b]['peak_gb']:.2f}"
+                            if pruned[b]["peak_gb"] is not None else ""))
+        print(f"DISP-LLM {r:.0%} vs full widths: " + "; ".join(parts))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
