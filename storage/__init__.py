@@ -10,7 +10,7 @@ Storage never imports torch or a UI toolkit, and hands out detached `ExperimentR
 """
 
 from storage.db import Database, open_database
-from storage.errors import ExperimentNotFound, ImportRefused, StorageError
+from storage.errors import AlreadyImported, ExperimentNotFound, ImportRefused, StorageError
 from storage.history import Filters, History
 from storage.records import KINDS, STATUSES, ExperimentRecord, new_record
 from storage.shapes import SHAPES, shape_problem
@@ -29,8 +29,8 @@ from storage.sharing import (
 )
 
 __all__ = [
-    "Database", "open_database", "StorageError", "ImportRefused", "ExperimentNotFound", "History", "Filters",
-    "ExperimentRecord", "new_record", "KINDS", "STATUSES", "SHAPES", "shape_problem", "FORMAT", "VERSION", "SCHEMA",
-    "MAX_IMPORT_BYTES", "export_experiment", "export_to_file", "import_experiment", "import_file", "read_document",
-    "permalink", "experiment_id_from_url",
+    "Database", "open_database", "StorageError", "ImportRefused", "AlreadyImported", "ExperimentNotFound", "History",
+    "Filters", "ExperimentRecord", "new_record", "KINDS", "STATUSES", "SHAPES", "shape_problem", "FORMAT", "VERSION",
+    "SCHEMA", "MAX_IMPORT_BYTES", "export_experiment", "export_to_file", "import_experiment", "import_file",
+    "read_document", "permalink", "experiment_id_from_url",
 ]

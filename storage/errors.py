@@ -16,3 +16,11 @@ class ExperimentNotFound(StorageError):
 
 class ImportRefused(StorageError):
     """A shared experiment file was refused; the database is unchanged."""
+
+
+class AlreadyImported(ImportRefused):
+    """The shared experiment is already in the history (`record`): it was made here, or imported before."""
+
+    def __init__(self, message: str, record):
+        super().__init__(message)
+        self.record = record

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from storage.errors import ImportRefused, StorageError
+from storage.errors import AlreadyImported, ImportRefused, StorageError
 from storage.history import History
 from storage.records import (
     ID_PATTERN,
@@ -250,15 +250,30 @@ def read_document(data: bytes | str) -> dict:
     return experiment
 
 
+def find_copy(history: History, original_id: str) -> ExperimentRecord | None:
+    """The experiment of the history that a shared one with this id already is: the same id (made here, or
+    imported keeping its id), else one imported from it (its source names it; imports are tagged "imported")."""
+    if history.exists(original_id):
+        return history.get(original_id)
+    return next((r for r in history.find(tag=IMPORTED_TAG, limit=None)
+                 if (r.source or {}).get("original_id") == original_id), None)
+
+
 def import_experiment(history: History, data: bytes | str, *, keep_id: bool = False,
-                      origin: str | None = None) -> ExperimentRecord:
+                      origin: str | None = None, again: bool = True) -> ExperimentRecord:
     """Add a shared experiment to the history and return it as stored.
 
     It gets a new id unless `keep_id` is set, and then only if that id is free (else ImportRefused). Its
     `source` records the original id, the import time and `origin` (e.g. the file name), and it is tagged
-    "imported". Any refusal leaves the database unchanged."""
+    "imported". With `again=False`, an experiment already in the history (`find_copy`) is not added twice:
+    AlreadyImported names it. Any refusal leaves the database unchanged."""
     experiment = read_document(data)
     original_id = experiment["id"]
+    copy = None if again else find_copy(history, original_id)
+    if copy is not None:
+        how = "imported" if copy.source else "made here"
+        raise AlreadyImported(f"This experiment is already in the history as {copy.id} ({how}); nothing was "
+                              "added.", copy)
     collision = ImportRefused(
         f"An experiment with id {original_id} is already in the history; import it without keeping its id "
         "to add a copy."
@@ -290,8 +305,10 @@ def import_experiment(history: History, data: bytes | str, *, keep_id: bool = Fa
         raise
 
 
-def import_file(history: History, path: str | os.PathLike, *, keep_id: bool = False) -> ExperimentRecord:
-    """Import the shared experiment in `path`; its size is checked before a byte is parsed."""
+def import_file(history: History, path: str | os.PathLike, *, keep_id: bool = False,
+                again: bool = True) -> ExperimentRecord:
+    """Import the shared experiment in `path` (as `import_experiment`); its size is checked before a byte is
+    parsed."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -304,7 +321,7 @@ def import_file(history: History, path: str | os.PathLike, *, keep_id: bool = Fa
             data = f.read(MAX_IMPORT_BYTES + 1)  # the file may have grown since stat
     except OSError as e:
         raise ImportRefused(f"Cannot read {path}: {e.strerror or e}.") from None
-    return import_experiment(history, data, keep_id=keep_id, origin=path.name)
+    return import_experiment(history, data, keep_id=keep_id, origin=path.name, again=again)
 
 
 # ---- permalinks ---------------------------------------------------------------------------------------------

@@ -86,11 +86,11 @@ def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp
     assert status.startswith("✓ Evaluation done"), status
     assert [row[0] for row in table["data"]] == ["this function", "uniform", "owl", "dsa preset"]
     id = saved.split("`")[1]
-    row = next(r for r in listed(client) if r[0] == id)
-    assert row[2:5] == ["evaluation", "api run", "done"] and row[6].startswith("ppl ")
+    row = next(r for r in listed(client) if r[-1] == id)
+    assert row[:3] == ["api run", "evaluation", "done"] and row[3].startswith("ppl ")
 
-    message, details, name, tags, record, profiles, perplexity, sweep, search, refinement, widths, training = \
-        client.predict([id], api_name="/open_experiment")
+    message, details, name, tags, record, profiles, perplexity, _, sweep, search, refinement, widths, training = \
+        client.predict([id], api_name="/open_experiment")  # _: the zero-shot chart
     assert not widths["visible"] and not training["visible"]
     assert id in details and name == "api run" and tags == "api, tiny" and record["status"] == "done"
     assert record["config"]["allocation"] == "W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)"
@@ -110,14 +110,18 @@ def test_evaluate_saves_an_experiment_that_opens_exports_and_imports(client, tmp
     copy = tmp_path / "shared.json"
     copy.write_text(json.dumps(doc))
     message, table, _ = client.predict(handle_file(str(copy)), "all", "", "", api_name="/import_experiment")
+    assert message.startswith(f"ⓘ Already in the history as `{id}`")  # its own export: not added twice
+    doc["experiment"]["id"] = "c" * 32  # as if it came from another history
+    copy.write_text(json.dumps(doc))
+    message, table, _ = client.predict(handle_file(str(copy)), "all", "", "", api_name="/import_experiment")
     new_id = message.split("`")[1]
-    assert message.startswith("✓ Imported") and new_id != id and new_id in {r[0] for r in table["data"]}
+    assert message.startswith("✓ Imported") and new_id != id and new_id in {r[-1] for r in table["data"]}
 
     status, *_ = client.predict([id, new_id], api_name="/compare_experiments")
     assert status == "Comparing 2 experiments."
     assert client.predict([new_id], "copy", "x", api_name="/rename_experiment").startswith("✓")
     assert client.predict([new_id], api_name="/delete_experiments") == "✓ Deleted 1 experiment(s)."
-    assert new_id not in {r[0] for r in listed(client)}
+    assert new_id not in {r[-1] for r in listed(client)}
 
 
 @pytest.mark.parametrize("content,reason", [
@@ -190,8 +194,9 @@ def test_a_direct_allocation_is_summarised_and_explains_why_it_does_not_load(cli
     assert "not a function" in message and "only functions load into the builder" in message
 
 
-def test_stop_with_nothing_running_says_so(client):
-    assert client.predict(api_name="/stop") == "Nothing is running."
+def test_stop_with_nothing_running_leaves_the_status_alone(client):
+    # An update that changes nothing: the summary of the search that ended stays (a notice says nothing runs).
+    assert client.predict(api_name="/stop") == {"__type__": "update"}
 
 
 def test_the_history_pages_through_every_experiment_and_says_how_many(tmp_path):

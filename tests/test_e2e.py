@@ -163,6 +163,9 @@ def test_search_runs_live_and_stop_keeps_the_best(loaded, page):
     page.locator("#search-stop").click()
     status = wait_text(page, "#search-status", "Search stopped")
     assert re.search(r"\d+ functions evaluated", status)
+    page.locator("#search-stop").click()  # nothing runs now: the summary stays
+    page.wait_for_timeout(1500)
+    assert page.locator("#search-status").inner_text() == status
     best = page.locator("#search-best input, #search-best textarea").first.input_value()
     assert best.startswith("W:(")
     page.locator("#search-to-builder").click()
@@ -207,7 +210,7 @@ def test_a_bad_import_is_refused_with_a_message(loaded, page, tmp_path):
     page.locator("#history-upload input[type=file]").set_input_files(str(bad))
     page.wait_for_selector("#history-upload .file-preview, #history-upload table")
     page.locator("#history-import").click()
-    message = wait_text(page, "#history-status", "Import refused")
+    message = wait_text(page, "#history-import-status", "Import refused")
     assert "too large to store" in message
     page.locator("#history-refresh").click()
     wait_text(page, "#history-status", "listed")
@@ -243,7 +246,7 @@ def test_markup_in_an_imported_experiment_is_shown_as_text(url, browser, tmp_pat
         page.locator("#history-upload input[type=file]").set_input_files(str(shared))
         page.wait_for_selector("#history-upload .file-preview, #history-upload table")
         page.locator("#history-import").click()
-        message = wait_text(page, "#history-status", "Imported as")
+        message = wait_text(page, "#history-import-status", "Imported as")
         assert MARKUP in message
         assert MARKUP in page.locator("#history-table").inner_text()
         id = re.search(r"Imported as ([0-9a-f]{32})", message).group(1)
@@ -334,5 +337,62 @@ def test_the_builder_keeps_its_profile_in_view_and_nothing_stale(loaded, browser
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
         raise
+    finally:
+        page.close()
+
+
+def shared_file(tmp_path, id: str, name: str) -> Path:
+    experiment = {"id": id, "kind": "evaluation", "name": name, "status": "done",
+                  "created_at": "2025-05-01T10:00:00+00:00", "updated_at": "2025-05-01T10:00:00+00:00",
+                  "config": {"model": "random:tiny", "metric": "wanda", "allocation": "owl", "sparsity": 0.5},
+                  "results": {"target": 0.5, "rows": [{"label": "this function", "ppl": 20.0, "ratios": [0.4, 0.6]},
+                                                      {"label": "uniform", "ppl": 25.0, "ratios": [0.5, 0.5]}]}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"format": "sparsity-explorer/experiment", "version": 1, "experiment": experiment}))
+    return path
+
+
+def beside(page, message: str, button: str) -> bool:
+    """Whether a message sits next to its button: to its right on the same line, or just below it."""
+    m, b = page.locator(message).bounding_box(), page.locator(button).bounding_box()
+    right = m["x"] >= b["x"] + b["width"] - 1 and abs(m["y"] - b["y"]) < b["height"] + 20
+    below = 0 <= m["y"] - (b["y"] + b["height"]) < 40 and m["x"] < b["x"] + b["width"]
+    return right or below
+
+
+def test_history_rows_open_on_click_imports_are_marked_and_messages_sit_by_their_buttons(url, page, tmp_path):
+    tab(page, "History & sharing")
+    headers = page.evaluate("() => [...document.querySelectorAll('#history-table thead th')].map(e => e.innerText"
+                            ".trim()).filter(t => t)")
+    assert headers[0] == "name" and headers[-1] == "id"
+    path = shared_file(tmp_path, "d" * 32, "shared run")
+    page.locator("#history-upload input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#history-upload .file-preview, #history-upload table")
+    for expected in ("Imported as", "Already in the history"):  # the second import is recognised
+        page.locator("#history-import").click()
+        message = wait_text(page, "#history-import-status", expected)
+    assert "nothing was added" in message and beside(page, "#history-import-status", "#history-import")
+    page.locator("#history-refresh").click()
+    wait_text(page, "#history-status", "listed")
+    row = page.locator("#history-table [role=row].virtual-row", has_text="shared run")
+    assert row.count() == 1 and "done · imported" in row.inner_text()
+    row.locator("[role=gridcell]").first.click()  # a click on the row opens it
+    details = wait_text(page, "#history-details", "shared run")
+    assert "imported from shared run.json" in details
+    fill(page, "history-name", "shared run, renamed")
+    page.locator("#history-save").click()
+    wait_text(page, "#history-save-status", "Saved name and tags")
+    assert beside(page, "#history-save-status", "#history-save")
+
+
+def test_a_bad_permalink_says_why(url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(f"{url}?experiment=abc")
+        assert "not an experiment id" in wait_text(page, "#history-details", "This link opens no experiment")
+        page.goto(f"{url}?experiment={'e' * 32}")
+        assert "not in this history" in wait_text(page, "#history-details", "This link opens no experiment")
+        assert page.get_by_role("tab", name="History & sharing").get_attribute("aria-selected") == "true"
     finally:
         page.close()

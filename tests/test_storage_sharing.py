@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from storage import (
     MAX_IMPORT_BYTES,
+    AlreadyImported,
     History,
     ImportRefused,
     StorageError,
@@ -72,6 +73,21 @@ def test_file_round_trip_records_the_file_name(history, original, tmp_path):
     imported = import_file(history, path)
     assert imported.source["origin"] == "owl.json"
     assert without_provenance(imported) == without_provenance(original)
+
+
+def test_a_re_import_is_recognised_when_asked(history, original, tmp_path):
+    path = export_to_file(history, original.id, tmp_path / "owl.json")
+    with pytest.raises(AlreadyImported, match=f"already in the history as {original.id} \\(made here\\)") as made:
+        import_file(history, path, again=False)
+    assert made.value.record.id == original.id and history.count() == 1
+    copy = import_file(history, path)  # the default adds a copy, as before
+    history.delete(original.id)
+    again = export_to_file(history, copy.id, tmp_path / "copy.json")
+    with pytest.raises(AlreadyImported, match=f"as {copy.id} \\(imported\\)") as imported:
+        import_file(history, path, again=False)  # the original file: its copy is recognised by its source
+    assert imported.value.record.id == copy.id and history.count() == 1
+    with pytest.raises(AlreadyImported, match=f"as {copy.id} \\(imported\\)"):
+        import_file(history, again, again=False)  # the copy's own export is the copy
 
 
 def test_keep_id_only_when_free(history, original, tmp_path):

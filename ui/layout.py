@@ -75,6 +75,20 @@ def warnings_text(warnings: list[str]) -> str:
     return "\n".join(f"- ⚠ {w}" for w in warnings)
 
 
+def cancel_handler(workspace: Workspace) -> Callable[[], Any]:
+    """What a Cancel or Stop button does: ask the running job to stop (its own status line then says how it
+    ended); with nothing running, leave the status line as it is (the summary of what ended stays) and say so in
+    a notice."""
+
+    def cancel() -> Any:
+        if workspace.job is None or not workspace.job.running:
+            gr.Info("Nothing is running.")
+            return gr.skip()
+        return workspace.cancel()
+
+    return cancel
+
+
 def permalink_for(request: gr.Request | None, id: str) -> str:
     """The full permalink when the page's address is known (the browser sends it as Referer), else the query
     part, which a browser resolves against the page it is on."""

@@ -17,7 +17,7 @@ from dsa_core.structural.training import StructuralConfig
 from dsa_core.structural_cli import default_name
 from ui import figures, structural_figures
 from ui.jobs import Cancelled, Job
-from ui.layout import AppContext, error_text, permalink_for, stream_job
+from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job
 from ui.tab_evaluate import parse_tags, saved_markdown
 
 TABLE_HEADERS = ["model", "kept block parameters", "total parameters", "perplexity"]
@@ -104,5 +104,5 @@ def build_structural_tab(ctx: AppContext) -> None:
 
     inputs = [model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags]
     start.click(train, inputs, outputs, api_name="structural", **ctx.device_queue)
-    cancel.click(ws.cancel, None, status, api_name="structural_cancel", concurrency_limit=None,
+    cancel.click(cancel_handler(ws), None, status, api_name="structural_cancel", concurrency_limit=None,
                  concurrency_id="control")

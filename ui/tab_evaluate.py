@@ -16,7 +16,7 @@ from storage import StorageError
 from ui import escape, experiments, figures
 from ui.formula import CONTROLS, function_from_controls
 from ui.jobs import Cancelled
-from ui.layout import AppContext, error_text, permalink_for, stream_job, target_slider
+from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, target_slider
 from ui.zeroshot_figures import task_sets, zeroshot_bars, zeroshot_sections, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
@@ -179,4 +179,5 @@ def build(ctx: AppContext) -> None:
                   show_progress="hidden", queue=False)
     task_set.change(lambda picked: ", ".join(picked), task_set, tasks, api_visibility="private",
                     show_progress="hidden", queue=False)
-    cancel.click(ws.cancel, None, status, api_visibility="private", concurrency_limit=None, concurrency_id="control")
+    cancel.click(cancel_handler(ws), None, status, api_visibility="private", concurrency_limit=None,
+                 concurrency_id="control")

@@ -11,7 +11,7 @@ from dsa_core.errors import DSAError
 from dsa_core.models import DEFAULT_MODEL
 from dsa_core.scores import METRICS, PATTERNS
 from ui import escape
-from ui.layout import AppContext, error_text, stream_job, target_slider
+from ui.layout import AppContext, cancel_handler, error_text, stream_job, target_slider
 
 MODELS = [DEFAULT_MODEL, "gemma3-270m", "random:tiny"]
 BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]
@@ -91,4 +91,4 @@ def build(ctx: AppContext) -> None:
     inputs = [model, metric, pattern, target, calib, nsamples, seqlen, seed, source]
     ctx.events["loaded"] = load.click(load_model, inputs, [status, summary, blocks], api_name="load_model",
                                       show_progress="hidden", **ctx.device_queue)
-    cancel.click(ws.cancel, None, status, api_name="cancel", concurrency_limit=None, concurrency_id="control")
+    cancel.click(cancel_handler(ws), None, status, api_name="cancel", concurrency_limit=None, concurrency_id="control")

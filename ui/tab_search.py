@@ -20,7 +20,7 @@ from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
 from ui import experiments, figures
 from ui.formula import controls_from_text
 from ui.jobs import Cancelled, Job
-from ui.layout import AppContext, error_text, permalink_for, stream_job, target_slider
+from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, target_slider
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 
@@ -214,5 +214,5 @@ def build(ctx: AppContext) -> None:
     inputs = [sampler, population, budget, seconds, windows, seed, target, name, tags,
               *(declared[f.name] for f in DECLARED)]
     start.click(search, inputs, outputs, api_name="search", show_progress="hidden", **ctx.device_queue)
-    stop.click(ws.cancel, None, status, api_name="stop", concurrency_limit=None, concurrency_id="control")
+    stop.click(cancel_handler(ws), None, status, api_name="stop", concurrency_limit=None, concurrency_id="control")
     to_builder.click(load_best, [best, function], [*builder, ctx["tabs"], status], api_name="load_best")
