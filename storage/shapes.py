@@ -64,13 +64,16 @@ SHAPES: dict[str, dict] = {
         }),
     },
     "structural": {
+        "config": _object({"target_ratio": _MAYBE_NUMBER, "steps": _MAYBE_NUMBER, "batch_size": _MAYBE_NUMBER,
+                           "seqlen": _MAYBE_NUMBER}),
         "results": {**_object({
-            **_ERROR,
+            **_ERROR, "warnings": _TEXTS,
+            "ppl": _object({"dense": _MAYBE_NUMBER, "compressed": _MAYBE_NUMBER, "baseline": _MAYBE_NUMBER}),
             "selection": _object({"widths": {"type": "array", "items": _CHANNELS}}, ("widths",)),
             # Channel counts: the heat map shows each width as a share of its structure's full width.
             "full_widths": {"type": "array", "items": {**_NUMBER, "type": "integer", "minimum": 1}},
             "structure_labels": _TEXTS,
-            "params": _object({"target_ratio": _MAYBE_NUMBER}),
+            "params": _object({"target_ratio": _MAYBE_NUMBER, "ratio": _MAYBE_NUMBER}),
             "curve": _objects({"step": _NUMBER, "loss": _MAYBE_NUMBER, "ce": _MAYBE_NUMBER, "ratio": _MAYBE_NUMBER},
                               "step", "loss", "ce", "ratio"),
         }), "dependentRequired": {"selection": ["full_widths", "structure_labels"]}},

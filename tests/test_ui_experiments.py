@@ -309,3 +309,24 @@ def test_any_importable_document_lists_opens_and_compares(history, doc):
     for figure in [*experiments.charts(record).values(), *experiments.compare([record, *records[:2]]).values()]:
         figure.to_json()
     assert record.id in experiments.summary_markdown(record, "?experiment=x")
+
+
+def test_a_structural_run_is_summarised_with_its_result_and_its_warnings():
+    config = {"model": "random:tiny", "target_ratio": 0.7, "steps": 100, "batch_size": 1, "seqlen": 256}
+    results = {"ppl": {"dense": 1671.0, "compressed": 2.0e7, "baseline": 1671.0}, "params": {"ratio": 1.0},
+               "warnings": ["The kept ratio never left 100%: the hypernetwork did not learn widths."]}
+    rec = new_record("structural", config, name="flat", status="done", results=results)
+    assert experiments.headline(rec) == "ppl 2e+07 (uniform 1671), 100% kept ⚠ did not converge"
+    summary = experiments.summary_markdown(rec, "?experiment=x")
+    assert "metric ?" not in summary and "target ?" not in summary
+    assert "structural pruning · keep 70% of the block parameters · 100 steps of 1 × 256 tokens" in summary
+    assert "⚠ The kept ratio never left 100%" in summary and "result: ppl 2e+07" in summary
+    assert experiments.table_rows([rec])[0][3].startswith("ppl 2e+07")
+    fine = new_record("structural", config, results={"ppl": {"dense": 10.0, "compressed": 12.5}})
+    assert experiments.headline(fine) == "ppl 12.5" and "⚠" not in experiments.summary_markdown(fine, "x")
+
+
+def test_a_structural_run_whose_numbers_are_not_numbers_is_unreadable_not_an_error():
+    rec = new_record("structural", {"target_ratio": "most"}, results={"ppl": {"compressed": "abc"}})
+    assert experiments.headline(rec) == experiments.UNREADABLE
+    assert "cannot read" in experiments.summary_markdown(rec, "x")

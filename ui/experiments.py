@@ -26,7 +26,7 @@ from ui.zeroshot_figures import zeroshot_bars, zeroshot_sections
 # structural-pruning runs.
 CHARTS = ("profiles", "perplexity", "zero-shot", "sweep", "search", "refinement", "widths", "training")
 UNREADABLE = "⚠ unreadable results"
-_HEADLINE_KEYS = ("rows", "target", "best_fitness", "targets", "error")  # the results `headline` reads
+_HEADLINE_KEYS = ("rows", "target", "best_fitness", "targets", "error", "ppl", "params", "warnings")  # `headline`'s
 
 
 def search_protocol(cfg: SearchConfig) -> dict:
@@ -247,6 +247,11 @@ def headline(record: ExperimentRecord) -> str:
         return f"best {kind} {res['best_fitness']:.4g}"
     if record.kind == "sweep" and res.get("targets"):
         return f"{len(res['targets'])} targets"
+    if record.kind == "structural" and (res.get("ppl") or {}).get("compressed") is not None:
+        ppl, kept = res["ppl"], (res.get("params") or {}).get("ratio")
+        versus = f" (uniform {ppl['baseline']:.4g})" if ppl.get("baseline") is not None else ""
+        share = f", {kept:.0%} kept" if kept is not None else ""
+        return f"ppl {ppl['compressed']:.4g}{versus}{share}" + (" ⚠ did not converge" if res.get("warnings") else "")
     return res.get("error", "")[:80]
 
 
@@ -286,8 +291,9 @@ def summary_markdown(record: ExperimentRecord, link: str) -> str:
         f"### {text(label(record))}",
         f"**{record.kind}** · {record.status} · id `{record.id}`",
         f"created {record.created_at:%Y-%m-%d %H:%M:%S} UTC · updated {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"model {escape.code(cfg.get('model') or 'smollm2')} · metric {text(cfg.get('metric', '?'))} · "
-        f"{allocation}target {text(cfg.get('sparsity', '?'))}",
+        f"model {escape.code(cfg.get('model') or 'smollm2')} · " + (
+            _structural_line(cfg) if record.kind == "structural" and problem is None else
+            f"metric {text(cfg.get('metric', '?'))} · {allocation}target {text(cfg.get('sparsity', '?'))}"),
         "environment: " + ", ".join(f"{key} {text(env.get(key, '?'))}"
                                     for key in ("python", "torch", "transformers", "device")),
         f"result: {text(headline(record) or '—')}",
@@ -305,4 +311,15 @@ def summary_markdown(record: ExperimentRecord, link: str) -> str:
                      f"(original id {escape.code(record.source.get('original_id'))})")
     if record.results.get("error"):
         lines.append(f"⚠ {text(record.results['error'])}")
+    if record.kind == "structural" and problem is None:
+        lines += [f"⚠ {text(w)}" for w in record.results.get("warnings", [])]
     return "\n\n".join(lines)
+
+
+def _structural_line(cfg: Mapping) -> str:
+    """What a structural run asked for: the share of block parameters kept, and how long it trained."""
+    keep = f"keep {cfg['target_ratio']:.0%} of the block parameters" if cfg.get("target_ratio") is not None else ""
+    steps = cfg.get("steps")
+    training = (f"{steps:g} steps of {cfg.get('batch_size') or 1:g} × {cfg.get('seqlen') or '?'} tokens"
+                if steps is not None else "")
+    return "structural pruning" + "".join(f" · {part}" for part in (keep, training) if part)

@@ -41,6 +41,13 @@ def build_structural_tab(ctx: AppContext) -> None:
         windows = gr.Number(8, precision=0, minimum=0, label="Test windows (0 = the whole test split)",
                             elem_id="st-windows")
         baseline = gr.Checkbox(True, label="Uniform-width baseline", elem_id="st-baseline")
+    if ws.device.startswith("cpu"):
+        gpu = StructuralConfig()
+        times = (gpu.steps * gpu.batch_size * gpu.seqlen) / (d.steps * d.batch_size * d.seqlen)
+        gr.Markdown(f"ⓘ On the CPU the settings start sized for minutes ({d.steps} steps of {d.batch_size} × "
+                    f"{d.seqlen} tokens); a GPU's defaults ({gpu.steps} steps of {gpu.batch_size} × {gpu.seqlen}) "
+                    f"would train on {times:.0f} times as many tokens. Once training starts, the status line says "
+                    "how long is left.", elem_id="st-cpu-note")
     with gr.Row():
         name = gr.Textbox(label="Name", placeholder="optional", elem_id="st-name")
         tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="st-tags")
