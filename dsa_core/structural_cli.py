@@ -124,7 +124,7 @@ def structural_command(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     told: list[RunEstimate] = []
 
-    def estimate(e: RunEstimate) -> None:  # once, after the first step: before the bulk of the training
+    def estimate(e: RunEstimate) -> None:  # once, after the second step: before the bulk of the training
         if not told and not args.json:
             print(f"estimated: {e.describe()}", file=sys.stderr)
         told.append(e)

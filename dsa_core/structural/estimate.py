@@ -1,6 +1,6 @@
 """How long a structural-pruning run will take, and whether its training converged: pure functions of what the
 run has measured so far (seconds per training step, tokens left to evaluate) and of its loss curve. The runner
-reports the estimate before the bulk of the training (after its first step) and after every step; the CLI and the
+reports the estimate before the bulk of the training (after its second step) and after every step; the CLI and the
 web app show it. Nothing here runs a model.
 """
 

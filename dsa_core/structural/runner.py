@@ -66,8 +66,8 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
                    save_dir: str | Path | None = None,
                    on_estimate: Callable[[RunEstimate], None] | None = None) -> StructuralRun:
     """Run cfg; reuse `lm` when given (it must be the model cfg names). Saves the compressed model (and
-    the tokenizer) to `save_dir` when given. `on_estimate` hears the time left after every training step (the
-    first one before the bulk of the training); warnings say when training did not converge."""
+    the tokenizer) to `save_dir` when given. `on_estimate` hears the time left after every training step from the
+    second (before the bulk of the training); warnings say when training did not converge."""
     cfg.validate()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -91,16 +91,23 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     lap("data")
     eval_tokens = windows.numel() * (3 if cfg.baseline else 2) + cfg.baseline * cfg.baseline_samples * cfg.seqlen
     estimates: list[RunEstimate] = []
+    first_step: list[float] = []
 
     def step_done(point: dict) -> None:
-        cap = None if cfg.max_train_seconds is None else cfg.max_train_seconds - point["seconds"]
-        estimate = RunEstimate(point["seconds"] / point["step"], cfg.steps - point["step"], eval_tokens,
-                               cfg.batch_size * cfg.seqlen, cap)
-        if not estimates:
-            log.info("structural pruning: %s", estimate.describe())
-            estimates.append(estimate)
-        if on_estimate:
-            on_estimate(estimate)
+        # The first step warms up (SmolLM2 on a CPU: 34 s, then 13 s a step), so the rate comes from the steps after
+        # it, and the first estimate from the second step (or the only one).
+        step, seconds = point["step"], point["seconds"]
+        if step == 1:
+            first_step.append(seconds)
+        if step >= min(2, cfg.steps):
+            rate = seconds if step == 1 else (seconds - first_step[0]) / (step - 1)
+            cap = None if cfg.max_train_seconds is None else cfg.max_train_seconds - seconds
+            estimate = RunEstimate(rate, cfg.steps - step, eval_tokens, cfg.batch_size * cfg.seqlen, cap)
+            if not estimates:
+                log.info("structural pruning: %s", estimate.describe())
+                estimates.append(estimate)
+            if on_estimate:
+                on_estimate(estimate)
         if on_step:
             on_step(point)
 
