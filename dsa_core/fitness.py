@@ -17,24 +17,31 @@ ranks allocations differently from the sequential pruning the user gets: on Gemm
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 import time
 
 import numpy as np
+import torch
 
 from dsa_core import functions as F
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evaluate import FixedWindowsKL, FixedWindowsPerplexity
+from dsa_core.prune import SequentialRun, layer_ratios, run_bytes
 from dsa_core.session import PruningSession
+
+log = logging.getLogger(__name__)
 
 FITNESSES = {"ppl": "perplexity on WikiText-2 validation windows",
              "kl": "KL divergence from the dense model on calibration tokens"}
 LAST_STAGES = {"masked": "re-masked from the dense model's scores, like the stages before it",
-               "sequential": "after pruning sequentially, as the result is applied (a second or so per candidate "
-                             "with Wanda on a GPU; minutes with SparseGPT on a CPU)"}
+               "sequential": "after pruning sequentially, as the result is applied (seconds a candidate with "
+                             "Wanda on a GPU, resumed from the blocks it shares with the best one so far)"}
 FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes a search
+KEPT_RUNS_SHARE = 0.1  # of the device's memory that the sequential runs kept to resume from may hold
 
 
 def parse_fidelity(text: str | None) -> tuple[int, ...]:
@@ -58,6 +65,46 @@ def stage_windows(tokens: tuple[int, ...], seqlen: int, default_windows: int) ->
     return [max(1, math.ceil(t / seqlen)) for t in tokens] if tokens else [default_windows]
 
 
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class KeptRuns:
+    """The sequential runs a sequential last stage resumes from: the best-measured one (the direct search's parent,
+    from which its children differ in two units) and the latest, within `budget` bytes. Once the best alone does
+    not fit, nothing is kept any more."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.best: tuple[float, SequentialRun] | None = None
+        self.last: SequentialRun | None = None
+        self.enabled = True
+        self.blocks = [0, 0]  # blocks pruned, blocks taken from a kept run
+
+    def resume_from(self, per_layer: list[list[float]]) -> SequentialRun | None:
+        kept = [r for r in (self.best[1] if self.best else None, self.last) if r is not None]
+        run = max(kept, key=lambda r: r.shared_blocks(per_layer), default=None)
+        shared = run.shared_blocks(per_layer) if run else 0
+        self.blocks[0] += len(per_layer) - shared
+        self.blocks[1] += shared
+        return run if shared else None
+
+    def keep(self, run: SequentialRun | None, value: float) -> None:
+        if run is None:
+            return
+        if self.best is None or value < self.best[0]:
+            self.best = (value, run)
+        self.last = run
+        if run_bytes([self.best[1], self.last]) > self.budget:
+            self.last = None
+            if run_bytes([self.best[1]]) > self.budget:
+                log.info("A sequential run takes more than %d MB: later candidates are pruned from the first block.",
+                         self.budget >> 20)
+                self.best, self.enabled = None, False
+
+
 class Fitness:
     """A search's fitness on a session: `measure(ratios, stage)` re-masks (once per candidate) and measures at a
     stage. Memoised by key for whole evaluations, so a function the GA proposes again costs nothing."""
@@ -70,6 +117,7 @@ class Fitness:
             raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
         self.sequential_last = last_stage == "sequential"
+        self.kept = KeptRuns(int(KEPT_RUNS_SHARE * _device_memory(session.lm.device)))
         self.stats = session.stats(metric)
         if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
             session.scores(metric)
@@ -103,19 +151,29 @@ class Fitness:
         are the search's own, in `throughput`."""
         start = time.perf_counter()
         sequential = self.sequential_last and stage == len(self.stages) - 1
+        run = None
         if self._applied != (key, self.session.weights_version, sequential):  # else its pruning is still in place
             if sequential:
-                self.session.prune_sequential(np.asarray(ratios, dtype=np.float64), self.metric)
+                run = self._prune_sequential(np.asarray(ratios, dtype=np.float64))
             elif self.metric == "sparsegpt":  # its weight update, not only its mask (dsa_core.sparsegpt_levels)
                 self.session.apply_sparsegpt_levels(np.asarray(ratios, dtype=np.float64))
             else:
                 self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
             self._applied = (key, self.session.weights_version, sequential)
         value = self.stages[stage]()
+        self.kept.keep(run, value)
         if counted:
             self.seconds[stage] += time.perf_counter() - start
             self.counts[stage] += 1
         return value if math.isfinite(value) else FAILED_FITNESS
+
+    def _prune_sequential(self, ratios: np.ndarray) -> SequentialRun | None:
+        """Prune sequentially, from the kept run that shares the most leading blocks with `ratios`."""
+        if not self.kept.enabled:
+            return self.session.prune_sequential(ratios, self.metric)
+        per_layer = layer_ratios(ratios, [len(block) for block in self.session.dense.layers])
+        return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
+                                             record=True)
 
     def __call__(self, spec: str | F.AllocationFunction) -> float:
         """The fitness at the last stage of any allocation `allocate` accepts (a baseline, a function)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -254,6 +255,34 @@ def _prune_layer(metric: str, module: nn.Linear, acts: ActivationStats | None, n
     module.weight.mul_(keep)
 
 
+@dataclass
+class SequentialRun:
+    """What a sequential prune leaves so that a later one can skip the blocks it shares: per block, its per-layer
+    ratios, the inputs it was pruned on and its pruned weights. Blocks before the first whose ratios differ prune
+    alike, so a search's level switch (two units changed) need only redo the blocks from the first change on."""
+
+    ratios: list[list[float]]
+    inputs: list[BlockInputs]
+    weights: list[list[torch.Tensor]]
+
+    def shared_blocks(self, per_layer: list[list[float]]) -> int:
+        """How many leading blocks `per_layer` prunes exactly as this run did."""
+        k = 0
+        while k < min(len(self.ratios), len(per_layer)) and self.ratios[k] == per_layer[k]:
+            k += 1
+        return k
+
+
+def run_bytes(runs: list[SequentialRun]) -> int:
+    """Memory held by runs together (blocks a later run shares with an earlier one are counted once)."""
+    seen: dict[int, int] = {}
+    for run in runs:
+        for block_inputs, weights in zip(run.inputs, run.weights):
+            for t in (*block_inputs.hidden, *weights):
+                seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
 @torch.no_grad()
 def prune_sequential(
     lm: LoadedModel,
@@ -264,17 +293,30 @@ def prune_sequential(
     batch_size: int = 8,
     progress: Progress = _silent,
     inputs: BlockInputs | None = None,
-) -> None:
+    resume: SequentialRun | None = None,
+    record: bool = False,
+) -> SequentialRun | None:
     """Faithful mode: block by block, gather statistics on inputs that went through the pruned earlier
     blocks, prune the block to its ratio (or each linear layer to its own: see `layer_ratios`), and recompute its
-    outputs for the next block."""
+    outputs for the next block. The weights must be dense on entry. With `resume` (a run of the same model, metric,
+    pattern and calibration inputs), the blocks it shares with that run take its weights instead of being pruned
+    again; with `record`, returns this run for a later one to resume from."""
     S.check_metric(metric)
     nm = S.parse_pattern(pattern)
     n = len(lm.blocks)
     per_layer = layer_ratios(ratios, [len(lm.linear_layers(i)) for i in range(n)])
     if metric != "magnitude" and inputs is None:
         inputs = capture_block_inputs(lm, windows, batch_size)
-    for i in range(n):
+    start = 0 if resume is None or metric == "magnitude" else resume.shared_blocks(per_layer)
+    for i in range(start):
+        for module, w in zip(lm.linear_layers(i).values(), resume.weights[i]):
+            module.weight.copy_(w)
+    if 0 < start < n:
+        inputs = resume.inputs[start]
+    run = None
+    if record and metric != "magnitude":  # magnitude pruning reads no inputs: nothing worth keeping
+        run = SequentialRun(per_layer, resume.inputs[:start] if start else [], resume.weights[:start] if start else [])
+    for i in range(start, n):
         layers = lm.linear_layers(i)
         acts = None
         if metric != "magnitude":
@@ -283,6 +325,10 @@ def prune_sequential(
         for (name, module), ratio in zip(layers.items(), per_layer[i]):
             _prune_layer(metric, module, acts, name, ratio, nm)
         del acts
+        if run is not None:
+            run.inputs.append(inputs)
+            run.weights.append([m.weight.detach().clone() for m in layers.values()])
         if metric != "magnitude" and i + 1 < n:
             inputs = run_block(lm.blocks[i], inputs)
         progress("pruning", i + 1, n)
+    return run

@@ -23,6 +23,7 @@ from dsa_core.models import LoadedModel
 from dsa_core.prune import (
     DenseWeights,
     MaskCache,
+    SequentialRun,
     achieved_sparsity,
     block_alpha_hill,
     prune_sequential,
@@ -147,13 +148,15 @@ class PruningSession:
         with self._timed("masking"):
             self._sparsegpt_levels.apply(np.asarray(ratios, dtype=np.float64))
 
-    def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
-        """Faithful mode, starting from the dense weights."""
+    def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured",
+                         resume: SequentialRun | None = None, record: bool = False) -> SequentialRun | None:
+        """Faithful mode, starting from the dense weights (or, for the leading blocks it shares with `resume`, an
+        earlier run's of this session: see prune.SequentialRun); with `record`, returns this run to resume from."""
         inputs = None if metric == "magnitude" else self.block_inputs()
         self.restore()
         with self._timed("pruning"):
-            prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
-                             progress=self.progress, inputs=inputs)
+            return prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
+                                    progress=self.progress, inputs=inputs, resume=resume, record=record)
 
     def restore(self) -> None:
         self.dense.restore()

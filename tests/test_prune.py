@@ -156,3 +156,27 @@ def test_replayed_masking_prunes_a_whole_int16_group():
     assert cache._graph is not None and int((layer.weight != 0).sum()) == 0
     cache.apply(np.array([0.0]))
     assert torch.equal(layer.weight, dense.layers[0][0][1])
+
+
+@pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
+def test_a_sequential_prune_resumed_from_an_earlier_run_prunes_exactly_as_a_fresh_one(fresh_tiny, windows, metric):
+    from dsa_core.calibration import capture_block_inputs
+    from dsa_core.prune import run_bytes
+
+    dense = DenseWeights(fresh_tiny)
+    inputs = capture_block_inputs(fresh_tiny, windows, 2)
+    parent, child = np.array([0.5, 0.6, 0.4, 0.5]), np.array([0.5, 0.6, 0.5, 0.4])  # a level switch in blocks 2, 3
+    prune_sequential(fresh_tiny, None, metric, child, batch_size=2, inputs=inputs)
+    fresh = [m.weight.clone() for i in range(4) for m in fresh_tiny.linear_layers(i).values()]
+    dense.restore()
+    kept = prune_sequential(fresh_tiny, None, metric, parent, batch_size=2, inputs=inputs, record=True)
+    assert kept.shared_blocks(kept.ratios) == 4 and kept.shared_blocks([[0.5] * 7] * 4) == 1
+    dense.restore()
+    done = []
+    run = prune_sequential(fresh_tiny, None, metric, child, batch_size=2, inputs=inputs, resume=kept, record=True,
+                           progress=lambda phase, i, n: done.append(i))
+    assert done == [3, 4]  # blocks 0 and 1 taken from the parent's run
+    resumed = [m.weight for i in range(4) for m in fresh_tiny.linear_layers(i).values()]
+    assert all(torch.equal(a, b) for a, b in zip(fresh, resumed))
+    assert run.inputs[:2] == kept.inputs[:2] and run_bytes([kept, run]) < 2 * run_bytes([kept])  # shared, not copied
+    dense.restore()

@@ -218,6 +218,20 @@ def test_a_sequential_last_stage_measures_the_model_as_it_is_finally_pruned(sess
     session.restore()
 
 
+def test_a_sequential_last_stage_resumes_from_kept_runs_and_measures_the_same(session, monkeypatch):
+    from dsa_core import fitness as fit
+
+    children = [np.array([0.5, 0.6, 0.7, 0.6]), np.array([0.6, 0.5, 0.6, 0.7]), np.array([0.6, 0.6, 0.5, 0.7])]
+    reusing = Fitness(session, "wanda", 0.6, "kl", [1, 2], last_stage="sequential")
+    values = [reusing.measure(f"c{i}", r, 1) for i, r in enumerate([np.full(4, 0.6), *children])]
+    assert reusing.kept.blocks[1] > 0  # some blocks came from a kept run
+    monkeypatch.setattr(fit, "KEPT_RUNS_SHARE", 0.0)  # no memory for kept runs: every block pruned afresh
+    fresh = Fitness(session, "wanda", 0.6, "kl", [1, 2], last_stage="sequential")
+    assert [fresh.measure(f"c{i}", r, 1) for i, r in enumerate([np.full(4, 0.6), *children])] == values
+    assert not fresh.kept.enabled and fresh.kept.best is None and fresh.kept.blocks[1] == 0
+    session.restore()
+
+
 def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_sequential_measure(session):
     cfg = S.SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
                          budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()
