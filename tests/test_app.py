@@ -73,6 +73,17 @@ def test_the_formula_text_and_preset_follow_the_controls(client):
     assert "still shows W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)" in warnings
 
 
+def test_a_run_clears_what_an_earlier_run_left_as_it_starts(client):
+    job = client.submit(*CONTROLS, 0.5, "fast", 1, False, "", "", "", "", 0, api_name="/evaluate")
+    status, saved, table, *_ = job.result()
+    assert status.startswith("✓ Evaluation done"), status
+    id = saved.split("`")[1]
+    start = next(o for o in job.outputs() if isinstance(o[1], str) and id in o[1])  # the first to name the run
+    assert start[2]["data"] == []  # no rows of an earlier run
+    for chart in start[3:6]:
+        assert f"{id[:8]} is running" in json.loads(chart["plot"])["layout"]["annotations"][0]["text"]
+
+
 def test_a_refused_load_keeps_the_loaded_model(client, tmp_path):
     status, *_ = client.predict("random:tiny", "wanda", "unstructured", 0.5, str(tmp_path / "missing.txt"), 4, 64, 0,
                                 "local", api_name="/load_model")
@@ -217,7 +228,7 @@ def test_the_history_pages_through_every_experiment_and_says_how_many(tmp_path):
         assert status == f"Experiments 1–{LIST_LIMIT} of {LIST_LIMIT + 5} listed (page 1 of 2, newest first)."
         rows, _, status = client.predict("all", "", "", [], 2, api_name="/list_experiments")
         assert len(rows["data"]) == 5 and "page 2 of 2" in status
-        assert rows["data"][-1][3] == "run 0"  # newest first: the oldest is the last of the last page
+        assert rows["data"][-1][0] == "run 0"  # newest first: the oldest is the last of the last page
         _, _, status = client.predict("all", "run 1", "", [], 1, api_name="/list_experiments")
         assert status == "111 experiment(s) listed."  # run 1, 10–19 and 100–199: one page
     finally:

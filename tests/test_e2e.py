@@ -396,3 +396,39 @@ def test_a_bad_permalink_says_why(url, browser):
         assert page.get_by_role("tab", name="History & sharing").get_attribute("aria-selected") == "true"
     finally:
         page.close()
+
+
+def test_queued_work_says_its_place_and_earlier_results_do_not_stay(loaded, browser, request):
+    searching, evaluating = (new_page(browser, loaded) for _ in range(2))
+    try:
+        tab(evaluating, "Evaluate")
+        fill(evaluating, "eval-windows", "1")
+        evaluating.locator("#evaluate").click()
+        wait_text(evaluating, "#eval-status", "Evaluation done")
+        first = re.search(r"[0-9a-f]{32}", evaluating.locator("#eval-saved").inner_text()).group(0)
+
+        tab(searching, "Search")
+        fill(searching, "population", "4")
+        fill(searching, "budget", "100000")  # only Stop ends it
+        fill(searching, "fitness-windows", "1")
+        searching.locator("#search-start").click()
+        wait_text(searching, "#search-status", r"≈ .+ left")  # the time left, from the candidates so far
+
+        evaluating.locator("#evaluate").click()
+        queued = wait_text(evaluating, "#eval-status", r"Queued \(position 1\)")
+        assert "after search, which is running" in queued
+        searching.locator("#search-stop").click()
+        wait_text(searching, "#search-status", "Search stopped")
+        wait_text(evaluating, "#eval-status", "Running|Evaluation done")
+        second = re.search(r"[0-9a-f]{32}", wait_text(evaluating, "#eval-saved", "Saved as")).group(0)
+        assert second != first  # the new run's id from the start, not the previous one
+        wait_text(evaluating, "#eval-status", "Evaluation done")
+        assert table_rows(evaluating, "eval-table") == 4
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        for name, p in (("search", searching), ("evaluate", evaluating)):
+            p.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{name}.png"), full_page=True)
+        raise
+    finally:
+        searching.context.close()
+        evaluating.context.close()

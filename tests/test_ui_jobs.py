@@ -1,11 +1,12 @@
 """Jobs: work in a thread whose progress a handler streams and whose cancellation unwinds the engine."""
 
 import threading
+import time
 
 import pytest
 
 from dsa_core.errors import ConfigError
-from ui.jobs import Cancelled, Job
+from ui.jobs import Cancelled, DeviceQueue, Job, duration
 
 
 def test_result_progress_and_status():
@@ -71,3 +72,42 @@ def test_published_items_are_kept_in_order():
     job = Job("search").start(lambda job: [job.publish(i) for i in range(5)])
     job.result()
     assert job.events == [0, 1, 2, 3, 4]
+
+
+def test_time_left_comes_from_progress_parts_or_what_the_work_says(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    job = Job("evaluation")
+    assert job.eta() is None  # nothing to go by yet
+    job("perplexity", 1, 4)
+    now[0] += 10.0
+    job("perplexity", 2, 4)  # the same count: half done in 10 s
+    assert job.eta() == pytest.approx(10.0) and "≈ 10 s left" in job.status()
+    job("pruning", 1, 10)  # a new count starts its own clock
+    now[0] += 5.0
+    job("pruning", 5, 10)
+    assert job.eta() == pytest.approx(5.0)
+    job.part = (1, 4)  # the second of four parts, half done: 3/8 of the job in 15 s
+    assert job.eta() == pytest.approx(25.0)
+    job.time_left(600.0)  # what the work says wins while it lasts
+    now[0] += 60.0
+    assert job.eta() == pytest.approx(540.0) and "≈ 9 min left" in job.status()
+    job.cancel()
+    assert "left" not in job.status() and "stopping" in job.status()
+
+
+def test_durations_read_as_people_say_them():
+    assert [duration(s) for s in (4.2, 89, 95, 3000, 5400, 4 * 3600 + 65)] == [
+        "4 s", "89 s", "2 min", "50 min", "1 h 30 min", "4 h 01 min"]
+
+
+def test_the_queue_keeps_order_and_a_page_withdraws_its_own_ticket():
+    queue = DeviceQueue()
+    first, second, third = queue.join("search", "a"), queue.join("evaluation", "b"), queue.join("sweep", "b")
+    assert [queue.position(t) for t in (first, second, third)] == [1, 2, 3] and queue.front() is first
+    assert queue.withdraw("b") is second and second.withdrawn.is_set() and not third.withdrawn.is_set()
+    assert queue.position(second) == 0 and queue.position(third) == 2
+    assert queue.withdraw("nobody") is None
+    queue.leave(first)
+    queue.leave(first)  # leaving twice is harmless
+    assert queue.front() is third and queue.position(third) == 1

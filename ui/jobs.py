@@ -3,7 +3,9 @@ handler can stream its progress while a button in another event cancels it.
 
 A `Job` is also the progress callback that dsa_core takes, `(phase, done, total)`: once cancelled, the next call
 raises `Cancelled` inside the engine, which unwinds the work at the next block or window. Searches instead watch
-`cancel_requested` as their stop event and return what they found. No Gradio and no model code here.
+`cancel_requested` as their stop event and return what they found. A job estimates its time left from its progress
+(or from what the work says, `time_left`). Work that waits for the device holds a `Ticket` in the `DeviceQueue`, so
+that its page can say where it stands. No Gradio and no model code here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from dsa_core.errors import DSAError
@@ -28,16 +31,29 @@ class Busy(DSAError):
     """Another job holds the device."""
 
 
+def duration(seconds: float) -> str:
+    """A time span as a status line says it: "40 s", "12 min", "1 h 05 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
+
+
 class Job:
     """One call of `fn(job)` in a daemon thread: its progress, its published items, its outcome."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, owner: str = ""):
         self.name = name
+        self.owner = owner  # the page (session) that started it
         self.cancel_requested = threading.Event()
         self.stage = ""  # which part of a multi-part job runs (e.g. "uniform, 2 of 4")
+        self.part: tuple[int, int] | None = None  # (index, count) when the job is made of similar parts
         self.phase, self.done, self.total = "starting", 0, 0
         self.events: list[Any] = []  # what the job publishes as it goes (search events); appended by one thread
         self.started = time.perf_counter()
+        self._counting_since = self.started  # when the current count (done of total) began
+        self._told: tuple[float, float] | None = None  # (seconds left, when) as the work said
         self._thread: threading.Thread | None = None
         self._result: Any = None
         self._error: BaseException | None = None
@@ -46,7 +62,31 @@ class Job:
         """The progress callback: records where the work is, and stops it once cancelled."""
         if self.cancel_requested.is_set():
             raise Cancelled(f"{self.name.capitalize()} was cancelled.")
+        if done < self.done or total != self.total:  # a new count begins (the next phase, the next part)
+            self._counting_since = time.perf_counter()
         self.phase, self.done, self.total = phase, done, total
+
+    def time_left(self, seconds: float) -> None:
+        """What the work itself estimates is left (a structural run after each training step)."""
+        self._told = (seconds, time.perf_counter())
+
+    def eta(self) -> float | None:
+        """Seconds left, as the work said or from its progress: the share done of its parts (or of its current
+        count) against the time spent on it; None until there is enough to go by."""
+        now = time.perf_counter()
+        if self._told is not None and self._told[0] - (now - self._told[1]) > 0:
+            return self._told[0] - (now - self._told[1])
+        if not self.total or not self.done:
+            return None
+        share = min(1.0, self.done / self.total)
+        if self.part is not None:
+            index, count = self.part
+            share, spent = (index + share) / count, now - self.started
+        else:
+            spent = now - self._counting_since
+        if share <= 0 or spent < 1:
+            return None
+        return spent * (1 - share) / share
 
     def publish(self, item: Any) -> None:
         self.events.append(item)
@@ -103,4 +143,60 @@ class Job:
             filled = round(20 * self.done / self.total)
             bar = f" `{'█' * filled}{'░' * (20 - filled)}`"
         stopping = " · stopping…" if self.cancel_requested.is_set() else ""
-        return f"Running **{self.name}** · {where}{self.phase}{count}{bar} · {self.elapsed():.1f} s{stopping}"
+        eta = self.eta()
+        left = f" · ≈ {duration(eta)} left" if eta is not None and not stopping else ""
+        return f"Running **{self.name}** · {where}{self.phase}{count}{bar} · {self.elapsed():.1f} s{left}{stopping}"
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A place in the device's queue: the work's name, the page that asked, and whether it was withdrawn."""
+
+    name: str
+    owner: str = ""
+    withdrawn: threading.Event = field(default_factory=threading.Event)
+
+
+class DeviceQueue:
+    """Work waiting for the device, in order of arrival. The workspace starts a job only for the ticket at the
+    front, once the device is free; a waiting page asks its position, and Cancel withdraws its ticket."""
+
+    def __init__(self):
+        self._tickets: list[Ticket] = []
+        self._changed = threading.Condition()
+
+    def join(self, name: str, owner: str = "") -> Ticket:
+        ticket = Ticket(name, owner)
+        with self._changed:
+            self._tickets.append(ticket)
+        return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        """Take the ticket out (its work started, failed to start, or its page went away); a no-op when out."""
+        with self._changed:
+            if ticket in self._tickets:
+                self._tickets.remove(ticket)
+                self._changed.notify_all()
+
+    def withdraw(self, owner: str) -> Ticket | None:
+        """Withdraw the first ticket this page holds (its Cancel button); None when it holds none."""
+        with self._changed:
+            ticket = next((t for t in self._tickets if t.owner == owner), None)
+        if ticket is not None:
+            ticket.withdrawn.set()
+            self.leave(ticket)
+        return ticket
+
+    def position(self, ticket: Ticket) -> int:
+        """1 for the front of the queue; 0 when the ticket is no longer in it."""
+        with self._changed:
+            return self._tickets.index(ticket) + 1 if ticket in self._tickets else 0
+
+    def front(self) -> Ticket | None:
+        with self._changed:
+            return self._tickets[0] if self._tickets else None
+
+    def wait(self, timeout: float) -> None:
+        """Until the queue changes or `timeout` seconds pass (the running job's end is polled)."""
+        with self._changed:
+            self._changed.wait(timeout)

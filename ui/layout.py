@@ -1,8 +1,9 @@
 """The Gradio app: `build_app` lays out the tabs (model & data, formula builder, evaluate, search, history) and
 the helpers every tab's handlers share: the context they read, and the streaming of a device job's progress.
 
-Device work (loading, evaluating, searching) goes through Gradio's queue with a concurrency limit of one per
-device; cheap work (profiles, history) runs beside it. Tabs live in their own modules (ui/tab_*.py).
+Device work (loading, evaluating, searching, structural training) waits in the workspace's queue, one job at a
+time per device in order of arrival, and each waiting page says its place (`wait_for_device`); cheap work
+(profiles, history) runs beside it. Tabs live in their own modules (ui/tab_*.py).
 """
 
 from __future__ import annotations
@@ -45,8 +46,36 @@ class AppContext:
 
     @property
     def device_queue(self) -> dict:
-        """Event options of work that holds the device: one at a time per device, in queue order."""
-        return {"concurrency_limit": 1, "concurrency_id": f"device:{self.workspace.device}"}
+        """Event options of work that holds the device: Gradio lets every such event in, so that a waiting one can
+        say its place; the workspace's queue runs them one at a time, in order (`wait_for_device`)."""
+        return {"concurrency_limit": None}
+
+
+def owner_of(request: gr.Request | None) -> str:
+    """The page (Gradio session) an event comes from: whose queued work a Cancel withdraws."""
+    return getattr(request, "session_hash", None) or ""
+
+
+def wait_for_device(ctx: AppContext, name: str, n_outputs: int,
+                    request: gr.Request | None) -> Iterator[tuple]:
+    """Join the device's queue and yield "⏳ Queued (position N)…" status lines (output 0; the others skipped)
+    until this work's turn; returns its ticket, for `Workspace.start`, or None when Cancel withdrew it. A page
+    closed while waiting leaves the queue. Use as `ticket = yield from wait_for_device(...)`."""
+    ws = ctx.workspace
+    ticket = ws.queue.join(name, owner_of(request))
+    try:
+        while not ws.turn(ticket):
+            if ticket.withdrawn.is_set() or not ws.queue.position(ticket):
+                yield (f"⚠ {name.capitalize()} was withdrawn from the queue; nothing ran.",
+                       *(gr.skip(),) * (n_outputs - 1))
+                return None
+            yield (ws.queued_text(ticket), *(gr.skip(),) * (n_outputs - 1))
+            ws.queue.wait(0.5)
+    except BaseException:
+        ws.queue.leave(ticket)
+        raise
+    return ticket
+
 
 
 def target_slider(ctx: AppContext, elem_id: str) -> gr.Slider:
@@ -76,15 +105,16 @@ def warnings_text(warnings: list[str]) -> str:
 
 
 def cancel_handler(workspace: Workspace) -> Callable[[], Any]:
-    """What a Cancel or Stop button does: ask the running job to stop (its own status line then says how it
-    ended); with nothing running, leave the status line as it is (the summary of what ended stays) and say so in
-    a notice."""
+    """What a Cancel or Stop button does: withdraw this page's work from the queue if it waits, else ask the
+    running job to stop (its own status line then says how it ended); with nothing running, leave the status line
+    as it is (the summary of what ended stays) and say so in a notice."""
 
-    def cancel() -> Any:
-        if workspace.job is None or not workspace.job.running:
-            gr.Info("Nothing is running.")
+    def cancel(request: gr.Request) -> Any:
+        message = workspace.cancel(owner_of(request))  # this page's queued work first, else the running job
+        if message == "Nothing is running.":
+            gr.Info(message)
             return gr.skip()
-        return workspace.cancel()
+        return message
 
     return cancel
 

@@ -17,7 +17,7 @@ from dsa_core.structural.training import StructuralConfig
 from dsa_core.structural_cli import default_name
 from ui import figures, structural_figures
 from ui.jobs import Cancelled, Job
-from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job
+from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, wait_for_device
 from ui.tab_evaluate import parse_tags, saved_markdown
 
 TABLE_HEADERS = ["model", "kept block parameters", "total parameters", "perplexity"]
@@ -64,6 +64,9 @@ def build_structural_tab(ctx: AppContext) -> None:
     outputs = [status, saved, table, loss, heatmap]
 
     def train(model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags, request: gr.Request):
+        ticket = yield from wait_for_device(ctx, "structural pruning", len(outputs), request)
+        if ticket is None:
+            return
         try:
             cfg = StructuralConfig.defaults_for(
                 ws.device, model=None if (model or "").strip() in ("", "smollm2") else model.strip(),
@@ -73,11 +76,14 @@ def build_structural_tab(ctx: AppContext) -> None:
             rec = history.save("structural", cfg.to_dict(), name=name or default_name(cfg.to_dict()),
                                tags=parse_tags(tags), environment=ws.environment())
             job = ws.start("structural pruning", lambda job: run_structural(  # the status line shows the time left
-                cfg, progress=job, on_step=job.publish, on_estimate=lambda e: setattr(job, "stage", e.describe())))
+                cfg, progress=job, on_step=job.publish, on_estimate=lambda e: job.time_left(e.seconds_left)), ticket)
         except (DSAError, TypeError, ValueError) as e:
+            ws.queue.leave(ticket)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
         link = permalink_for(request, rec.id)
+        yield (job.status(), saved_markdown(rec.id, link), [], figures.empty_figure("Loading the model…"),
+               figures.empty_figure(f"Run {rec.id[:8]}: the widths appear when training ends."))
 
         def live(job: Job) -> tuple:
             curve = list(job.events)

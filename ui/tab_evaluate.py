@@ -16,7 +16,15 @@ from storage import StorageError
 from ui import escape, experiments, figures
 from ui.formula import CONTROLS, function_from_controls
 from ui.jobs import Cancelled
-from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, target_slider
+from ui.layout import (
+    AppContext,
+    cancel_handler,
+    error_text,
+    permalink_for,
+    stream_job,
+    target_slider,
+    wait_for_device,
+)
 from ui.zeroshot_figures import task_sets, zeroshot_bars, zeroshot_sections, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
@@ -107,27 +115,39 @@ def build(ctx: AppContext) -> None:
 
     def run(kind: str, controls: tuple, target, mode, windows, dense, targets, name, tags, request, zs_tasks="",
             zs_limit=0):
-        """Shared by both buttons: save the experiment as running, stream the job, save its outcome."""
+        """Shared by both buttons: wait for the device, save the experiment as running, clear what an earlier run
+        left on the tab, stream the job, save its outcome."""
         try:
             fn = function_from_controls(*controls)
             windows = int(windows) or None
+            points = parse_targets(targets) if kind == "sweep" else []
+            task_names = parse_tasks(zs_tasks) if kind != "sweep" and (zs_tasks or "").strip() else ()
+        except DSAError as e:
+            yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
+            return
+        ticket = yield from wait_for_device(ctx, kind, len(outputs), request)
+        if ticket is None:
+            return
+        try:
             cfg = ws.eval_config(F.to_text(fn), target, mode, windows)
             config = {**cfg.to_dict(), "dense": bool(dense), "compare": ["uniform", "owl", "dsa"]}
             if kind == "sweep":
-                points = parse_targets(targets)
                 config["targets"] = points
                 work = lambda job: ws.sweep(fn, points, mode, windows, job)
             else:
-                task_names = parse_tasks(zs_tasks) if (zs_tasks or "").strip() else ()
                 limit = int(zs_limit or 0) or None
                 config.update(tasks=list(task_names), tasks_limit=limit)
                 work = lambda job: ws.evaluate(fn, target, mode, windows, bool(dense), job, task_names, limit)
             rec = history.save(kind, config, name=name or "", tags=parse_tags(tags), environment=ws.environment())
-            job = ws.start(kind, work)
+            job = ws.start(kind, work, ticket)
         except DSAError as e:
+            ws.queue.leave(ticket)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
         link = permalink_for(request, rec.id)
+        running = figures.empty_figure(f"{kind.capitalize()} {rec.id[:8]} is running…")
+        yield (job.status(), saved_markdown(rec.id, link), [], running, running, running, rec.id,
+               gr.Column(visible=False), gr.skip(), gr.skip())  # nothing of an earlier run stays up
 
         def finish(result: dict) -> tuple:
             protocol = result.pop("protocol", None) or {}

@@ -11,7 +11,7 @@ from dsa_core.errors import DSAError
 from dsa_core.models import DEFAULT_MODEL
 from dsa_core.scores import METRICS, PATTERNS
 from ui import escape
-from ui.layout import AppContext, cancel_handler, error_text, stream_job, target_slider
+from ui.layout import AppContext, cancel_handler, error_text, stream_job, target_slider, wait_for_device
 
 MODELS = [DEFAULT_MODEL, "gemma3-270m", "random:tiny"]
 BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]
@@ -65,15 +65,23 @@ def build(ctx: AppContext) -> None:
     ctx.add(model=model, metric=metric, pattern=pattern, target=target, calib=calib, nsamples=nsamples,
             seqlen=seqlen, seed=seed, source=source)
 
-    def load_model(model, metric, pattern, target, calib, nsamples, seqlen, seed, source):
+    def load_model(model, metric, pattern, target, calib, nsamples, seqlen, seed, source, request: gr.Request):
         try:
             cfg = EvalConfig(model=(model or DEFAULT_MODEL).strip(), metric=metric, pattern=pattern, sparsity=target,
                              calib=(calib or "wikitext2").strip(), nsamples=int(nsamples), seqlen=int(seqlen),
                              seed=int(seed), data_source=source)
-            job = ws.start("loading and scoring", lambda job: ws.load(cfg, job))
         except (DSAError, TypeError, ValueError) as e:
             yield error_text(e), gr.skip(), gr.skip()
             return
+        ticket = yield from wait_for_device(ctx, "loading and scoring", 3, request)
+        if ticket is None:
+            return
+        try:
+            job = ws.start("loading and scoring", lambda job: ws.load(cfg, job), ticket)
+        except DSAError as e:
+            yield error_text(e), gr.skip(), gr.skip()
+            return
+        yield job.status(), "", []  # the model shown before is being replaced
 
         def finish(d: dict) -> tuple:
             return ready_text(d, metric, pattern), summary_markdown(d), block_rows(d)

@@ -20,7 +20,15 @@ from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
 from ui import experiments, figures
 from ui.formula import controls_from_text
 from ui.jobs import Cancelled, Job
-from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, target_slider
+from ui.layout import (
+    AppContext,
+    cancel_handler,
+    error_text,
+    permalink_for,
+    stream_job,
+    target_slider,
+    wait_for_device,
+)
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 
@@ -144,6 +152,9 @@ def build(ctx: AppContext) -> None:
 
     def search(request: gr.Request, sampler, population, budget, seconds, windows, seed, target, name, tags,
                *values):
+        ticket = yield from wait_for_device(ctx, "search", len(outputs), request)
+        if ticket is None:
+            return
         try:
             settings = {f.name: declared_value(f, v) for f, v in zip(DECLARED, values)}
             cfg = ws.search_config(SearchConfig(
@@ -153,11 +164,14 @@ def build(ctx: AppContext) -> None:
             protocol = experiments.search_protocol(cfg)
             rec = history.save("search", cfg.to_dict(), name=name or "", tags=parse_tags(tags),
                                environment=ws.environment(), protocol=protocol)
-            job = ws.start("search", lambda job: ws.search(cfg, job))
+            job = ws.start("search", lambda job: ws.search(cfg, job), ticket)
         except (DSAError, TypeError, ValueError) as e:
+            ws.queue.leave(ticket)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
         link = permalink_for(request, rec.id)
+        yield (job.status(), saved_markdown(rec.id, link), figures.empty_figure("Waiting for the first candidate…"),
+               figures.empty_figure(f"Search {rec.id[:8]} is running…"), "", gr.update(visible=False), "")
         saved_generation = -1
 
         def results(result: SearchResult | None = None) -> dict:

@@ -25,7 +25,7 @@ from dsa_core.scores import parse_pattern
 from dsa_core.search import SearchConfig, SearchResult, create_study, run_search, search_fitness
 from dsa_core.session import PruningSession
 from dsa_core.stats import BlockStats
-from ui.jobs import Busy, Job
+from ui.jobs import Busy, DeviceQueue, Job, Ticket, duration
 from ui.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -63,20 +63,49 @@ class Workspace:
         self.stats: BlockStats | None = None
         self.description: dict | None = None
         self.job: Job | None = None
+        self.queue = DeviceQueue()  # work waiting for the device, in order
         self._lock = threading.Lock()
         self._references: dict[float, dict[str, Allocation]] = {}
 
     # --- jobs -------------------------------------------------------------------------------------------------
 
-    def start(self, name: str, fn) -> Job:
-        """Run `fn(job)` on the device in a worker thread; Busy while another job still holds it."""
-        with self._lock:
-            if self.job is not None and self.job.running:
-                raise Busy(f"The device is busy with {self.job.name}; wait for it or cancel it.")
-            self.job = Job(name)
-            return self.job.start(fn)
+    def start(self, name: str, fn, ticket: Ticket | None = None) -> Job:
+        """Run `fn(job)` on the device in a worker thread; Busy while another job holds it or, without the ticket
+        at the front of the queue, while other work waits for it. The ticket leaves the queue either way."""
+        try:
+            with self._lock:
+                if self.job is not None and self.job.running:
+                    raise Busy(f"The device is busy with {self.job.name}; wait for it or cancel it.")
+                front = self.queue.front()
+                if front is not None and front is not ticket:
+                    raise Busy(f"{front.name.capitalize()} is waiting for the device before this; wait for it.")
+                self.job = Job(name, ticket.owner if ticket is not None else "")
+                return self.job.start(fn)
+        finally:
+            if ticket is not None:
+                self.queue.leave(ticket)
 
-    def cancel(self) -> str:
+    def turn(self, ticket: Ticket) -> bool:
+        """Whether the ticket's work may start now: it is at the front and the device is free."""
+        job = self.job
+        return self.queue.front() is ticket and (job is None or not job.running)
+
+    def queued_text(self, ticket: Ticket) -> str:
+        """The status line of work waiting for the device: its place, and what it waits for."""
+        job, place = self.job, self.queue.position(ticket)
+        ahead = f"{place - 1} more waiting before it, " if place > 1 else ""
+        if job is not None and job.running:
+            eta = job.eta()
+            left = f" (≈ {duration(eta)} left)" if eta is not None else ""
+            now = f"{ahead}after **{job.name}**, which is running{left}"
+        else:
+            now = f"{ahead}starting" if not ahead else f"{ahead}the device is free"
+        return f"⏳ Queued (position {place}): **{ticket.name}** waits for the device; {now}."
+
+    def cancel(self, owner: str | None = None) -> str:
+        """Withdraw the page's waiting work if it has some (`owner`: its session), else stop the running job."""
+        if owner is not None and (ticket := self.queue.withdraw(owner)) is not None:
+            return f"Withdrew {ticket.name} from the queue."
         job = self.job
         if job is None or not job.running:
             return "Nothing is running."
@@ -190,7 +219,7 @@ class Workspace:
         rows, results = [], {}
         try:
             for i, (label, spec) in enumerate(specs.items()):
-                job.stage = f"{label} ({i + 1} of {len(specs)})"
+                job.stage, job.part = f"{label} ({i + 1} of {len(specs)})", (i, len(specs))
                 cfg = replace(self.eval_config(spec, target, mode, windows), dense=dense and i == 0, tasks=tasks,
                               tasks_limit=tasks_limit).validate()
                 r = run_evaluation(cfg, progress=job, session=session)
@@ -219,7 +248,8 @@ class Workspace:
         try:
             for t_index, target in enumerate(sorted(targets)):
                 for s_index, (label, spec) in enumerate(specs.items()):
-                    job.stage = f"{label} at {target:.0%} ({t_index * len(specs) + s_index + 1} of {steps})"
+                    part = t_index * len(specs) + s_index
+                    job.stage, job.part = f"{label} at {target:.0%} ({part + 1} of {steps})", (part, steps)
                     r = run_evaluation(self.eval_config(spec, target, mode, windows), progress=job, session=session)
                     protocol = r["protocol"]
                     series[label]["points"].append({"sparsity": target, "ppl": r["ppl"], "ratios": r["ratios"],
@@ -268,6 +298,8 @@ class Workspace:
             best = f"best {name} {event.best_fitness:.4g}" if measured else "none measured at every stage yet"
             job.phase = f"{phase}generation {event.generation}, {best}, candidates"
             job.done, job.total = len(job.events), cfg.budget_candidates or 0
+            if cfg.budget_seconds and not cfg.budget_candidates:  # a budget of time alone says when it ends
+                job.time_left(max(0.0, cfg.budget_seconds - event.elapsed))
 
         return run_search(session, cfg, study, on_event=on_event, stop=job.cancel_requested, fitness=fitness)
 
