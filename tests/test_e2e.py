@@ -83,7 +83,14 @@ def table_rows(page, elem_id: str) -> int:
 
 
 def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
+    """Open a tab; on a narrow screen the tabs that do not fit are behind "More tabs"."""
+    page.get_by_role("tab").locator("visible=true").first.wait_for()
+    shown = page.get_by_role("tab", name=name).locator("visible=true")
+    if shown.count():
+        shown.first.click()
+        return
+    page.get_by_role("button", name="More tabs").click()
+    page.get_by_role("button", name=name, exact=True).locator("visible=true").last.click()
 
 
 @pytest.fixture(scope="module")
@@ -432,3 +439,62 @@ def test_queued_work_says_its_place_and_earlier_results_do_not_stay(loaded, brow
     finally:
         searching.context.close()
         evaluating.context.close()
+
+
+BOX = "(e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"
+OVERLAPS = ("() => [...document.querySelectorAll('.js-plotly-plot')].filter(d => d.offsetParent).flatMap(d => {"
+            " const l = d.querySelector('.legend'), t = d.querySelector('.g-xtitle');"
+            " if (!l || !t) return []; const a = l.getBoundingClientRect(), b = t.getBoundingClientRect();"
+            " return a.top < b.bottom && b.top < a.bottom && a.left < b.right && b.left < a.right"
+            " ? [d.closest('[id]').id] : []; })")
+SCROLLS = ("([s]) => { const g = document.querySelector(s + ' [role=grid]');"
+           " const e = [g, ...g.querySelectorAll('*')].find(e => ['auto', 'scroll'].includes("
+           "getComputedStyle(e).overflowX) && e.scrollWidth > e.clientWidth + 1); return !!e; }")
+
+
+def test_a_narrow_screen_stacks_plots_under_their_controls(loaded, browser, request):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(loaded)
+        tab(page, "Formula builder")
+        page.wait_for_function(f"() => ({PROFILE_Y})() !== null")
+        warnings, plot = (page.locator(s).evaluate(BOX) for s in ("#builder-warnings", "#profile-plot"))
+        assert plot[1] >= warnings[3]  # the profile under the controls and the warnings
+
+        tab(page, "Evaluate")
+        fill(page, "eval-windows", "1")
+        page.locator("#evaluate").click()
+        wait_text(page, "#eval-status", "Evaluation done")
+        page.wait_for_selector("#eval-bars .js-plotly-plot .legend, #eval-bars .js-plotly-plot .xtick")
+        button, profiles, dots = (page.locator(s).evaluate(BOX) for s in ("#evaluate", "#eval-profiles",
+                                                                            "#eval-bars"))
+        assert profiles[1] >= button[3] and dots[1] >= profiles[3]  # stacked, one under the other
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
+        assert page.evaluate(OVERLAPS) == []  # no legend over an axis title
+        assert page.locator("#eval-table thead th").first.inner_text().strip() == "allocation"
+        assert page.evaluate(SCROLLS, ["#eval-table"])  # the table scrolls sideways, its first column is the name
+
+        tab(page, "Search")
+        fill(page, "population", "4")
+        fill(page, "budget", "8")
+        fill(page, "search-fidelity", "64,128")  # a legend of four entries: two rows at this width
+        page.locator("#search-start").click()
+        wait_text(page, "#search-status", "Search done")
+        page.wait_for_selector("#search-progress .js-plotly-plot .legend")
+        assert page.locator("#search-progress .legend .traces").count() == 4
+        assert page.evaluate(OVERLAPS) == []
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+
+        tab(page, "History & sharing")
+        page.locator("#history-refresh").click()
+        wait_text(page, "#history-status", "listed")
+        assert page.locator("#history-table thead th").first.inner_text().strip() == "name"
+        assert page.evaluate(SCROLLS, ["#history-table"])
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        raise
+    finally:
+        page.close()

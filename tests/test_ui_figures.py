@@ -108,3 +108,17 @@ def test_each_allocation_has_one_colour_on_every_chart():
     best = figures.profile_figure({"best function": [0.5], "uniform": [0.5]})
     progress = figures.search_figure({"s": [{"generation": 0, "best": 5.0, "mean": 6.0}]})
     assert best.data[0].line.color == progress.data[0].line.color == figures.BEST
+
+
+def test_legends_hang_from_the_bottom_of_the_figure_not_the_plot():
+    """A legend placed in plot units climbs over the x axis's title when it wraps on a narrow screen."""
+    from ui import structural_figures
+    from ui.zeroshot_figures import zeroshot_bars
+
+    task = {"tasks": {"piqa": {"acc": 0.6, "acc_norm": 0.6, "n": 10, "acc_stderr": 0.01}}, "mean_acc": 0.6}
+    built = [figures.profile_figure({"a": [0.5]}), figures.sweep_figure({"a": [(0.5, 2.0)]}),
+             figures.perplexity_figure({"a": {"b": 2.0}}), figures.refinement_figure([0.5], [0.4]),
+             structural_figures.loss_curve([{"step": 1, "loss": 1.0, "ce": 1.0, "ratio": 0.9}]),
+             zeroshot_bars({"uniform": task})]
+    for fig in built:
+        assert (fig.layout.legend.yref, fig.layout.legend.y, fig.layout.legend.yanchor) == ("container", 0, "bottom")

@@ -32,10 +32,15 @@ HEIGHT = 360
 FITNESS_LABELS = {"ppl": "proxy perplexity", "kl": "KL"}
 
 
+# Legends go under the plot, anchored to the figure's bottom edge: placed in plot units (y=-0.2), a legend that
+# wraps onto several rows on a narrow screen shrinks the plot and climbs over the x axis's title.
+LEGEND = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0}
+
+
 def _layout(fig: go.Figure, title: str, x: str, y: str, log_y: bool = False) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0.01}, height=HEIGHT, margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        xaxis_title=x, yaxis_title=y, legend={"orientation": "h", "y": -0.2}, template="plotly_white",
+        xaxis_title=x, yaxis_title=y, legend=LEGEND, template="plotly_white",
     )
     if log_y:
         fig.update_yaxes(type="log")

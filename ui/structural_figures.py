@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ui import escape
+from ui.figures import LEGEND
 
 HEIGHT = 360
 
@@ -49,7 +50,7 @@ def loss_curve(curve: Sequence[Mapping[str, float]], target_ratio: float | None 
         fig.add_hline(y=target_ratio, line_dash="dash", line_color="grey", secondary_y=True,
                       annotation_text=f"target {target_ratio:.0%}", annotation_position="bottom right")
     fig.update_layout(title={"text": title, "x": 0.01}, height=HEIGHT, template="plotly_white",
-                      margin={"l": 60, "r": 60, "t": 50, "b": 50}, legend={"orientation": "h", "y": -0.2},
+                      margin={"l": 60, "r": 60, "t": 50, "b": 50}, legend=LEGEND,
                       xaxis_title="step")
     fig.update_yaxes(title_text="loss", secondary_y=False)
     fig.update_yaxes(title_text="kept ratio", tickformat=".0%", secondary_y=True)

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from dsa_core.zeroshot.report import MEAN, mean_label, mean_norm, missing_tasks, table, task_names, title
 from dsa_core.zeroshot.tasks import PAPER_TASKS, TASKS
-from ui.figures import colours
+from ui.figures import LEGEND, colours
 
 METRICS = ("acc", "acc_norm")
 
@@ -78,7 +78,7 @@ def zeroshot_bars(results: Mapping[str, dict], metric: str = "acc") -> go.Figure
     fig.update_layout(
         barmode="group", title={"text": f"Zero-shot accuracy ({metric})", "x": 0.01}, height=360,
         margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title="task", yaxis_title=metric,
-        yaxis_range=[0, 1], legend={"orientation": "h", "y": -0.2}, template="plotly_white",
+        yaxis_range=[0, 1], legend=LEGEND, template="plotly_white",
     )
     return fig
 
