@@ -6,6 +6,7 @@ device and calibration windows; seconds for the prune and WikiText-2 test perple
     python bench/bench_llmcompressor.py --model random:llama-2-7b --eval-windows 8   # 7B shape: speed only
     python bench/bench_llmcompressor.py --seeds 0,1,2 --methods wanda   # calibration seeds: is a ppl gap noise?
     python bench/bench_llmcompressor.py --dtype fp64   # without float rounding: do the two tools prune alike?
+    python bench/bench_llmcompressor.py --dtype fp64 --recipe owl --targets 0.7   # our recipe, run by llm-compressor
 
 Prints a table: per method and target, each tool's seconds, perplexity and achieved sparsity; on the dsa_core row
 ours/theirs for time and perplexity, and the share of weights whose pruned-or-kept state agrees between the two
@@ -51,10 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core import data  # noqa: E402
+from dsa_core.allocation import allocate  # noqa: E402
 from dsa_core.evaluate import perplexity  # noqa: E402
 from dsa_core.models import BLOCK_PATHS, LoadedModel  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
-from dsa_core.prune import achieved_sparsity, prune_sequential  # noqa: E402
+from dsa_core.prune import achieved_sparsity, layer_ratios, prune_sequential  # noqa: E402
+from dsa_core.recipe import MODIFIERS, llmcompressor_recipe, recipe_yaml  # noqa: E402
 
 METHODS = ("wanda", "sparsegpt")
 
@@ -112,13 +115,15 @@ def prune_ours(lm: LoadedModel, windows: torch.Tensor, method: str, target: floa
 
 
 def prune_theirs(api, lm: LoadedModel, windows: torch.Tensor, method: str, target: float, batch_size: int,
-                 offload: str) -> tuple[LoadedModel, float]:
-    """A copy of the model (dense as it is now) pruned by llm-compressor's oneshot, and the seconds oneshot took."""
+                 offload: str, recipe: str | None = None) -> tuple[LoadedModel, float]:
+    """A copy of the model (dense as it is now) pruned by llm-compressor's oneshot, and the seconds oneshot took;
+    with `recipe` (YAML, dsa_core.recipe), as it says instead of uniformly to `target`."""
     oneshot, modifiers, remove_dispatch, _ = api
     model = copy.deepcopy(lm.model)
-    # The decoder blocks are the targets: each one's linear layers get the ratio, as ours do; lm_head is left alone.
-    blocks = rf"re:^{re.escape(BLOCK_PATHS[lm.arch])}\.\d+$"
-    recipe = modifiers[method](sparsity=target, mask_structure="0:0", targets=[blocks])
+    if recipe is None:
+        # The decoder blocks are the targets: each one's linear layers get the ratio, as ours do; not lm_head.
+        blocks = rf"re:^{re.escape(BLOCK_PATHS[lm.arch])}\.\d+$"
+        recipe = modifiers[method](sparsity=target, mask_structure="0:0", targets=[blocks])
     loader = calibration_loader(windows, batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-llmc-") as tmp:
         if not model.config.name_or_path:  # a random:<shape> model; oneshot re-reads the config from its path
@@ -149,6 +154,38 @@ def same_mask(a: LoadedModel, b: LoadedModel) -> tuple[float, float]:
     return same / total, first
 
 
+def layer_sparsity(lm: LoadedModel) -> np.ndarray:
+    return np.array([float((m.weight == 0).double().mean()) for i in range(len(lm.blocks))
+                     for m in lm.linear_layers(i).values()])
+
+
+def check_recipe(api, s, calib: torch.Tensor, method: str, allocation: str, target: float, offload: str) -> None:
+    """Our llm-compressor recipe of `allocation` (dsa_core.recipe) run by llm-compressor, against dsa_core pruning to
+    the same ratios: each tool's largest distance from the asked per-layer sparsity, and how many weights both
+    prune alike. Once with one ratio per block (the blocks are the recipe's targets), once with ratios spread over
+    each block's linear layers (the layers are)."""
+    lm = s.lm
+    block = allocate(s.stats(method), allocation, target).ratios
+    counts = [len(lm.linear_layers(i)) for i in range(len(lm.blocks))]
+    spread = np.clip([r + d for r, n in zip(block, counts) for d in np.linspace(-0.1, 0.1, n)], 0.0, 0.95)
+    print(f"\n{method}, {allocation} at {target:.0%}: the recipe run by llm-compressor against dsa_core")
+    print(f"{'targets':<16}{'targets #':>10}{'ours: max |s - asked|':>24}{'theirs':>10}{'same mask':>11}")
+    for grain, ratios in (("blocks", np.asarray(block)), ("linear layers", spread)):
+        recipe = llmcompressor_recipe(lm, ratios, method)
+        asked = np.concatenate(layer_ratios(ratios, counts))
+        s.restore()
+        theirs, _ = prune_theirs(api, lm, calib, method, target, s.batch_size, offload, recipe_yaml(recipe))
+        s.restore()
+        prune_sequential(lm, calib, method, ratios, "unstructured", s.batch_size)
+        n_targets = len(recipe["sparsity_stage"]["sparsity_modifiers"][MODIFIERS[method]]["targets"])
+        print(f"{grain:<16}{n_targets:>10}{np.abs(layer_sparsity(lm) - asked).max():>24.4f}"
+              f"{np.abs(layer_sparsity(theirs) - asked).max():>10.4f}{100 * same_mask(lm, theirs)[0]:>10.3f}%",
+              flush=True)
+        del theirs
+        free(lm.device)
+    s.restore()
+
+
 def free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -165,6 +202,8 @@ def main() -> None:
                     help="where llm-compressor keeps activations between blocks (its default: cpu)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed one-window run of each tool")
     ap.add_argument("--seeds", default="0", help="calibration seeds; each draws its own windows for both tools")
+    ap.add_argument("--recipe", metavar="ALLOCATION", default=None,
+                    help="instead: check our llm-compressor recipe of ALLOCATION (e.g. owl) at the first target")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
@@ -181,6 +220,11 @@ def main() -> None:
     calib_ids = data.tokenize(lm.tokenizer, calib_text.text)
     evals, origin = s.eval_windows("wikitext2", "test", args.seqlen, args.eval_windows)
     ppl = lambda model: perplexity(model, evals)  # noqa: E731
+    if args.recipe:
+        calib = data.calibration_windows(calib_ids, args.nsamples, args.seqlen, seeds[0])
+        for method in methods:
+            check_recipe(api, s, calib, method, args.recipe, targets[0], args.offload_device)
+        return
 
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"\nprotocol: model {cfg.model or 'smollm2'} ({lm.prunable_params / 1e6:.0f}M prunable), {device_name}, "

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -55,7 +56,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dsa_core", description=__doc__.splitlines()[0])
+    # Installed (`pip install .`), the same commands are the console command `sparsity-explorer`.
+    prog = "sparsity-explorer" if Path(sys.argv[0]).name == "sparsity-explorer" else "python -m dsa_core"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="prune with one allocation and report WikiText-2 perplexity")

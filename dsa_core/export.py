@@ -24,6 +24,7 @@ from dsa_core import functions as F
 from dsa_core.errors import ConfigError, ModelError
 from dsa_core.models import LoadedModel
 from dsa_core.prune import achieved_sparsity
+from dsa_core.recipe import MODIFIERS, llmcompressor_recipe, recipe_yaml
 from dsa_core.scores import check_metric, parse_pattern
 from dsa_core.session import PruningSession
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = "sparsity_explorer"
 COMPRESSED_DIR = "compressed-tensors"
+RECIPE_FILE = "llmcompressor_recipe.yaml"
 FORMAT_VERSION = 1
 SPARSITY_TOLERANCE = 0.02  # how far the weights' share of zeros may stray from the profile's target
 
@@ -170,6 +172,9 @@ def export_model(source: PruningSession | LoadedModel, path: str | Path, profile
         lm.tokenizer.save_pretrained(path)
         if compressed:
             _write_compressed(lm, path / COMPRESSED_DIR, overall)
+        if profile.metric in MODIFIERS:
+            recipe = llmcompressor_recipe(lm, profile.ratios, profile.metric, profile.pattern)
+            (path / RECIPE_FILE).write_text(recipe_yaml(recipe))
     finally:
         delattr(lm.model.config, CONFIG_KEY)  # the session's model stays as it was loaded
     log.info("Exported %s to %s%s", lm.name, path, " (+ compressed-tensors 2:4)" if compressed else "")
