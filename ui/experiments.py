@@ -173,7 +173,8 @@ def charts(record: ExperimentRecord) -> dict[str, go.Figure]:
 
 def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
     """Charts that put one or more experiments side by side: profiles overlaid, perplexity dots grouped by
-    experiment, sweeps and search curves overlaid. Unreadable records are left out."""
+    experiment, zero-shot bars (one evaluation: dense and each allocation; several: each one's own function), sweeps
+    and search curves overlaid. Unreadable records are left out."""
     single = len(records) == 1
     profiles, bars, sweeps, curves, structural, zeroshot = {}, {}, {}, {}, {}, {}
     single_search, moved = None, None  # one search's own charts: its candidates, and a hybrid's refinement

@@ -5,24 +5,55 @@ weights and calibration. Orchestration only: pruning is dsa_core.pipeline's, sco
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
+
+from dsa_core.allocation import MAX_SPARSITY, describe
 from dsa_core.config import EvalConfig
+from dsa_core.errors import ConfigError
 from dsa_core.functions import AllocationFunction, to_text
+from dsa_core.levels import LevelGrid, unit_sizes
 from dsa_core.pipeline import oom_as_error, prune_with
 from dsa_core.session import PruningSession
+from dsa_core.stats import BlockStats
 from dsa_core.zeroshot.harness import evaluate_tasks
 
 # Labels as the web app's figures name these allocations, and the specs that produce them.
 REFERENCES: tuple[tuple[str, str], ...] = (("dense", "dense"), ("uniform", "uniform"), ("owl", "owl"),
                                            ("dsa preset", "dsa"))
+# An allocation: a spec `allocate` reads, a DSA function, or explicit ratios (per block or per linear layer, as a
+# search's best candidate gives them).
+Spec = str | AllocationFunction | Sequence[float]
+
+
+def _prune(session: PruningSession, cfg: EvalConfig, spec: Spec) -> tuple[np.ndarray, list]:
+    if isinstance(spec, str | AllocationFunction):
+        return prune_with(session, cfg, spec)
+    ratios = np.asarray(spec, dtype=np.float64)
+    with oom_as_error("pruning"):
+        if cfg.mode == "fast":
+            session.apply(ratios, cfg.metric, cfg.pattern)
+        else:
+            session.prune_sequential(ratios, cfg.metric, cfg.pattern)
+    return ratios, []
+
+
+def spec_text(spec: Spec) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, AllocationFunction):
+        return to_text(spec)
+    return "ratios:" + ",".join(f"{r:.6g}" for r in spec)
 
 
 def compare_allocations(
     session: PruningSession,
     cfg: EvalConfig,
-    extra: Sequence[tuple[str, str | AllocationFunction]] = (),
-    references: Sequence[tuple[str, str | AllocationFunction]] = REFERENCES,
+    extra: Sequence[tuple[str, Spec]] = (),
+    references: Sequence[tuple[str, Spec]] = REFERENCES,
     batch_size: int | None = None,
     on_result: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict]:
@@ -33,11 +64,11 @@ def compare_allocations(
     out: dict[str, dict] = {}
     try:
         for label, spec in (*references, *extra):
-            ratios, warnings = prune_with(session, cfg, spec)
+            ratios, warnings = _prune(session, cfg, spec)
             with oom_as_error("scoring the zero-shot tasks"):
                 result = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source,
                                         batch_size, session.progress)
-            result.update(allocation=spec if isinstance(spec, str) else to_text(spec),
+            result.update(allocation=spec_text(spec),
                           ratios=[float(r) for r in ratios], achieved_sparsity=session.achieved_sparsity()[0],
                           warnings=warnings)
             out[label] = result
@@ -46,3 +77,43 @@ def compare_allocations(
     finally:
         session.restore()
     return out
+
+
+def read_allocation(text: str, stats: BlockStats, target: float, level_step: float = 0.01) -> Spec:
+    """An allocation as a user passes one to the bench or the CLI: any spec `allocate` reads (a baseline, a preset,
+    a function's text); "ratios:r1,r2,..." (per block or per linear layer); "levels:l1,l2,..." (a direct search's
+    candidate key, per block or per layer, on the grid of `level_step`); or "@file.json" holding `best_ratios` (the
+    output of `search --json`) or `ratios`. Ratios must meet `target` (parameter-weighted) within 0.5%."""
+    text = text.strip()
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Cannot read the allocation file {path}: {e}.") from None
+        ratios = saved.get("best_ratios") or saved.get("ratios") if isinstance(saved, dict) else None
+        if not ratios:
+            raise ConfigError(f"{path} holds neither best_ratios (search --json) nor ratios.")
+        sparsity = (saved.get("config") or {}).get("sparsity")
+        if sparsity is not None and abs(sparsity - target) > 1e-6:
+            raise ConfigError(f"{path} was searched at {sparsity:g} sparsity, not {target:g}.")
+        text = "ratios:" + ",".join(str(r) for r in ratios)
+    head, _, body = text.partition(":")
+    if head.lower() not in ("ratios", "levels"):
+        describe(text)  # refuses what `allocate` cannot read, before any pruning
+        return text
+    try:
+        values = np.asarray([float(v) for v in body.split(",") if v.strip()], dtype=np.float64)
+    except ValueError:
+        raise ConfigError(f"Cannot read '{text[:60]}': give comma-separated numbers.") from None
+    layers = sum(len(block) for block in stats.layer_shapes)
+    if len(values) not in (stats.num_blocks, layers):
+        raise ConfigError(f"{len(values)} values for a model of {stats.num_blocks} blocks and {layers} layers.")
+    granularity = "block" if len(values) == stats.num_blocks else "projection"
+    sizes = unit_sizes(stats.layer_shapes, granularity)
+    ratios = LevelGrid(sizes, target, level_step).ratios(values) if head.lower() == "levels" else values
+    mean = float(np.dot(ratios, sizes) / sizes.sum())
+    if abs(mean - target) > 0.005 or not ((0 <= ratios) & (ratios <= MAX_SPARSITY)).all():
+        raise ConfigError(f"These ratios prune {mean:.4f} of the weights, not the target {target:g} (or leave [0, "
+                          f"{MAX_SPARSITY}]).")
+    return [float(r) for r in ratios]
