@@ -1,6 +1,7 @@
-"""Take the README's screenshots of the web app in a headless Chromium: the formula builder, and a search in progress.
+"""Take the README's screenshots of the web app in a headless Chromium: the formula builder (at 1280×800 and on a
+390×844 phone screen), and a search in progress.
 
-    python docs/screenshots.py                              # SmolLM2, writes docs/builder.png and docs/search.png
+    python docs/screenshots.py          # SmolLM2, writes docs/builder.png, docs/builder-narrow.png, docs/search.png
     python docs/screenshots.py --model random:tiny --nsamples 4 --seqlen 64   # quick check of the script
 
 Launches the app on a free port with a throw-away history, drives it as a user would (load and score, build a
@@ -45,7 +46,7 @@ def main() -> None:
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.set_default_timeout(30 * 60 * 1000)  # scoring a real model on a CPU takes minutes
                 page.goto(f"http://127.0.0.1:{port}/")
                 model = page.locator("#model input")
@@ -65,6 +66,11 @@ def main() -> None:
                                        "#function-text input').value === f", arg=[FUNCTION])
                 page.wait_for_timeout(1500)  # the chart redraws after the text
                 page.screenshot(path=str(args.out / "builder.png"), full_page=True)
+                page.set_viewport_size({"width": 390, "height": 844})  # a phone: the profile under the controls
+                page.wait_for_timeout(1500)
+                page.locator("#profile-plot").scroll_into_view_if_needed()
+                page.screenshot(path=str(args.out / "builder-narrow.png"))
+                page.set_viewport_size({"width": 1280, "height": 800})
 
                 page.get_by_role("tab", name="Search").click()
                 page.locator("#population input").fill("8")
@@ -81,7 +87,7 @@ def main() -> None:
                 browser.close()
         finally:
             demo.close()
-    print(f"wrote {args.out / 'builder.png'} and {args.out / 'search.png'}")
+    print(f"wrote {', '.join(str(args.out / n) for n in ('builder.png', 'builder-narrow.png', 'search.png'))}")
 
 
 if __name__ == "__main__":

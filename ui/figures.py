@@ -27,6 +27,7 @@ ALLOCATION_COLOURS = {"this function": "#ff7f0e", "uniform": "#7f7f7f", "owl": "
 BEST = ALLOCATION_COLOURS["best function"]  # a search's best, on its progress and refinement charts too
 OTHER_COLOURS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39")
 HEIGHT = 360
+WHOLE_TICKS = 12  # up to this many blocks, one x tick each
 # What a search's fitness is called on axes, status lines and headlines (dsa_core.fitness.FITNESSES says how each is
 # measured).
 FITNESS_LABELS = {"ppl": "proxy perplexity", "kl": "KL"}
@@ -85,7 +86,8 @@ def profile_figure(profiles: Mapping[str, Sequence[float]], target: float | None
                       annotation_text=f"target {target:.0%}", annotation_position="top left")
     fig.update_yaxes(rangemode="tozero")
     blocks = max((len(r) for r in profiles.values()), default=0)
-    fig.update_xaxes(dtick=1 if blocks <= 32 else None, tick0=0, range=[-0.5, blocks - 0.5])  # whole blocks
+    # Whole blocks; beyond a dozen, Plotly spaces the ticks for the width (a tick per block crowds a phone's screen).
+    fig.update_xaxes(dtick=1 if blocks <= WHOLE_TICKS else None, tick0=0, range=[-0.5, blocks - 0.5])
     return _layout(fig, title, "block", "sparsity")
 
 
@@ -220,5 +222,5 @@ def refinement_figure(start: Sequence[float], refined: Sequence[float], labels: 
     fig.update_yaxes(title_text="moved", row=2, col=1)
     fig.update_xaxes(title_text=unit, row=2, col=1)
     if labels is None:  # whole blocks, as on the profile chart
-        fig.update_xaxes(dtick=1 if len(x) <= 32 else None, tick0=0, range=[-0.5, len(x) - 0.5])
+        fig.update_xaxes(dtick=1 if len(x) <= WHOLE_TICKS else None, tick0=0, range=[-0.5, len(x) - 0.5])
     return fig
