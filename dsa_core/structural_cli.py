@@ -26,8 +26,8 @@ def _sized(name: str, what: str) -> str:
 def add_structural_parser(sub) -> None:
     d = StructuralConfig()
     p = sub.add_parser("structural", help="DISP-LLM structural pruning: train, compress, compare with a baseline")
-    p.add_argument("--model", default=None, help="a LLaMA, Mistral, Qwen2/3 or Gemma 2/3 model: hub id, local "
-                   "directory, .gguf file, gemma3-270m, random:<shape>; default: SmolLM2-135M-Instruct")
+    p.add_argument("--model", default=None, help="a LLaMA, Mistral, Qwen2/3, Gemma 2/3 or pre-norm OPT model: hub "
+                   "id, local directory, .gguf file, gemma3-270m, random:<shape>; default: SmolLM2-135M-Instruct")
     p.add_argument("--target-ratio", type=float, default=d.target_ratio,
                    help="share of the blocks' linear-layer parameters to keep")
     # Options whose default is sized for the device (CPU_DEFAULTS): None here, filled in by config_from_args.

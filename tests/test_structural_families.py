@@ -1,8 +1,10 @@
 """Structural pruning on every supported family (tiny random configs): the compressed model computes what the masked
 training-time model computes (Gemma's (1 + w) norms before and after each half-block, q/k norms, Qwen2's biases,
-grouped-query attention, sliding-window layers, scaled and tied embeddings, soft-capped logits), generates the same
-tokens with a KV cache, keeps the parameter count within 0.1% of the target, and saves and reloads through
-AutoModelForCausalLM. Training runs on each family's masked model; Gemma's windows start with <bos>."""
+grouped-query attention, sliding-window layers, scaled and tied embeddings, soft-capped logits; OPT's LayerNorms with
+bias, learned positions, fc1/fc2 ReLU MLP, projections in and out of a narrower embedding, with and without linear
+biases), generates the same tokens with a KV cache, keeps the parameter count within 0.1% of the target, and saves and
+reloads through AutoModelForCausalLM. Training runs on each family's masked model; Gemma's windows start with <bos>;
+OPT's post-norm blocks (opt-350m) are refused in a sentence."""
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from dsa_core.errors import ModelError
 from dsa_core.models import LoadedModel
+from dsa_core.structural.baseline import block_influence, remove_blocks, uniform_selection
 from dsa_core.structural.compressed import compress, load_compressed
 from dsa_core.structural.families import FAMILIES, family_of
 from dsa_core.structural.masking import MaskedBlocks
@@ -27,17 +30,26 @@ EXTRA = {
     "gemma2": dict(ALTERNATING, query_pre_attn_scalar=20, attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
     "gemma3_text": dict(ALTERNATING, query_pre_attn_scalar=20),
 }
-ARCHS = list(FAMILIES)
+# OPT names its widths differently and has no grouped-query attention: its own settings, whole.
+OPT = dict(vocab_size=300, hidden_size=128, ffn_dim=256, num_hidden_layers=4, num_attention_heads=4,
+           max_position_embeddings=128, dropout=0.0)
+OPT_CASES = {
+    "opt": dict(OPT, word_embed_proj_dim=96),  # opt-350m's projections in and out, with pre-norm blocks
+    "opt-no-bias": dict(OPT, enable_bias=False),  # the LayerNorms' biases still reach q/k/v and fc1
+}
+ARCHS = [a for a in FAMILIES if a != "opt"] + list(OPT_CASES)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def dense_model(arch: str) -> LoadedModel:
+def dense_model(case: str) -> LoadedModel:
     """A random model of the family with norms away from their neutral value and large projections, so that a
     wrong fold, slice or norm statistic would show."""
+    arch = case.split("-")[0]
     family = FAMILIES[arch]
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(family.config(**COMMON, **EXTRA[arch])).eval()
+    settings = OPT_CASES[case] if arch == "opt" else dict(COMMON, **EXTRA[arch])
+    model = AutoModelForCausalLM.from_config(family.config(**settings)).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -79,9 +91,10 @@ def test_compressed_equals_masked_and_meets_the_budget(arch, ids):
     expected = masked_logits(lm, sel, ids)
     assert (expected - lm.model(input_ids=ids).logits).abs().max() > 0.1  # the masks matter
     compressed = compress(lm, sel)
-    assert type(compressed).__name__.startswith("Disp") and compressed.config.model_type == f"disp_{arch}"
+    assert type(compressed).__name__.startswith("Disp") and compressed.config.model_type == f"disp_{lm.arch}"
     torch.testing.assert_close(compressed(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
-    linears = sum(m.weight.numel() for layer in compressed.model.layers for m in layer.modules()
+    layers = compressed.model.decoder.layers if lm.arch == "opt" else compressed.model.layers
+    linears = sum(m.weight.numel() for layer in layers for m in layer.modules()
                   if isinstance(m, torch.nn.Linear))
     assert linears == sel.params
     assert abs(sel.params / (0.7 * shape.dense_params) - 1) < 0.001
@@ -105,10 +118,10 @@ def test_generation_with_a_cache_and_save_and_reload(arch, ids, tmp_path):
     torch.testing.assert_close(loaded(input_ids=ids).logits, compressed(input_ids=ids).logits)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in compressed.parameters())
     if lm.model.config.tie_word_embeddings:
-        assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+        assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text", "opt"])
 def test_training_runs_on_the_masked_family_model(arch):
     lm = dense_model(arch)
     text = torch.randint(0, COMMON["vocab_size"], (2000,), generator=torch.Generator().manual_seed(5))
@@ -137,12 +150,39 @@ def test_gemma_compressed_model_keeps_bos_per_window():
     assert window_bos_id("disp_gemma3_text", Tok()) == 2 and window_bos_id("disp_llama", Tok()) is None
 
 
-@pytest.mark.parametrize("arch, message", [("opt", "not written yet"), ("gemma3", "multimodal"),
-                                           ("bert", "does not support")])
+@pytest.mark.parametrize("arch, message", [("gemma3", "multimodal"), ("bert", "does not support")])
 def test_other_families_are_refused_in_a_sentence(arch, message):
     with pytest.raises(ModelError, match=message) as e:
         family_of(arch)
-    assert "LLaMA, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3" in str(e.value)
+    assert "LLaMA, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and OPT" in str(e.value)
+
+
+def test_post_norm_opt_is_refused_in_a_sentence():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(FAMILIES["opt"].config(**OPT, do_layer_norm_before=False)).eval()
+    lm = LoadedModel(model, None, "tiny post-norm opt", "opt", torch.device("cpu"), torch.float32)
+    text = torch.randint(0, OPT["vocab_size"], (2000,), generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ModelError, match=r"post-norm \(do_layer_norm_before=False, as in opt-350m\)") as e:
+        train_selection(lm, text, StructuralConfig(steps=1, batch_size=1, seqlen=16))
+    assert str(e.value).count(".") == 2 and "opt-125m" in str(e.value)  # one sentence (and "opt-1.3b")
+    with pytest.raises(ModelError, match="post-norm"):
+        compress(lm, Selection.full(BlockShape.from_config(model.config)))
+    assert family_of("opt", dense_model("opt").model.config).title == "OPT"
+
+
+def test_opt_baselines_meet_the_budget_and_keep_the_family(ids):
+    """The uniform baseline counts OPT's two MLP matrices; ShortGPT removes OPT blocks from model.decoder.layers."""
+    lm = dense_model("opt")
+    shape = BlockShape.from_config(lm.model.config)
+    assert not shape.gated and shape.mlp_matrices == 2
+    sel = uniform_selection(lm, ids, 0.6, batch_size=2)
+    assert abs(sel.ratio - 0.6) < 0.01
+    torch.testing.assert_close(compress(lm, sel)(input_ids=ids).logits, masked_logits(lm, sel, ids), rtol=1e-4,
+                               atol=1e-4)
+    influence = block_influence(lm, ids, batch_size=2)
+    assert influence.shape == (4,) and (influence > 0).all()
+    short = remove_blocks(lm, [1, 2])
+    assert len(short.model.decoder.layers) == 2 and short(input_ids=ids).logits.shape == (2, 20, 300)
 
 
 def test_load_compressed_reads_any_family(tmp_path, tiny):

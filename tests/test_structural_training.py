@@ -71,6 +71,6 @@ def test_the_time_limit_stops_training_early(tiny, ids):
 def test_a_short_text_and_other_architectures_are_refused(tiny):
     with pytest.raises(ConfigError, match="too short"):
         train_selection(tiny, torch.arange(20), quick())
-    other = LoadedModel(tiny.model, tiny.tokenizer, "x", "opt", tiny.device, tiny.dtype)
+    other = LoadedModel(tiny.model, tiny.tokenizer, "x", "gpt2", tiny.device, tiny.dtype)
     with pytest.raises(ModelError, match="LLaMA"):
         train_selection(other, torch.arange(1000), quick())

@@ -2,7 +2,7 @@
 subset of the hidden dimension, so widths differ per block and per side, with no extra projections.
 
     selection  the five selection structures of a block, the parameter count they keep, the hypernetwork
-    families   the supported decoder families (LLaMA, Mistral, Qwen2/3, Gemma 2/3) and their blocks' parts
+    families   the supported decoder families (LLaMA, Mistral, Qwen2/3, Gemma 2/3, OPT) and their blocks' parts
     masking    the training-time model: hooks that multiply a frozen decoder's activations by the masks
     training   the run's configuration and the hypernetwork's training loop
     baseline   uniform widths with one shared index set, chosen by activation norms

@@ -40,23 +40,24 @@ def uniform_widths(shape: BlockShape, target: float, align: int = 1) -> tuple[in
         raise ConfigError(f"Target ratio {target} is outside (0, 1]; give the share of parameters to keep.")
     per_hidden = 2 * shape.q_dim + 2 * shape.kv_dim  # q/k/v read and o_proj writes each hidden channel
     budget = target * shape.dense_params / shape.n_blocks
-    # Scale both widths by s: s·H·per_hidden + 3·s²·H·I = budget.
-    a, b = 3 * shape.hidden * shape.intermediate, shape.hidden * per_hidden
+    # Scale both widths by s: s·H·per_hidden + k·s²·H·I = budget, k the MLP's matrices (3, or 2 in OPT).
+    k = shape.mlp_matrices
+    a, b = k * shape.hidden * shape.intermediate, shape.hidden * per_hidden
     s = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
     # Of the aligned widths around the solution, the pair whose count is closest to the budget.
     pairs = [(h, m) for h in _multiples(s * shape.hidden, shape.hidden, align)
-             for m in _multiples((budget - h * per_hidden) / (3 * h), shape.intermediate, align)]
-    return min(pairs, key=lambda hm: abs(hm[0] * per_hidden + 3 * hm[0] * hm[1] - budget))
+             for m in _multiples((budget - h * per_hidden) / (k * h), shape.intermediate, align)]
+    return min(pairs, key=lambda hm: abs(hm[0] * per_hidden + k * hm[0] * hm[1] - budget))
 
 
 @torch.no_grad()
 def activation_norms(lm: LoadedModel, windows: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden-channel importance (one vector for the whole model) and intermediate-channel importance
     (n_blocks × intermediate) of the dense model on calibration windows."""
-    family_of(lm.arch)
-    n = len(lm.blocks)
-    hidden_sq = torch.zeros(n, 4, lm.model.config.hidden_size, dtype=torch.float64, device=lm.device)
-    mid_sq = torch.zeros(n, lm.model.config.intermediate_size, dtype=torch.float64, device=lm.device)
+    family_of(lm.arch, lm.model.config)
+    n, shape = len(lm.blocks), BlockShape.from_config(lm.model.config)
+    hidden_sq = torch.zeros(n, 4, shape.hidden, dtype=torch.float64, device=lm.device)
+    mid_sq = torch.zeros(n, shape.intermediate, dtype=torch.float64, device=lm.device)
 
     def accumulate(target: torch.Tensor):
         def hook(module, args, output=None):
@@ -104,7 +105,7 @@ def uniform_selection(lm: LoadedModel, windows: torch.Tensor, target: float, bat
 def block_influence(lm: LoadedModel, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
     """ShortGPT's Block Influence of every block on calibration windows: 1 - the mean over tokens of the cosine
     similarity between the block's input and output hidden states."""
-    family_of(lm.arch)
+    family_of(lm.arch, lm.model.config)
     n = len(lm.blocks)
     total, tokens = torch.zeros(n, dtype=torch.float64), 0
 

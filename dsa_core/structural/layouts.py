@@ -77,7 +77,7 @@ class Shared:
             lo, hi = (mid_t, hi) if self._params(*widths(mid_t)) > budget else (lo, mid_t)
         hidden = widths(hi)[0]
         per_hidden = self._params(hidden, 0) / shape.n_blocks  # what q/k/v and o_proj keep per block
-        exact = (budget / shape.n_blocks - per_hidden) / (3 * hidden)
+        exact = (budget / shape.n_blocks - per_hidden) / (shape.mlp_matrices * hidden)
         below = align * math.floor(exact / align)
         mid = min({min(shape.intermediate, max(align, m)) for m in (below, below + align)},
                   key=lambda m: abs(self._params(hidden, m) - budget))

@@ -2,9 +2,9 @@
 activations are multiplied by selection masks through forward hooks, so that gradients reach the masks but
 never the weights.
 
-Per block: the attention input mask scales the input RMSNorm's output (the norm itself sees the full
-residual stream), the attention output mask scales attention's output, likewise the MLP input mask after the
-pre-MLP RMSNorm, the intermediate mask the input of down_proj and the output mask the MLP's output. Where a
+Per block: the attention input mask scales the input norm's output (the norm itself sees the full residual
+stream), the attention output mask scales attention's output, likewise the MLP input mask after the pre-MLP
+norm, the intermediate mask the input of down_proj (OPT's fc2) and the output mask the MLP's output (fc2's). Where a
 family normalises what attention and the MLP write (Gemma), the mask acts before that norm, whose statistic is
 then taken over the full width with zeros in the dropped channels. This is the function the compressed model
 computes with index-select and index-add. The weights are never changed here.

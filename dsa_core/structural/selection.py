@@ -38,13 +38,20 @@ class BlockShape:
     intermediate: int
     q_dim: int  # attention heads × head dim: read by o_proj, written by q_proj
     kv_dim: int  # key/value heads × head dim
+    gated: bool = True  # gate and up read the MLP input; False: one matrix (OPT's fc1)
 
     @classmethod
     def from_config(cls, config) -> BlockShape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
-                   config.num_attention_heads * head_dim, kv_heads * head_dim)
+        ffn_dim = getattr(config, "ffn_dim", None)  # OPT names its non-gated MLP's width ffn_dim
+        return cls(config.num_hidden_layers, config.hidden_size, ffn_dim or config.intermediate_size,
+                   config.num_attention_heads * head_dim, kv_heads * head_dim, gated=ffn_dim is None)
+
+    @property
+    def mlp_matrices(self) -> int:
+        """Matrices of the MLP: gate, up and down (3), or fc1 and fc2 (2)."""
+        return 3 if self.gated else 2
 
     @property
     def full_widths(self) -> list[int]:
@@ -53,11 +60,12 @@ class BlockShape:
 
     def block_params(self, widths):
         """Kept linear-layer parameters of blocks whose widths are the last axis of `widths` (5 entries):
-        q/k/v read the attention input, o_proj writes the attention output, gate/up read the MLP input and
-        write the intermediate, down reads the intermediate and writes the MLP output. Works on tensors
+        q/k/v read the attention input, o_proj writes the attention output, gate/up (fc1 in OPT) read the MLP
+        input and write the intermediate, down reads the intermediate and writes the MLP output. Works on tensors
         (differentiably) and on arrays."""
         a_in, a_out, m_in, mid, m_out = (widths[..., i] for i in range(5))
-        return a_in * (self.q_dim + 2 * self.kv_dim) + a_out * self.q_dim + 2 * m_in * mid + mid * m_out
+        reads = self.mlp_matrices - 1
+        return a_in * (self.q_dim + 2 * self.kv_dim) + a_out * self.q_dim + reads * m_in * mid + mid * m_out
 
     @property
     def dense_params(self) -> int:

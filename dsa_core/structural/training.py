@@ -133,7 +133,7 @@ def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, p
                     on_step: Callable[[dict], None] | None = None, layout: type = Independent) -> TrainingResult:
     """Train a hypernetwork on windows of the token ids `ids` and return its selection. `layout` (layouts.py) maps
     its outputs to the blocks' selections: DISP-LLM's own by default."""
-    family_of(lm.arch)  # refuses the families it cannot prune, in a sentence
+    family_of(lm.arch, lm.model.config)  # refuses the families it cannot prune, in a sentence
     if ids.numel() <= cfg.seqlen:
         raise ConfigError(f"The calibration text has {ids.numel()} tokens, too short for windows of {cfg.seqlen}.")
     shape = BlockShape.from_config(lm.model.config)
