@@ -1,8 +1,9 @@
 """Command line of structural pruning: `python -m dsa_core structural --target-ratio 0.7 --steps N ...`.
 
 Trains DISP-LLM's hypernetwork, builds the compressed model (optionally saved with save_pretrained),
-measures it against the dense model and the uniform-width baseline, prints a table or one JSON object and,
-with --history, stores the run in the experiment history. A thin wrapper over dsa_core.structural.runner.
+measures it against the dense model and the baselines asked for (--baselines: the uniform-width one by activation
+norms, the same hypernetwork with uniform widths, ShortGPT) at the same parameter count, prints a table or one JSON
+object and, with --history, stores the run in the experiment history. A thin wrapper over dsa_core.structural.runner.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import sys
 
 import numpy as np
 
+from dsa_core.errors import ConfigError
 from dsa_core.structural.estimate import RunEstimate
-from dsa_core.structural.training import CPU_DEFAULTS, StructuralConfig
+from dsa_core.structural.training import CPU_DEFAULTS, EXTRA_BASELINES, StructuralConfig
 
 
 def _sized(name: str, what: str) -> str:
@@ -43,7 +45,11 @@ def add_structural_parser(sub) -> None:
     p.add_argument("--eval-seqlen", type=int, default=None, help=_sized("eval_seqlen", "tokens per test window"))
     p.add_argument("--eval-windows", type=int, default=None,
                    help=_sized("eval_windows", "cap on WikiText-2 test windows; 0: the whole test split"))
-    p.add_argument("--no-baseline", action="store_true", help="skip the uniform-width baseline")
+    p.add_argument("--baselines", default="uniform", metavar="NAMES",
+                   help="comma-separated baselines at the same parameter count: uniform (uniform widths by activation "
+                   "norms, untrained), " + ", ".join(f"{k} ({v})" for k, v in EXTRA_BASELINES.items())
+                   + "; 'none' for none (default: uniform)")
+    p.add_argument("--no-baseline", action="store_true", help="no baseline at all (as --baselines none)")
     p.add_argument("--baseline-samples", type=int, default=None,
                    help=_sized("baseline_samples", "calibration windows for the baseline's activation norms"))
     p.add_argument("--max-train-seconds", type=float, default=None,
@@ -58,13 +64,26 @@ def add_structural_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def baselines_from_args(args: argparse.Namespace) -> tuple[bool, list[str]]:
+    """--baselines as the config holds it: whether to measure the uniform baseline, and the others' names."""
+    names = [n.strip().lower() for n in args.baselines.split(",") if n.strip()]
+    if args.no_baseline or names == ["none"]:
+        return False, []
+    unknown = [n for n in names if n != "uniform" and n not in EXTRA_BASELINES]
+    if unknown:
+        raise ConfigError(f"Unknown baseline '{unknown[0]}'; choose among uniform, {', '.join(EXTRA_BASELINES)} "
+                          "or none.")
+    return "uniform" in names, [n for n in EXTRA_BASELINES if n in names]
+
+
 def config_from_args(args: argparse.Namespace) -> StructuralConfig:
+    uniform, extra = baselines_from_args(args)
     sized = {k: getattr(args, k) for k in CPU_DEFAULTS if getattr(args, k) is not None}
     if sized.get("eval_windows") == 0:
         sized["eval_windows"] = None  # the whole test split
     return StructuralConfig.defaults_for(
         args.device, model=args.model, target_ratio=args.target_ratio, lam=args.lam, temperature=args.temperature,
-        offset=args.offset, calib=args.calib, data_source=args.data_source, baseline=not args.no_baseline,
+        offset=args.offset, calib=args.calib, data_source=args.data_source, baseline=uniform, extra_baselines=extra,
         max_train_seconds=args.max_train_seconds, align=args.align, seed=args.seed, dtype=args.dtype, **sized,
     ).validate()
 
@@ -86,6 +105,8 @@ def default_name(cfg: dict) -> str:
 
 
 def print_table(result: dict) -> None:
+    from dsa_core.structural.runner import TITLES
+
     cfg, params, ppl = result["config"], result["params"], result["ppl"]
     print(f"model {cfg['model'] or 'smollm2'} | DISP-LLM | target {cfg['target_ratio']:.0%} of block linear "
           f"parameters | {len(result['curve'])} steps × {cfg['batch_size']}×{cfg['seqlen']}")
@@ -93,10 +114,15 @@ def print_table(result: dict) -> None:
           f"({params['ratio']:.4f}; target {params['target_block_linear']:,}; hypernetwork alone "
           f"{params['hypernetwork_ratio']:.4f})")
     print(f"model parameters    {params['compressed_total']:,} of {params['dense_total']:,} (with embeddings)")
-    print(f"{'':20}{'perplexity':>12}")
+    print(f"{'':20}{'perplexity':>12}{'kept':>9}")
+    kept = {"dense": 1.0, "compressed": params["ratio"], "baseline": result.get("baseline", {}).get("ratio")}
     for label, key in (("dense", "dense"), ("DISP-LLM", "compressed"), ("uniform baseline", "baseline")):
         if key in ppl:
-            print(f"{label:<20}{ppl[key]:>12.3f}")
+            print(f"{label:<20}{ppl[key]:>12.3f}{kept[key]:>9.2%}")
+    for name, row in result.get("baselines", {}).items():
+        print(f"{TITLES[name]:<20}{row['ppl']:>12.3f}{row['ratio']:>9.2%}")
+        if name == "shortgpt":
+            print(f"{'':20}removed blocks {row['removed']}")
     widths = np.array(result["selection"]["widths"])
     print(f"{'widths':<20}{'min':>8}{'mean':>8}{'max':>8}{'full':>8}")
     for j, label in enumerate(result["structure_labels"]):

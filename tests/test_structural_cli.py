@@ -49,3 +49,37 @@ def test_bad_input_is_one_sentence_and_exit_code_2(args, message, capsys):
     assert main([*QUICK, *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_stronger_baselines_are_reported_beside_disp_llm(tmp_path, monkeypatch, capsys):
+    """--baselines adds the same hypernetwork with uniform widths (trained as many steps) and ShortGPT, each at the
+    run's budget, measured on the same test windows; the history keeps them."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    monkeypatch.setenv("DSA_DATABASE_URL", url)
+    assert main([*QUICK, "--baselines", "uniform,hypernet,shortgpt", "--history", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["baseline"] and result["config"]["extra_baselines"] == ["hypernet", "shortgpt"]
+    hypernet, shortgpt = result["baselines"]["hypernet"], result["baselines"]["shortgpt"]
+    assert hypernet["steps"] == 3 and hypernet["ratio"] == pytest.approx(0.6, abs=0.02)
+    widths = hypernet["widths"]  # one hidden selection for every side: uniform widths
+    assert widths[0] == widths[1] == widths[2] == widths[4] < 64 and widths[3] <= 160
+    assert shortgpt["removed"] == sorted(shortgpt["removed"]) and len(shortgpt["removed"]) == 2  # round(0.4 × 4)
+    assert shortgpt["ratio"] == 0.5 and len(shortgpt["influence"]) == 4
+    for row in (hypernet, shortgpt):
+        assert row["ppl"] > 1 and row["ppl"] != result["ppl"]["compressed"]
+    assert {"hypernet", "shortgpt"} <= set(result["timings"])
+    record = History(open_database(url)).get(result["history_id"])
+    assert record.results["baselines"] == result["baselines"]
+
+
+def test_table_lists_the_baselines_asked_for(capsys):
+    assert main([*QUICK, "--baselines", "shortgpt"]) == 0
+    out = capsys.readouterr().out
+    assert "ShortGPT" in out and "removed blocks" in out
+    assert "uniform baseline" not in out and "uniform hypernet" not in out
+
+
+def test_an_unknown_baseline_is_one_sentence(capsys):
+    assert main([*QUICK, "--baselines", "uniform,slicegpt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Unknown baseline 'slicegpt'" in err and "hypernet, shortgpt" in err

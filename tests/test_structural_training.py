@@ -74,3 +74,11 @@ def test_a_short_text_and_other_architectures_are_refused(tiny):
     other = LoadedModel(tiny.model, tiny.tokenizer, "x", "gpt2", tiny.device, tiny.dtype)
     with pytest.raises(ModelError, match="LLaMA"):
         train_selection(other, torch.arange(1000), quick())
+
+
+def test_extra_baselines_are_named_from_the_registry():
+    assert StructuralConfig(extra_baselines=["hypernet", "shortgpt"]).validate().extra_baselines == ["hypernet",
+                                                                                                     "shortgpt"]
+    with pytest.raises(ConfigError, match="Unknown baseline 'slicegpt'"):
+        StructuralConfig(extra_baselines=["slicegpt"]).validate()
+    assert StructuralConfig.from_dict({"baseline": True}).extra_baselines == []  # configs stored before the field

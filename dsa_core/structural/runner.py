@@ -1,6 +1,7 @@
 """One structural-pruning run end to end: load → train the hypernetwork → compress → the uniform-width
-baseline at the same budget → WikiText-2 test perplexity of dense, compressed and baseline models, as a
-result dictionary that carries its protocol, timings and environment. The CLI prints it, the web app plots
+baseline at the same budget (and, when asked, the stronger baselines of `training.EXTRA_BASELINES`: the same
+hypernetwork with uniform widths, ShortGPT) → WikiText-2 test perplexity of dense, compressed and baseline models, as
+a result dictionary that carries its protocol, timings and environment. The CLI prints it, the web app plots
 it, storage keeps it. Orchestration only: each step is a call into the modules of its stage.
 """
 
@@ -19,11 +20,12 @@ from dsa_core import data
 from dsa_core.evaluate import default_batch_size, perplexity
 from dsa_core.models import LoadedModel, load_model
 from dsa_core.pipeline import environment, oom_as_error, peak_memory_gb
-from dsa_core.structural.baseline import uniform_selection
+from dsa_core.structural.baseline import block_influence, blocks_to_remove, remove_blocks, uniform_selection
 from dsa_core.structural.compressed import as_loaded, compress
 from dsa_core.structural.estimate import RunEstimate, convergence_warnings
-from dsa_core.structural.selection import LABELS, STRUCTURES, Selection
-from dsa_core.structural.training import Progress, StructuralConfig, train_selection
+from dsa_core.structural.layouts import Shared
+from dsa_core.structural.selection import LABELS, STRUCTURES, BlockShape, Selection
+from dsa_core.structural.training import EXTRA_BASELINES, Progress, StructuralConfig, train_selection
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,35 @@ def _selection_summary(selection: Selection) -> dict:
 
 
 # What the history keeps as an experiment's results; config, protocol and environment go in their own fields.
-RESULT_KEYS = ("ppl", "params", "selection", "baseline", "curve", "structures", "structure_labels", "full_widths",
-               "saved_to", "timings", "estimate", "warnings", "peak_memory_gb")
+RESULT_KEYS = ("ppl", "params", "selection", "baseline", "baselines", "curve", "structures", "structure_labels",
+               "full_widths", "saved_to", "timings", "estimate", "warnings", "peak_memory_gb")
 
 
 def stored_results(result: dict) -> dict:
     return {k: result[k] for k in RESULT_KEYS if k in result}
+
+
+def _uniform_hypernetwork(lm: LoadedModel, ids: torch.Tensor, windows: torch.Tensor, cfg: StructuralConfig,
+                          batch_size: int, progress: Progress | None) -> tuple[nn.Module, int, dict]:
+    """The same hypernetwork with one hidden selection and one intermediate width for every block, trained the same
+    steps on the same text: what DISP-LLM's dimension independence buys."""
+    trained = train_selection(lm, ids, cfg, progress, layout=Shared)
+    return (compress(lm, trained.selection), trained.selection.params,
+            {"widths": trained.selection.widths[0].tolist(), "steps": len(trained.curve)})
+
+
+def _shortgpt(lm: LoadedModel, ids: torch.Tensor, windows: torch.Tensor, cfg: StructuralConfig, batch_size: int,
+              progress: Progress | None) -> tuple[nn.Module, int, dict]:
+    """ShortGPT: the blocks of least Block Influence on the calibration windows removed, as many as the budget says."""
+    influence = block_influence(lm, windows, batch_size)
+    drop = blocks_to_remove(influence, cfg.target_ratio)
+    shape = BlockShape.from_config(lm.model.config)  # every block holds the same parameters
+    kept = shape.dense_params // shape.n_blocks * (shape.n_blocks - len(drop))
+    return remove_blocks(lm, drop), kept, {"removed": drop, "influence": influence.tolist()}
+
+
+BUILDERS = {"hypernet": _uniform_hypernetwork, "shortgpt": _shortgpt}
+TITLES = {"hypernet": "uniform hypernet", "shortgpt": "ShortGPT"}  # short names for tables
 
 
 def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
@@ -89,7 +114,10 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
     windows = data.eval_windows(data.tokenize(lm.tokenizer, test.text), cfg.eval_seqlen, cfg.eval_windows,
                                 bos_id=lm.window_bos)
     lap("data")
-    eval_tokens = windows.numel() * (3 if cfg.baseline else 2) + cfg.baseline * cfg.baseline_samples * cfg.seqlen
+    extra = cfg.extra_baselines
+    calib_passes = cfg.baseline + ("shortgpt" in extra)  # the uniform baseline's norms, ShortGPT's influence
+    eval_tokens = windows.numel() * (2 + cfg.baseline + len(extra)) + calib_passes * cfg.baseline_samples * cfg.seqlen
+    more_steps = cfg.steps if "hypernet" in extra else 0  # the uniform hypernetwork trains as long
     estimates: list[RunEstimate] = []
     first_step: list[float] = []
 
@@ -101,8 +129,9 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
             first_step.append(seconds)
         if step >= min(2, cfg.steps):
             rate = seconds if step == 1 else (seconds - first_step[0]) / (step - 1)
-            cap = None if cfg.max_train_seconds is None else cfg.max_train_seconds - seconds
-            estimate = RunEstimate(rate, cfg.steps - step, eval_tokens, cfg.batch_size * cfg.seqlen, cap)
+            limit = cfg.max_train_seconds
+            cap = None if limit is None else limit - seconds + (limit if more_steps else 0)
+            estimate = RunEstimate(rate, cfg.steps - step + more_steps, eval_tokens, cfg.batch_size * cfg.seqlen, cap)
             if not estimates:
                 log.info("structural pruning: %s", estimate.describe())
                 estimates.append(estimate)
@@ -130,14 +159,23 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
                      "compressed": ppl(as_loaded(compressed, lm, "compressed"), "perplexity (compressed)")}
     lap("perplexity")
     baseline = None
+    calib_windows = data.calibration_windows(ids, cfg.baseline_samples, cfg.seqlen, cfg.seed, lm.window_bos)
     if cfg.baseline:
-        calib_windows = data.calibration_windows(ids, cfg.baseline_samples, cfg.seqlen, cfg.seed, lm.window_bos)
         with oom_as_error("choosing the baseline's channels"):
             base_sel = uniform_selection(lm, calib_windows, cfg.target_ratio, bs, cfg.align)
         baseline = compress(lm, base_sel)
         result["baseline"] = _selection_summary(base_sel)
         result["ppl"]["baseline"] = ppl(as_loaded(baseline, lm, "baseline"), "perplexity (baseline)")
         lap("baseline")
+    dense_params = trained.selection.shape.dense_params
+    for name in extra:
+        with oom_as_error(f"building the {TITLES[name]} baseline"):
+            model, kept, info = BUILDERS[name](lm, ids, calib_windows, cfg, bs, progress)
+        result.setdefault("baselines", {})[name] = {
+            "label": EXTRA_BASELINES[name], "params": kept, "ratio": kept / dense_params,
+            "ppl": ppl(as_loaded(model, lm, name), f"perplexity ({TITLES[name]})"), **info}
+        del model
+        lap(name)
     result["warnings"] = convergence_warnings(trained.curve, cfg.target_ratio, result["ppl"])
     for warning in result["warnings"]:
         log.warning(warning)

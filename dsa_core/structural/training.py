@@ -35,6 +35,13 @@ Progress = Callable[[str, int, int], None]
 CPU_DEFAULTS = {"steps": 100, "batch_size": 1, "seqlen": 256, "lr": 1e-2, "eval_seqlen": 512, "eval_windows": 16,
                 "baseline_samples": 8}
 
+# Stronger baselines a run may measure beside DISP-LLM and the uniform one, at the same budget and calibration text
+# (the runner builds them): what each is, by name.
+EXTRA_BASELINES = {
+    "hypernet": "the same hypernetwork with uniform widths (layouts.Shared), trained the same steps",
+    "shortgpt": "ShortGPT: the blocks of least Block Influence removed",
+}
+
 
 @dataclass
 class StructuralConfig:
@@ -55,7 +62,8 @@ class StructuralConfig:
     data_source: str = "auto"
     eval_seqlen: int = 2048
     eval_windows: int | None = None
-    baseline: bool = True
+    baseline: bool = True  # the uniform-width baseline by activation norms, untrained
+    extra_baselines: list[str] = field(default_factory=list)  # names of EXTRA_BASELINES, measured the same way
     baseline_samples: int = 32
     max_train_seconds: float | None = None  # stop training early after this long (the curve shows where)
     align: int = 8  # kept widths are multiples of this (GPU matrix kernels want 8); 1 keeps exact widths
@@ -88,6 +96,9 @@ class StructuralConfig:
             raise ConfigError("Channel alignment must be at least 1.")
         if self.baseline_samples < 1:
             raise ConfigError("The baseline needs at least one calibration window.")
+        unknown = [name for name in self.extra_baselines if name not in EXTRA_BASELINES]
+        if unknown:
+            raise ConfigError(f"Unknown baseline '{unknown[0]}'; choose among uniform, {', '.join(EXTRA_BASELINES)}.")
         if self.max_train_seconds is not None and self.max_train_seconds <= 0:
             raise ConfigError("The training time limit must be positive.")
         if self.data_source not in SOURCES:
