@@ -8,12 +8,16 @@ model, saved to a folder, and the same local files.
     python bench/bench_zeroshot.py --tasks paper --data-source local            # GPU: the whole table
     python bench/bench_zeroshot.py --searched 0.7=@search70.json --searched 0.5=@search50.json
     python bench/bench_zeroshot.py --search-seconds 120 --search-space hybrid  # search here, on WikiText-2 val
+    python bench/bench_zeroshot.py --search-seconds 300 --search-fitness ppl --search-fitness zeroshot:paper \
+        --allocations dense,uniform,owl    # perplexity- vs accuracy-searched: do their zero-shot means differ?
     python bench/bench_zeroshot.py --lm-eval-cli runs/lm_eval_check --allocations dense   # the CLI cross-check
     python bench/bench_zeroshot.py --device cpu --limit 20 --nsamples 8 --seqlen 256 --atp-beta 0.01  # CPU check
 
 --searched takes [SPARSITY=]SPEC, repeatable: a function's text or any allocation spec (at every sparsity), or,
 for one sparsity, "ratios:...", "levels:..." (a direct search's key, --level-step grid) or "@file.json" (the
-output of `search --json`). The seconds count scoring only (lm-eval's requests, forwards, metrics).
+output of `search --json`). With a zero-shot search fitness (here or --exclude-fitness-rows), every table leaves out
+the rows that fitness measured and says so, so that no allocation is scored on rows it was searched on. The seconds
+count scoring only (lm-eval's requests, forwards, metrics).
 """
 
 from __future__ import annotations
@@ -54,7 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--search-seconds", type=float, default=None, help="run a search of this many seconds per "
                     "sparsity here and add its best allocation as 'searched'")
     ap.add_argument("--search-space", default="hybrid", choices=("function", "allocation", "hybrid"))
-    ap.add_argument("--search-fitness", default="ppl")
+    ap.add_argument("--search-fitness", action="append", default=None, help="the searches' fitness (default ppl); "
+                    "repeat it (e.g. ppl and zeroshot:paper) to search once per fitness and compare their means")
+    ap.add_argument("--zeroshot-rows", type=int, default=200, help="a zeroshot:TASKS search fitness's rows per task")
+    ap.add_argument("--exclude-fitness-rows", type=int, default=None, help="leave out of every table the rows a "
+                    "zero-shot fitness of this many rows per task measures (default: --zeroshot-rows when a search "
+                    "here uses one, else 0)")
     ap.add_argument("--level-step", type=float, default=0.01, help="the grid of --searched levels:...")
     ap.add_argument("--atp-beta", default="auto", help="ATP's β, or auto: searched on WikiText-2 validation "
                     "perplexity (8 windows), as its paper searches it")
@@ -73,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown allocations {', '.join(sorted(unknown))}")
     args.wanted = wanted
+    args.search_fitness = args.search_fitness or ["ppl"]
+    if args.exclude_fitness_rows is None:
+        zeroshot = any(f.startswith("zeroshot:") for f in args.search_fitness) and args.search_seconds
+        args.exclude_fitness_rows = args.zeroshot_rows if zeroshot else 0
     args.targets = [float(s) for s in args.sparsities.split(",") if s.strip()]
     return args
 
@@ -88,19 +101,21 @@ def searched_specs(args, session, cfg: EvalConfig, target: float) -> list[tuple[
         if scoped and abs(float(head) - target) > 1e-9:
             continue
         out.append(read_allocation(rest if scoped else item, stats, target, args.level_step))
-    if args.search_seconds:
-        out.append(run_short_search(args, session, cfg, target))
-    return [("searched" if i == 0 else f"searched {i + 1}", spec) for i, spec in enumerate(out)]
+    labels = ["searched" if i == 0 else f"searched {i + 1}" for i in range(len(out))]
+    for fitness in args.search_fitness if args.search_seconds else ():
+        out.append(run_short_search(args, session, cfg, target, fitness))
+        labels.append(f"searched {fitness}" if len(args.search_fitness) > 1 else "searched")
+    return list(zip(labels, out))
 
 
-def run_short_search(args, session, cfg: EvalConfig, target: float) -> list[float]:
+def run_short_search(args, session, cfg: EvalConfig, target: float, fitness: str) -> list[float]:
     import optuna
 
     from dsa_core.search import SearchConfig, create_study, run_search
 
     scfg = SearchConfig(model=cfg.model, metric=cfg.metric, sparsity=target, nsamples=cfg.nsamples,
                         seqlen=cfg.seqlen, seed=cfg.seed, data_source=cfg.data_source, device=cfg.device,
-                        dtype=cfg.dtype, space=args.search_space, fitness=args.search_fitness,
+                        dtype=cfg.dtype, space=args.search_space, fitness=fitness, zeroshot_rows=args.zeroshot_rows,
                         budget_candidates=None, budget_seconds=args.search_seconds).validate()
     start = time.perf_counter()
     result = run_search(session, scfg, create_study(scfg, optuna.storages.InMemoryStorage()))
@@ -132,6 +147,11 @@ def print_tables(results: dict[str, dict], target: float | None) -> None:
     for metric in ("acc", "acc_norm"):
         print(f"\n## {where}, {metric} (± one standard error)")
         print(paper_table(results, metric))
+    searched = {label: r["mean_acc"] for label, r in results.items() if label.startswith("searched ")}
+    if len(searched) > 1:  # one search per --search-fitness: do perplexity and accuracy find different allocations?
+        best = max(searched, key=searched.get)
+        print("# searched allocations' mean acc: " + ", ".join(f"{k} {v:.4f}" for k, v in searched.items())
+              + f"; best {best}, by {searched[best] - min(searched.values()):.4f}")
     missing = missing_tasks(results)
     if missing:
         print(f"# {mean_label(results)}: {next(iter(results.values()))['protocol']['mean']}")
@@ -187,7 +207,8 @@ def main(argv=None) -> None:
         session.restore()
         with oom_as_error("scoring the zero-shot tasks"):
             dense = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source,
-                                   args.batch_size, session.progress, keep_samples=bool(args.lm_eval_cli))
+                                   args.batch_size, session.progress, keep_samples=bool(args.lm_eval_cli),
+                                   exclude=args.exclude_fitness_rows)
         dense.update(allocation="dense", achieved_sparsity=0.0)
         row(0.0, "dense", dense)
         everything["dense"] = dense
@@ -197,7 +218,8 @@ def main(argv=None) -> None:
                  for label in REFERENCES if label in args.wanted]
         specs += searched_specs(args, session, tcfg, target)
         results = compare_allocations(session, tcfg, references=specs, batch_size=args.batch_size,
-                                      on_result=lambda label, r, t=target: row(t, label, r))
+                                      on_result=lambda label, r, t=target: row(t, label, r),
+                                      exclude=args.exclude_fitness_rows)
         everything |= {f"{label} {target:g}": r for label, r in results.items()}
         print_tables(({"dense": dense} if dense and "dense" in args.wanted else {}) | results, target)
     if dense and not args.targets:
@@ -205,6 +227,8 @@ def main(argv=None) -> None:
     protocol = next(iter(everything.values()))["protocol"]
     print(f"\n# {protocol['harness']}, zero-shot, batch {protocol['batch_size']}, data {protocol['source']}; "
           + "; ".join(f"{n} {where(d)}" for n, d in protocol["data"].items()))
+    if protocol.get("excluded"):
+        print(f"# every table: {protocol['excluded']}")
     for label, r in everything.items():
         if r.get("allocation", "").startswith(("atp", "ratios")) or label.startswith("searched"):
             print(f"# {label}: {r['allocation'][:160]}")

@@ -5,7 +5,10 @@ fidelities (numbers of tokens).
 - `ppl`: perplexity on WikiText-2 *validation* windows (DSA's proxy).
 - `kl`: mean per-token KL divergence of the pruned model's next-token distribution from the dense model's on the
   calibration windows (EvoPress's fitness); the dense logits are computed once and cached.
-Neither ever reads the test split. With several fidelities a candidate is measured on the few tokens first and
+- `zeroshot:TASKS` (e.g. zeroshot:piqa,boolq): how far the model is from choosing the correct answer on a fixed,
+  seeded subset of each task's rows, held out of what final tables report (dsa_core.zeroshot.fitness), in one stage.
+None ever reads the test split (nor the rows a final zero-shot table scores, when it leaves the fitness's out).
+With several fidelities a candidate is measured on the few tokens first and
 on more only while the search's pruner promotes it (dsa_core.search); each stage's windows are the first ones of
 the next, so a promoted candidate's measure only gets more precise.
 
@@ -36,12 +39,30 @@ from dsa_core.session import PruningSession
 log = logging.getLogger(__name__)
 
 FITNESSES = {"ppl": "perplexity on WikiText-2 validation windows",
-             "kl": "KL divergence from the dense model on calibration tokens"}
+             "kl": "KL divergence from the dense model on calibration tokens",
+             "zeroshot:TASKS": "zero-shot tasks (e.g. zeroshot:piqa,boolq): cross-entropy of the correct choice on "
+                               "--zeroshot-rows rows per task held out of the final tables' rows"}
 LAST_STAGES = {"masked": "re-masked from the dense model's scores, like the stages before it",
                "sequential": "after pruning sequentially, as the result is applied (seconds a candidate with "
                              "Wanda on a GPU, resumed from the blocks it shares with the best one so far)"}
 FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes a search
+ZEROSHOT_ONE_STAGE = ("The zero-shot fitness is measured in one stage on its held-out rows (--zeroshot-rows), not "
+                      "at several fidelities: drop --fidelity.")
 KEPT_RUNS_SHARE = 0.1  # of the device's memory that the sequential runs kept to resume from may hold
+
+
+def check_kind(kind: str) -> tuple[str, ...] | None:
+    """Refuse an unknown fitness in one sentence (before any model loads); the tasks of a zero-shot one."""
+    if kind.startswith("zeroshot:"):
+        from dsa_core.zeroshot.tasks import parse_tasks
+
+        tasks = kind.partition(":")[2]
+        if not tasks.strip():
+            raise ConfigError("The zero-shot fitness needs its tasks, e.g. --fitness zeroshot:piqa,boolq.")
+        return parse_tasks(tasks)
+    if kind not in FITNESSES:
+        raise ConfigError(f"Unknown fitness '{kind}'; choose one of ppl, kl or zeroshot:TASKS (e.g. zeroshot:piqa).")
+    return None
 
 
 def parse_fidelity(text: str | None) -> tuple[int, ...]:
@@ -110,9 +131,8 @@ class Fitness:
     stage. Memoised by key for whole evaluations, so a function the GA proposes again costs nothing."""
 
     def __init__(self, session: PruningSession, metric: str, sparsity: float, kind: str = "ppl",
-                 windows: list[int] | None = None, last_stage: str = "masked"):
-        if kind not in FITNESSES:
-            raise ConfigError(f"Unknown fitness '{kind}'; choose one of {', '.join(FITNESSES)}.")
+                 windows: list[int] | None = None, last_stage: str = "masked", zeroshot_rows: int = 200):
+        tasks = check_kind(kind)
         if last_stage not in LAST_STAGES:
             raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
@@ -124,7 +144,16 @@ class Fitness:
         self.windows = windows or [8]
         seqlen = session.seqlen
         self.tokens = [w * seqlen for w in self.windows]
-        if kind == "ppl":
+        if tasks is not None:
+            if len(self.windows) > 1:
+                raise ConfigError(ZEROSHOT_ONE_STAGE)
+            from dsa_core.zeroshot.fitness import ZeroShotFitness  # imports lm-eval (seconds): only when asked
+
+            session.restore()  # built on the dense model: nothing is measured yet, but no stale pruning either
+            zeroshot = ZeroShotFitness(session.lm, tasks, zeroshot_rows, source=session.data_source)
+            self.origin, self.stages = zeroshot.protocol, [zeroshot]
+            self.tokens = [sum(len(c) + len(x) for _, c, x in zeroshot.requests)]
+        elif kind == "ppl":
             texts, self.origin = session.eval_windows("wikitext2", "validation", seqlen, self.windows[-1])
             if texts.shape[0] < self.windows[-1]:
                 raise ConfigError(f"WikiText-2 validation holds {texts.shape[0]} windows of {seqlen} tokens; the "

@@ -32,7 +32,16 @@ from dsa_core import workers as W
 from dsa_core.allocation import allocate, describe
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
-from dsa_core.fitness import FAILED_FITNESS, FITNESSES, LAST_STAGES, Fitness, parse_fidelity, stage_windows
+from dsa_core.fitness import (
+    FAILED_FITNESS,
+    FITNESSES,
+    LAST_STAGES,
+    ZEROSHOT_ONE_STAGE,
+    Fitness,
+    check_kind,
+    parse_fidelity,
+    stage_windows,
+)
 from dsa_core.levels import LevelSwitchSampler, expand_to_units
 from dsa_core.selection import RecentHalvingPruner
 from dsa_core.session import PruningSession
@@ -72,7 +81,9 @@ class SearchConfig:
                          choices=tuple(SPACES))
     granularity: str = _option("block", "allocation and hybrid spaces: one level per block, or per linear layer "
                                "(q, k, v, o, gate, up, down)", choices=GRANULARITIES)
-    fitness: str = _option("ppl", "; ".join(f"{k}: {v}" for k, v in FITNESSES.items()), choices=tuple(FITNESSES))
+    # Its choices are what a form offers; the command line also takes zeroshot:TASKS (`open`: validate() checks).
+    fitness: str = _option("ppl", "; ".join(f"{k}: {v}" for k, v in FITNESSES.items()), choices=("ppl", "kl"),
+                           open=True)
     fidelity: str = _option("", "token counts of the staged selection, few first, e.g. 2k,16k,64k: every candidate "
                             "is measured on the first, the best 1/--promote on the next (default: one stage of "
                             "--fitness-windows windows)")
@@ -94,6 +105,7 @@ class SearchConfig:
     budget_candidates: int | None = 200
     budget_seconds: float | None = None
     fitness_windows: int = 8
+    zeroshot_rows: int = 200  # zeroshot:TASKS fitness: rows per task, seeded (dsa_core.zeroshot.tasks.holdout_rows)
     lam_range: tuple[float, float] = (0.02, 0.3)
     top_k: int = 3
     final_eval_windows: int | None = None
@@ -102,7 +114,12 @@ class SearchConfig:
     def validate(self) -> SearchConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
-        for name in ("space", "granularity", "fitness", "last_stage"):
+        if check_kind(self.fitness) is not None:
+            if self.fidelity:
+                raise ConfigError(ZEROSHOT_ONE_STAGE)
+            if self.zeroshot_rows < 1:
+                raise ConfigError("The zero-shot fitness needs at least one row per task (--zeroshot-rows).")
+        for name in ("space", "granularity", "last_stage"):
             choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"Unknown {name} '{getattr(self, name)}'; choose one of {', '.join(choices)}.")
@@ -185,7 +202,8 @@ def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
 
 def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
     """The fitness a search's configuration asks for, at every fidelity stage."""
-    return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows(), cfg.last_stage)
+    return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows(), cfg.last_stage,
+                   cfg.zeroshot_rows)
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:

@@ -28,13 +28,15 @@ def default_storage() -> str:
 
 def add_declared_options(parser: argparse.ArgumentParser, config: type) -> list[str]:
     """One option per setting of `config` that declares its help (and choices) in its field's metadata: a setting
-    is declared once, in the configuration, and the command line follows. Returns the settings' names."""
+    is declared once, in the configuration, and the command line follows (an `open` setting's choices are what a form
+    offers; the configuration's validate() checks what else it takes). Returns the settings' names."""
     names = []
     for f in fields(config):
         if "help" not in f.metadata:
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                            choices=f.metadata.get("choices"), help=f.metadata["help"])
+                            choices=None if f.metadata.get("open") else f.metadata.get("choices"),
+                            help=f.metadata["help"])
         names.append(f.name)
     return names
 
@@ -53,6 +55,8 @@ def add_search_parsers(sub, add_model_options) -> None:
     s.add_argument("--preselect", type=int, default=16,
                    help="GA: children bred per trial, the most promising evaluated (1: no pre-selection)")
     s.add_argument("--fitness-windows", type=int, default=8, help="WikiText-2 validation windows of the proxy")
+    s.add_argument("--zeroshot-rows", type=int, default=200, help="--fitness zeroshot:TASKS: rows per task, a fixed "
+                   "seeded subset held out of what final tables report (evaluate them with exclude=this)")
     s.add_argument("--top-k", type=int, default=3, help="candidates re-evaluated faithfully at the end")
     s.add_argument("--final-eval-windows", type=int, default=None, help="cap on test windows (quick runs)")
     s.add_argument("--no-final", action="store_true", help="skip the faithful re-evaluation")
@@ -109,8 +113,10 @@ def _interruptible(search):
 
 
 def search_command(args: argparse.Namespace) -> int:
+    from dsa_core.fitness import check_kind
     from dsa_core.pipeline import oom_as_error
-    from dsa_core.search import create_study, faithful_table, rerank, run_search, summarize
+    from dsa_core.search import create_study, faithful_table, rerank, run_search, search_fitness, summarize
+    from dsa_core.zeroshot.tasks import check_sources
 
     declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
     cfg = SearchConfig(
@@ -118,14 +124,19 @@ def search_command(args: argparse.Namespace) -> int:
         seqlen=args.seqlen, seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
         sampler=args.sampler, population=args.population, mutation=args.mutation, initial=args.initial,
         preselect=args.preselect, budget_candidates=args.budget_candidates, budget_seconds=args.budget_seconds,
-        fitness_windows=args.fitness_windows, top_k=args.top_k, final_eval_windows=args.final_eval_windows,
+        fitness_windows=args.fitness_windows, zeroshot_rows=args.zeroshot_rows, top_k=args.top_k,
+        final_eval_windows=args.final_eval_windows,
         study=args.study, **declared,
     ).validate()
     if args.workers and cfg.space == "hybrid":
         raise ConfigError("A hybrid search runs its two phases in one process; give --workers to a function or "
                           "allocation search.")
+    tasks = check_kind(cfg.fitness)
+    if tasks:
+        check_sources(tasks, None, cfg.data_source)  # missing files refused before the model loads
     storage = args.storage or default_storage()
     study = create_study(cfg, storage)
+    fitness = None
     if args.workers:  # each worker loads its own model; this process loads one only for the final table
         from dsa_core.workers import run_workers
 
@@ -138,7 +149,9 @@ def search_command(args: argparse.Namespace) -> int:
     else:
         session = _session(cfg)
         started = time.perf_counter()
-        result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(args.json), stop))
+        fitness = search_fitness(session, cfg)
+        result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(args.json), stop,
+                                                        fitness))
         if result is None:
             return INTERRUPTED
         with oom_as_error("re-ranking the best candidates"):
@@ -161,6 +174,7 @@ def search_command(args: argparse.Namespace) -> int:
         "start_ratios": result.start_ratios,
         "generations": result.generations,
         "table": table,
+        "fitness_protocol": fitness.origin if fitness is not None and isinstance(fitness.origin, dict) else None,
         "config": cfg.to_dict(),
         "timings": session.timings if session else {},
     }
@@ -175,6 +189,8 @@ def search_command(args: argparse.Namespace) -> int:
     else:
         print(f"best {result.best.text}  fitness ({cfg.fitness}) {result.best.fitness:.4g}  ({result.evaluated} "
               f"evaluated, {out['candidates_per_second']:.2f}/s)")
+        for name, t in ((out["fitness_protocol"] or {}).get("tasks") or {}).items():
+            print(f"fitness rows  {name}: {t['held_out']}")
         for r in table:
             print(f"{r['label']:<14}{r['ppl']:>12.3f}  {r['allocation'][:100]}")
     return 0

@@ -56,10 +56,12 @@ def compare_allocations(
     references: Sequence[tuple[str, Spec]] = REFERENCES,
     batch_size: int | None = None,
     on_result: Callable[[str, dict], None] | None = None,
+    exclude: int = 0,
 ) -> dict[str, dict]:
     """{label: zero-shot result} for the references then `extra` (e.g. ("current", the builder's function)),
     each at cfg.sparsity with cfg's metric, pattern and mode, on cfg.tasks. Each result also holds its
-    allocation spec, ratios, achieved sparsity and allocation warnings. The session ends dense again."""
+    allocation spec, ratios, achieved sparsity and allocation warnings. The session ends dense again. `exclude`: leave
+    out the rows a zero-shot search fitness of that many rows per task measured (harness.evaluate_tasks)."""
     cfg.validate()
     out: dict[str, dict] = {}
     try:
@@ -67,7 +69,7 @@ def compare_allocations(
             ratios, warnings = _prune(session, cfg, spec)
             with oom_as_error("scoring the zero-shot tasks"):
                 result = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source,
-                                        batch_size, session.progress)
+                                        batch_size, session.progress, exclude=exclude)
             result.update(allocation=spec_text(spec),
                           ratios=[float(r) for r in ratios], achieved_sparsity=session.achieved_sparsity()[0],
                           warnings=warnings)

@@ -28,7 +28,17 @@ from lm_eval.tasks._yaml_loader import load_yaml  # the loader TaskManager uses:
 
 from dsa_core.errors import ConfigError
 from dsa_core.models import LoadedModel
-from dsa_core.zeroshot.tasks import TASKS, TaskSpec, file_sha256, origin, read_local, resolve_sources
+from dsa_core.zeroshot.tasks import (
+    HOLDOUT_SEED,
+    TASKS,
+    TaskSpec,
+    file_sha256,
+    fitness_split,
+    holdout_rows,
+    origin,
+    read_local,
+    resolve_sources,
+)
 
 # lm-eval warns about command-line flags and launch modes that this in-process use does not have.
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -98,6 +108,7 @@ def evaluate_tasks(
     batch_size: int | None = None,
     progress: Progress | None = None,
     keep_samples: bool = False,
+    exclude: int = 0,
 ) -> dict:
     """Zero-shot accuracy of the model as it is now, task by task.
 
@@ -105,7 +116,9 @@ def evaluate_tasks(
     n_total, split, source}}, "mean_acc" (over the tasks scored), "mean_over" (their names), "missing" ({task:
     reason} for tasks asked but not available here, see tasks.resolve_sources), "protocol" (with each local file's
     full SHA-256), "seconds"}; with keep_samples, each task also lists its scored examples as lm-eval logs them
-    (doc, target, (context, continuation) requests, log-likelihoods)."""
+    (doc, target, (context, continuation) requests, log-likelihoods). With `exclude` > 0, each task whose zero-shot
+    fitness holds rows out of this split (tasks.fitness_split) is scored without the rows a fitness of `exclude` rows
+    per task measures (tasks.holdout_rows), its `excluded` says how many, and the protocol says so."""
     if limit is not None and limit < 1:
         raise ConfigError("The number of examples per task must be at least 1.")
     sources = resolve_sources(tasks, data_root, source)
@@ -121,8 +134,16 @@ def evaluate_tasks(
         model.phase = f"zero-shot {TASKS[name].title}"
         # lm-eval's evaluate(), not simple_evaluate(): the latter also probes the environment through pip and
         # nvidia-smi subprocesses (seconds per task) and reseeds the global generators; zero-shot needs neither.
-        raw = evaluator.evaluate(lm=model, task_dict=manager.load([cfg]), limit=limit, log_samples=keep_samples)
+        task_dict = manager.load([cfg])
+        samples, held = None, 0
+        if exclude and fitness_split(TASKS[name], sources.hub)[1]:
+            total = len(task_dict["tasks"][name].eval_docs)
+            held_out = set(holdout_rows(total, exclude))
+            samples, held = {name: [i for i in range(total) if i not in held_out][:limit]}, len(held_out)
+        raw = evaluator.evaluate(lm=model, task_dict=task_dict, limit=None if samples else limit, samples=samples,
+                                 log_samples=keep_samples)
         out["tasks"][name] = _task_result(raw, name, where, TASKS[name].split, keep_samples)
+        out["tasks"][name]["excluded"] = held
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
     out["seconds"] = time.perf_counter() - start
@@ -143,6 +164,10 @@ def evaluate_tasks(
         "missing": dict(sources.missing),
         "mean": mean_note(out),
     }
+    if exclude:
+        out["protocol"]["excluded"] = (f"the {exclude} rows per task a zero-shot search fitness measures (seed "
+                                       f"{HOLDOUT_SEED}, dsa_core.zeroshot.tasks.holdout_rows) are left out of "
+                                       + (", ".join(n for n, t in out["tasks"].items() if t["excluded"]) or "none"))
     return out
 
 

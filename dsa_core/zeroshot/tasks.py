@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dsa_core import data
 from dsa_core.errors import ConfigError, DataError
 from dsa_core.zeroshot import formats
@@ -193,3 +195,25 @@ def availability(data_root: str | Path | None = None, source: str = "auto") -> d
     root = Path(data_root).expanduser() if data_root is not None else data.data_dir()
     return {name: None if find_files(spec, root) is not None else
             f"no local copy under {root} and the Hugging Face hub is not used" for name, spec in TASKS.items()}
+
+
+# A search's zero-shot fitness (dsa_core.zeroshot.fitness) scores a fixed, seeded subset of each task's rows; a final
+# table can leave those rows out (harness.evaluate_tasks(exclude=...)). The seed is fixed, not the search's, so that a
+# table needs only the number of rows to know which: the rows held out for n are the first n of one permutation.
+HOLDOUT_SEED = 18
+
+
+def holdout_rows(total: int, rows: int) -> list[int]:
+    """The first `rows` of a fixed permutation of range(total), sorted: the rows a zero-shot fitness of `rows` rows per
+    task measures (those of a smaller count are among them)."""
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(total)
+    return sorted(int(i) for i in order[: min(rows, total)])
+
+
+def fitness_split(spec: TaskSpec, hub: bool) -> tuple[str, bool]:
+    """The split a zero-shot fitness reads for the task, and whether its rows are held out of the split that final
+    tables report (True) or are a validation split of their own (False: ARC and OpenBookQA from the hub, whose
+    tables report test). Local release files are the reported split for every task, so there rows are held out."""
+    if hub and spec.split == "test":
+        return "validation", False
+    return spec.split, True
