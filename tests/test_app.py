@@ -169,7 +169,8 @@ def test_a_hybrid_search_with_staged_kl_fitness_ends_with_the_refinement(client)
     """Functions, then their best allocation refined per linear layer, on the KL fitness measured on 64 tokens and
     the promoted half again on 128 (the app's tests load 64-token windows)."""
     status, saved, progress, profile, best, moved = client.predict(
-        "ga", 4, 8, 0, 1, 0, 0.5, "api hybrid", "", "hybrid", "projection", "kl", "64,128", 2, api_name="/search")
+        "ga", 4, 8, 0, 1, 0, 0.5, "api hybrid", "", "hybrid", "projection", "kl", "64,128", "masked", 2,
+        api_name="/search")
     assert status.startswith("✓ Search done: 8 candidates (4 functions, then 4 allocations) evaluated"), status
     assert "per stage, 64 tokens" in status and "128 tokens" in status and "best KL" in status
     assert best.startswith("direct allocation, 28 linear layers (7 per block); block means (refined from "), best

@@ -94,8 +94,8 @@ def loadable_function(result: SearchResult) -> str:
 
 def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
+    target = target_slider(ctx, "search-target")  # a row of its own: beside six settings it had no room to slide
     with gr.Row():
-        target = target_slider(ctx, "search-target")
         sampler = gr.Radio(list(SAMPLERS), value="ga", label="Sampler", elem_id="sampler",
                            info="functions: ga: genetic algorithm, children pre-selected by their allocations; nsga2: "
                                 "Optuna's NSGA-II as a one-objective GA; random: the baseline")
