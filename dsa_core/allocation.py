@@ -1,16 +1,19 @@
 """Per-block sparsity allocation: pure functions from BlockStats and a target sparsity to one ratio per block.
 
-Holds the baselines (uniform, global, ER, ER-plus, OWL, AlphaPruning, ATP), the two mappings from per-block values to
-ratios that DSA functions reuse (OWL's additive band, AlphaPruning's multiplicative scaling), the shared last step
-`fit_to_target`, and `allocate`, the one entry point taking a spec (baseline string, DSA preset, function text or
-AllocationFunction). Every allocation's parameter-weighted mean sparsity equals the target. Nothing here touches a
-model or a tensor: only numpy arrays, so a profile costs milliseconds and can be plotted, tested and searched.
+Holds the baselines (uniform, global, ER, ER-plus, OWL, AlphaPruning, ATP) in one registry, `BASELINES`, where each
+declares its parameters and the statistics it reads (adding a baseline is one function and one entry); the two
+mappings from per-block values to ratios that DSA functions reuse (OWL's additive band, AlphaPruning's multiplicative
+scaling); the shared last step `fit_to_target`; and `allocate`, the one entry point taking a spec (baseline string,
+DSA preset, function text or AllocationFunction). Every allocation's parameter-weighted mean sparsity equals the
+target. Nothing here touches a model or a tensor: only numpy arrays, so a profile costs milliseconds and can be
+plotted, tested and searched.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import numpy as np
@@ -21,20 +24,27 @@ from dsa_core.stats import BlockStats
 
 MAX_SPARSITY = 0.99  # above this a block is all but removed; no target or block may exceed it
 
-BASELINES: dict[str, str] = {
-    "uniform": "The same sparsity in every block.",
-    "global": "One score threshold across all blocks (global pruning), so blocks with low scores lose more.",
-    "er": "Erdős–Rényi (Mocanu et al. 2018): layer density ∝ (n_in + n_out) / (n_in · n_out).",
-    "er_plus": "ER with the network's last layer kept dense (ERK+, Liu et al. 2022).",
-    "owl": "OWL (Yin et al. 2024): blocks with more outlier scores (above M × mean) get less sparsity, within ±λ.",
-    "alpha": "AlphaPruning (Lu et al. 2024): sparsity grows with the heavy-tail exponent α of the weights, within ±ε.",
-    "atp": "ATP (Huang et al. 2025): sparsity grows with depth as an arithmetic progression of step β.",
-}
-# Defaults: OWL's and AlphaPruning's published ones. ATP publishes none (its search.sh tries β = 0.002, 0.004, …
-# until the progression leaves [0, 1]); 0.01 is legal for up to 61 blocks at 70% sparsity.
-_PARAMS: dict[str, dict[str, float]] = {"owl": {"m": 5.0, "lam": 0.08}, "alpha": {"eps": 0.3}, "atp": {"beta": 0.01}}
+_STAT_FIELDS = frozenset(f.name for f in fields(BlockStats)) - {"metric", "reductions"}
 _ALIASES = {"lambda": "lam", "λ": "lam", "epsilon": "eps", "ε": "eps", "β": "beta"}  # spec key -> parameter
 _SHOWN = {"m": "M", "lam": "lambda"}  # parameter -> how specs and names write it
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline: its name, a sentence for a UI, `fn(stats, target, **params) -> (raw ratios, warnings)` (finished
+    by `fit_to_target`), its parameters with their defaults, and the BlockStats fields it reads besides the block
+    sizes (a session computes those a scoring pass leaves out, such as alpha_hill, when they are asked for)."""
+
+    name: str
+    doc: str
+    fn: Callable[..., tuple[np.ndarray, list[str]]]
+    params: dict[str, float] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if set(self.needs) - _STAT_FIELDS:
+            raise ValueError(f"Baseline {self.name!r} needs {sorted(set(self.needs) - _STAT_FIELDS)}, which are not "
+                             f"block statistics ({', '.join(sorted(_STAT_FIELDS))}).")
 
 
 @dataclass
@@ -207,11 +217,6 @@ def _owl(stats: BlockStats, target: float, m: float, lam: float) -> tuple[np.nda
     return band_mapping(d, stats.params, target, lam), warnings
 
 
-def needs_alpha(spec: str | F.AllocationFunction) -> bool:
-    """Whether an allocation reads PL_Alpha_Hill (computed on request: it costs an SVD per layer)."""
-    return isinstance(spec, str) and _preset(spec.partition(":")[0]) == "alpha"
-
-
 def _alpha(stats: BlockStats, target: float, eps: float) -> tuple[np.ndarray, list[str]]:
     if stats.alpha_hill is None:
         raise ConfigError("AlphaPruning needs each block's PL_Alpha_Hill; score the model again with alpha enabled.")
@@ -238,15 +243,41 @@ def _atp(stats: BlockStats, target: float, beta: float) -> tuple[np.ndarray, lis
     return ratios, []
 
 
-_BASELINE_FNS = {"uniform": _uniform, "global": _global, "er": partial(_er_densities, plus=False),
-                 "er_plus": partial(_er_densities, plus=True), "owl": _owl, "alpha": _alpha, "atp": _atp}
+# Parameter defaults: OWL's and AlphaPruning's published ones. ATP publishes none (its search.sh tries β = 0.002,
+# 0.004, … until the progression leaves [0, 1]); 0.01 is legal for up to 61 blocks at 70% sparsity.
+_ENTRIES = (
+    Baseline("uniform", "The same sparsity in every block.", _uniform),
+    Baseline("global", "One score threshold across all blocks (global pruning), so blocks with low scores lose more.",
+             _global, needs=("score_samples",)),
+    Baseline("er", "Erdős–Rényi (Mocanu et al. 2018): layer density ∝ (n_in + n_out) / (n_in · n_out).",
+             partial(_er_densities, plus=False), needs=("layer_shapes",)),
+    Baseline("er_plus", "ER with the network's last layer kept dense (ERK+, Liu et al. 2022).",
+             partial(_er_densities, plus=True), needs=("layer_shapes",)),
+    Baseline("owl", "OWL (Yin et al. 2024): blocks with more outlier scores (above M × mean) get less sparsity, "
+             "within ±λ.", _owl, {"m": 5.0, "lam": 0.08}, needs=("outlier_ratios",)),
+    Baseline("alpha", "AlphaPruning (Lu et al. 2024): sparsity grows with the heavy-tail exponent α of the weights, "
+             "within ±ε.", _alpha, {"eps": 0.3}, needs=("alpha_hill",)),
+    Baseline("atp", "ATP (Huang et al. 2025): sparsity grows with depth as an arithmetic progression of step β.",
+             _atp, {"beta": 0.01}),
+)
+BASELINES: dict[str, Baseline] = {b.name: b for b in _ENTRIES}
+
+
+def required_stats(spec: str | F.AllocationFunction) -> frozenset[str]:
+    """The block statistics an allocation reads besides the block sizes, as its baseline declares them (a DSA
+    function reads the score samples and outlier ratios); what PruningSession.stats(needs=...) must make first.
+    Empty for a spec that names nothing known: `allocate` says what is wrong with it."""
+    if isinstance(spec, str) and spec.strip()[:2].upper() != "W:" and _preset(spec) not in F.PRESETS:
+        baseline = BASELINES.get(_preset(spec.partition(":")[0]))
+        return frozenset(baseline.needs if baseline else ())
+    return frozenset({"score_samples", "outlier_ratios"})
 
 
 def _baseline(name: str, stats: BlockStats, target: float, params: dict | None = None) -> Allocation:
-    params = {**_PARAMS.get(name, {}), **(params or {})}
+    params = {**BASELINES[name].params, **(params or {})}
     target = check_target(target)
     _check_stats(stats)
-    raw, warnings = _BASELINE_FNS[name](stats, target, **params)
+    raw, warnings = BASELINES[name].fn(stats, target, **params)
     return _finish(raw, stats.params, target, _spec_name(name, params), warnings)
 
 
@@ -341,7 +372,7 @@ def _parse_spec(text: str) -> tuple[str, dict[str, float]]:
     if name not in BASELINES:
         raise ConfigError(f"Unknown allocation '{text}'; choose a baseline ({', '.join(BASELINES)}), a DSA preset "
                           f"({', '.join(F.PRESETS)}) or a function such as {F.to_text(F.DSA_PRESET)}.")
-    params = dict(_PARAMS.get(name, {}))
+    params = dict(BASELINES[name].params)
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         key = _ALIASES.get(key.strip().lower(), key.strip().lower())
@@ -374,4 +405,4 @@ def describe(spec: str | F.AllocationFunction) -> str:
     if not isinstance(spec, str):
         raise ConfigError(f"An allocation is a name, a function text or an AllocationFunction; got {spec!r}.")
     name, params = _parse_spec(spec)
-    return f"{BASELINES[name]} ({_spec_name(name, params)})"
+    return f"{BASELINES[name].doc} ({_spec_name(name, params)})"

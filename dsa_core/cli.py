@@ -15,11 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dsa_core.allocation import BASELINES
 from dsa_core.config import MODES, EvalConfig
 from dsa_core.errors import DSAError
 from dsa_core.export_cli import add_export_parser, export_command
+from dsa_core.metrics import METRICS
 from dsa_core.models import DTYPES
-from dsa_core.scores import METRICS, PATTERNS
+from dsa_core.scores import PATTERNS
 from dsa_core.search_cli import add_search_parsers, search_command, worker_command
 from dsa_core.structural_cli import add_structural_parser, structural_command
 
@@ -64,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="prune with one allocation and report WikiText-2 perplexity")
     add_model_options(ev)
     ev.add_argument("--allocation", default="uniform",
-                    help="dense, a baseline (uniform, global, er, er_plus, owl, alpha, atp; options as "
-                         "owl:M=5,lambda=0.08), a DSA preset or a function text form")
+                    help=f"dense, a baseline ({', '.join(BASELINES)}; options as owl:M=5,lambda=0.08), a DSA "
+                         "preset or a function text form")
     ev.add_argument("--sparsity", type=float, default=0.5)
     ev.add_argument("--pattern", choices=PATTERNS, default="unstructured")
     ev.add_argument("--eval", default="wikitext2", choices=["wikitext2"])

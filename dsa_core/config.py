@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from dsa_core.allocation import MAX_SPARSITY, describe
 from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError
-from dsa_core.scores import check_metric, parse_pattern
+from dsa_core.metrics import check_metric
+from dsa_core.scores import parse_pattern
 from dsa_core.zeroshot.tasks import parse_tasks
 
 MODES = ("sequential", "fast")

@@ -22,10 +22,11 @@ from torch import nn
 
 from dsa_core import functions as F
 from dsa_core.errors import ConfigError, ModelError
+from dsa_core.metrics import check_metric
 from dsa_core.models import LoadedModel
 from dsa_core.prune import achieved_sparsity
 from dsa_core.recipe import MODIFIERS, llmcompressor_recipe, recipe_yaml
-from dsa_core.scores import check_metric, parse_pattern
+from dsa_core.scores import parse_pattern
 from dsa_core.session import PruningSession
 
 log = logging.getLogger(__name__)

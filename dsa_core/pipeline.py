@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from dsa_core.allocation import allocate, needs_alpha
+from dsa_core.allocation import allocate, required_stats
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ResourceError
 from dsa_core.models import LoadedModel, load_model
@@ -99,7 +99,7 @@ def prune_with(session: PruningSession, cfg: EvalConfig, allocation: str | None 
     if spec == "uniform":
         ratios, warnings = np.full(n, cfg.sparsity), []
     else:
-        result = allocate(session.stats(cfg.metric, alpha=needs_alpha(spec)), spec, cfg.sparsity)
+        result = allocate(session.stats(cfg.metric, needs=required_stats(spec)), spec, cfg.sparsity)
         ratios, warnings = result.ratios, result.warnings
     with oom_as_error("pruning"):
         if cfg.mode == "fast":

@@ -5,6 +5,8 @@ statistics allocations need (BlockStats), and a `MaskCache` of each weight's ran
 any allocation is then applied by `MaskCache.apply` without recomputing scores.
 Sequential mode (`prune_sequential`): the faithful protocol of Wanda and SparseGPT; calibration inputs
 propagate block by block through the already-pruned earlier blocks, and each block is scored on them.
+The metric (dsa_core.metrics) says what to gather for a block, how to score a layer and how to prune it; this module
+only walks. `ON_DEMAND_STATS` computes the statistics a scoring pass does not make, when an allocation needs them.
 Both keep the dense weights (`DenseWeights`) so that a model can be restored and pruned again. Both take one
 ratio per block, or one per linear layer (`layer_ratios`): the direct allocation search can work at either grain.
 """
@@ -23,6 +25,7 @@ from torch import nn
 from dsa_core import scores as S
 from dsa_core.calibration import ActivationStats, BlockInputs, capture_block_inputs, run_block
 from dsa_core.graphs import CapturedWork, on_one_gpu
+from dsa_core.metrics import get_metric
 from dsa_core.models import LoadedModel, widened
 from dsa_core.stats import OUTLIER_MULTIPLIERS, BlockStats
 
@@ -180,15 +183,6 @@ class _StatsBuilder:
         )
 
 
-def _metric_scores(metric: str, weight: torch.Tensor, acts: ActivationStats | None, name: str) -> torch.Tensor:
-    if metric == "magnitude":
-        return S.magnitude(weight)
-    if metric == "wanda":
-        return S.wanda(weight, acts.column_sqnorm(name))
-    factor, _ = S.inverse_hessian_factor(acts.hessian_of(name))
-    return S.sparsegpt_saliency(weight, factor)
-
-
 @torch.no_grad()
 def score_model(
     lm: LoadedModel,
@@ -205,34 +199,33 @@ def score_model(
 ) -> tuple[MaskCache | None, BlockStats]:
     """Fast mode: one pass through the dense model; scores of every layer become ranks and BlockStats.
     Without ranks (an allocation for sequential pruning needs only the statistics) no cache is returned."""
-    S.check_metric(metric)
+    method = get_metric(metric)
     nm = S.parse_pattern(pattern)
-    group = S.comparison_group(metric)
-    builder = _StatsBuilder("magnitude" if metric == "magnitude" else "wanda", sample_size, seed)
-    if metric != "magnitude" and inputs is None:
-        inputs = capture_block_inputs(lm, windows, batch_size)
-    if metric == "magnitude":
+    builder = _StatsBuilder("wanda" if method.needs_inputs else "magnitude", sample_size, seed)
+    if not method.needs_inputs:
         inputs = None
+    elif inputs is None:
+        inputs = capture_block_inputs(lm, windows, batch_size)
     ranks = []
     n = len(lm.blocks)
     for i in range(n):
         layers = lm.linear_layers(i)
         acts = None
         if inputs is not None:
-            with ActivationStats(layers, hessian=metric == "sparsegpt") as acts:
+            with ActivationStats(layers, hessian=method.needs_hessian) as acts:
                 inputs = run_block(lm.blocks[i], inputs)
         block_ranks, alloc_scores = [], []
         for name, module in layers.items():
-            score = _metric_scores(metric, module.weight, acts, name)
+            score = method.score(module.weight, acts, name)
             if with_ranks:
-                block_ranks.append(S.nm_rank(score, nm[1]) if nm else S.rank_in_group(score, group))
+                block_ranks.append(method.rank(score, nm))
             # Allocation statistics use Wanda's scores whenever activations exist (as OWL and DSA do).
             alloc_scores.append(S.wanda(module.weight, acts.column_sqnorm(name)) if acts else score)
         builder.add(alloc_scores, [m.weight for m in layers.values()])
         ranks.append(block_ranks)
         del acts, alloc_scores
         progress("scoring", i + 1, n)
-    return (MaskCache(dense, ranks, group, nm) if with_ranks else None), builder.build()
+    return (MaskCache(dense, ranks, method.group, nm) if with_ranks else None), builder.build()
 
 
 def block_alpha_hill(dense: DenseWeights) -> np.ndarray:
@@ -240,19 +233,9 @@ def block_alpha_hill(dense: DenseWeights) -> np.ndarray:
     return np.asarray([np.mean([alpha_hill(w) for _, w in block]) for block in dense.layers])
 
 
-@torch.no_grad()
-def _prune_layer(metric: str, module: nn.Linear, acts: ActivationStats | None, name: str, ratio: float,
-                 nm: tuple[int, int] | None) -> None:
-    if metric == "sparsegpt":
-        S.sparsegpt_prune_(module.weight, acts.hessian_of(name), ratio, nm)
-        return
-    score = _metric_scores(metric, module.weight, acts, name)
-    if nm is not None:
-        keep = S.nm_rank(score, nm[1]) >= nm[0]
-    else:
-        keep = S.keep_mask_from_rank(S.rank_in_group(score, S.comparison_group(metric)), ratio,
-                                     S.comparison_group(metric))
-    module.weight.mul_(keep)
+# BlockStats fields that a scoring pass leaves None, each with how to compute it from the dense weights; an allocation
+# declares what it reads (allocation.required_stats) and PruningSession.stats makes these on request.
+ON_DEMAND_STATS: dict[str, Callable[[DenseWeights], np.ndarray]] = {"alpha_hill": block_alpha_hill}
 
 
 @dataclass
@@ -301,34 +284,34 @@ def prune_sequential(
     outputs for the next block. The weights must be dense on entry. With `resume` (a run of the same model, metric,
     pattern and calibration inputs), the blocks it shares with that run take its weights instead of being pruned
     again; with `record`, returns this run for a later one to resume from."""
-    S.check_metric(metric)
+    method = get_metric(metric)
     nm = S.parse_pattern(pattern)
     n = len(lm.blocks)
     per_layer = layer_ratios(ratios, [len(lm.linear_layers(i)) for i in range(n)])
-    if metric != "magnitude" and inputs is None:
+    if method.needs_inputs and inputs is None:
         inputs = capture_block_inputs(lm, windows, batch_size)
-    start = 0 if resume is None or metric == "magnitude" else resume.shared_blocks(per_layer)
+    start = 0 if resume is None or not method.needs_inputs else resume.shared_blocks(per_layer)
     for i in range(start):
         for module, w in zip(lm.linear_layers(i).values(), resume.weights[i]):
             module.weight.copy_(w)
     if 0 < start < n:
         inputs = resume.inputs[start]
     run = None
-    if record and metric != "magnitude":  # magnitude pruning reads no inputs: nothing worth keeping
+    if record and method.needs_inputs:  # a metric that reads no inputs prunes a block at once: nothing worth keeping
         run = SequentialRun(per_layer, resume.inputs[:start] if start else [], resume.weights[:start] if start else [])
     for i in range(start, n):
         layers = lm.linear_layers(i)
         acts = None
-        if metric != "magnitude":
-            with ActivationStats(layers, hessian=metric == "sparsegpt") as acts:
+        if method.needs_inputs:
+            with ActivationStats(layers, hessian=method.needs_hessian) as acts:
                 run_block(lm.blocks[i], inputs)
         for (name, module), ratio in zip(layers.items(), per_layer[i]):
-            _prune_layer(metric, module, acts, name, ratio, nm)
+            method.prune_layer(module, acts, name, ratio, nm)
         del acts
         if run is not None:
             run.inputs.append(inputs)
             run.weights.append([m.weight.detach().clone() for m in layers.values()])
-        if metric != "magnitude" and i + 1 < n:
+        if method.needs_inputs and i + 1 < n:
             inputs = run_block(lm.blocks[i], inputs)
         progress("pruning", i + 1, n)
     return run

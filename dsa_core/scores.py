@@ -1,9 +1,10 @@
 """Element-wise pruning scores and the masks they induce: Magnitude, Wanda, SparseGPT.
 
-Scores are compared within a group: Wanda and SparseGPT per output row, Magnitude per layer (as in the
-reference implementations). A score's order inside its group is all that re-masking needs, so it is kept
-as a rank tensor (`rank_in_group`) and a new ratio becomes one comparison. SparseGPT's OBS weight update
-lives here too. Operates on single weight tensors; walking the model is dsa_core.prune's job.
+Scores are compared within a group, an output row or a whole layer (each metric declares its own:
+dsa_core.metrics). A score's order inside its group is all that re-masking needs, so it is kept as a rank tensor
+(`rank_in_group`) and a new ratio becomes one comparison. SparseGPT's OBS weight update lives here too. Operates on
+single weight tensors: the arithmetic only; which metric uses what is dsa_core.metrics', walking the model
+dsa_core.prune's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from dsa_core.errors import ConfigError
 from dsa_core.models import widened
 
-METRICS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4", "4:8")
 
 
@@ -28,16 +28,6 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     if not match or not 0 < int(match[1]) < int(match[2]):
         raise ConfigError(f"Unknown pattern '{pattern}'; use unstructured or N:M such as 2:4 or 4:8.")
     return int(match[1]), int(match[2])
-
-
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise ConfigError(f"Unknown metric '{metric}'; choose one of {', '.join(METRICS)}.")
-    return metric
-
-
-def comparison_group(metric: str) -> str:
-    return "layer" if metric == "magnitude" else "row"
 
 
 def wanda(weight: torch.Tensor, col_sqnorm: torch.Tensor) -> torch.Tensor:

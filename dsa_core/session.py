@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,17 +19,18 @@ from dsa_core import data
 from dsa_core.calibration import BlockInputs, capture_block_inputs
 from dsa_core.errors import ConfigError
 from dsa_core.evaluate import perplexity
+from dsa_core.metrics import get_metric
 from dsa_core.models import LoadedModel
 from dsa_core.prune import (
+    ON_DEMAND_STATS,
     DenseWeights,
     MaskCache,
     SequentialRun,
     achieved_sparsity,
-    block_alpha_hill,
     prune_sequential,
     score_model,
 )
-from dsa_core.scores import check_metric, parse_pattern
+from dsa_core.scores import parse_pattern
 from dsa_core.sparsegpt_levels import SparseGPTLevels
 from dsa_core.stats import BlockStats
 
@@ -98,8 +99,11 @@ class PruningSession:
                 self._inputs = capture_block_inputs(self.lm, windows, self.batch_size)
         return self._inputs
 
+    def _inputs_for(self, metric: str) -> BlockInputs | None:
+        return self.block_inputs() if get_metric(metric).needs_inputs else None
+
     def _score(self, metric: str, pattern: str, with_ranks: bool) -> tuple[MaskCache | None, BlockStats]:
-        inputs = None if metric == "magnitude" else self.block_inputs()
+        inputs = self._inputs_for(metric)
         self.restore()  # scores are always those of the dense model
         with self._timed("scoring"):
             return score_model(self.lm, self.dense, None, metric, pattern, self.batch_size, self.sample_size,
@@ -108,7 +112,7 @@ class PruningSession:
 
     def scores(self, metric: str, pattern: str = "unstructured") -> tuple[MaskCache, BlockStats]:
         """Fast-mode score cache and block statistics for a metric and pattern, computed on first use."""
-        check_metric(metric)
+        get_metric(metric)
         parse_pattern(pattern)
         key = (metric, pattern)
         if key not in self._caches:
@@ -116,17 +120,20 @@ class PruningSession:
             self._caches[key] = (cache, self._stats.setdefault(metric, stats))
         return self._caches[key]
 
-    def stats(self, metric: str = "wanda", alpha: bool = False) -> BlockStats:
+    def stats(self, metric: str = "wanda", alpha: bool = False, needs: Iterable[str] = ()) -> BlockStats:
         """Block statistics (pattern-independent) for allocations: from the score cache when there is one,
-        else from a pass that skips the per-row ranks (sequential pruning does not need them). PL_Alpha_Hill
-        (one SVD per layer, the slow part on a CPU) only when asked for."""
-        check_metric(metric)
+        else from a pass that skips the per-row ranks (sequential pruning does not need them). The statistics a
+        scoring pass does not make (prune.ON_DEMAND_STATS: PL_Alpha_Hill, one SVD per layer, the slow part on a
+        CPU) only when `needs` names them, as an allocation declares (allocation.required_stats); `alpha` is
+        short for needs={"alpha_hill"}."""
+        get_metric(metric)
         if metric not in self._stats:
             self._stats[metric] = self._score(metric, "unstructured", with_ranks=False)[1]
         stats = self._stats[metric]
-        if alpha and stats.alpha_hill is None:
-            with self._timed("scoring"):
-                stats.alpha_hill = block_alpha_hill(self.dense)
+        for name in sorted({*needs, *(["alpha_hill"] if alpha else [])} & ON_DEMAND_STATS.keys()):
+            if getattr(stats, name) is None:
+                with self._timed("scoring"):
+                    setattr(stats, name, ON_DEMAND_STATS[name](self.dense))
         return stats
 
     def apply(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
@@ -152,7 +159,7 @@ class PruningSession:
                          resume: SequentialRun | None = None, record: bool = False) -> SequentialRun | None:
         """Faithful mode, starting from the dense weights (or, for the leading blocks it shares with `resume`, an
         earlier run's of this session: see prune.SequentialRun); with `record`, returns this run to resume from."""
-        inputs = None if metric == "magnitude" else self.block_inputs()
+        inputs = self._inputs_for(metric)
         self.restore()
         with self._timed("pruning"):
             return prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,

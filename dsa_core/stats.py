@@ -26,7 +26,7 @@ class BlockStats:
     outlier_ratios: M -> (L,) exact share of the block's scores above M × the block's mean score
         (OWL's D_l), computed from all scores, not the sample.
     alpha_hill: (L,) PL_Alpha_Hill of each block, the mean over its linear layers (AlphaPruning); None until asked
-        for (PruningSession.stats(alpha=True)), since it costs one SVD per layer.
+        for (PruningSession.stats(needs=...), as an allocation declares), since it costs one SVD per layer.
     metric: name of the score ("wanda", "magnitude", ...) the samples were drawn from.
     reductions: memo of per-block reductions of the samples, keyed by (pre-process ops, reduction), filled by
         dsa_core.functions. They are the costly part of a profile (millions of elements) and a search proposes

@@ -220,7 +220,7 @@ def test_all_equal_importances_fall_back_to_uniform_with_a_warning():
 
 def test_describe_names_every_spec_and_its_parameters():
     for name in A.BASELINES:
-        assert A.BASELINES[name] in A.describe(name)
+        assert A.BASELINES[name].doc in A.describe(name)
     assert "M=7" in A.describe("owl:M=7")
     assert r"\arcsin(\arctan(\mathrm{var}(\log|S|)))" in A.describe("dsa")
     assert "multiplicative ε=0.2" in A.describe("W:(ABS)-(MEAN)-(ATAN)-(MULT=0.2)")
@@ -240,3 +240,43 @@ def test_single_block_models_get_the_target():
     stats = make_stats(1)
     for spec in SPECS:
         np.testing.assert_allclose(A.allocate(stats, spec, 0.4).ratios, [0.4])
+
+
+def _reverse_atp(stats: BlockStats, target: float, beta: float) -> tuple[np.ndarray, list[str]]:
+    """A toy baseline for the registry tests: sparsity falls with depth."""
+    return target - beta * (np.arange(stats.num_blocks) - (stats.num_blocks - 1) / 2), []
+
+
+TOY = A.Baseline("reverse_atp", "Sparsity falls with depth (a toy).", _reverse_atp, {"beta": 0.005},
+                 needs=("alpha_hill",))
+
+
+def test_every_baseline_declares_existing_statistics_and_a_bad_declaration_is_refused():
+    for baseline in A.BASELINES.values():
+        assert all(hasattr(make_stats(2), need) for need in baseline.needs)
+    assert A.required_stats("alpha:eps=0.2") == {"alpha_hill"} and A.required_stats("owl") == {"outlier_ratios"}
+    assert A.required_stats("uniform") == set() and "score_samples" in A.required_stats("dsa")
+    with pytest.raises(ValueError, match="hessians"):
+        A.Baseline("bad", "Reads what no statistics hold.", _reverse_atp, needs=("hessians",))
+
+
+def test_a_registered_baseline_is_allocated_described_and_offered(monkeypatch, capsys):
+    """Adding a baseline is one entry: allocate, its parameters, describe, the error's choices, what a session must
+    compute for it and the CLI's help all read the registry."""
+    from dsa_core.cli import build_parser
+
+    monkeypatch.setitem(A.BASELINES, TOY.name, TOY)
+    stats = make_stats(12)
+    result = A.allocate(stats, "reverse-atp:beta=0.01", 0.5)
+    assert result.name == "reverse_atp:beta=0.01" and wmean(result.ratios, stats) == pytest.approx(0.5, abs=1e-12)
+    assert np.all(np.diff(result.ratios) < 0)
+    assert "falls with depth" in A.describe("reverse_atp")
+    assert A.required_stats("reverse_atp") == {"alpha_hill"}
+    with pytest.raises(ConfigError, match="reverse_atp"):
+        A.allocate(stats, "nonsense", 0.5)
+    with pytest.raises(ConfigError, match="takes beta"):
+        A.allocate(stats, "reverse_atp:eps=1", 0.5)
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--help"])
+    assert "reverse_atp" in capsys.readouterr().out

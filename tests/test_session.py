@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dsa_core.allocation import allocate, needs_alpha
+from dsa_core.allocation import allocate, required_stats
 from dsa_core.session import PruningSession
 
 
@@ -17,6 +17,9 @@ def test_statistics_for_sequential_pruning_skip_ranks_and_alpha(fresh_tiny):
 
 
 def test_needs_alpha_only_for_alphapruning():
+    def needs_alpha(spec):
+        return "alpha_hill" in required_stats(spec)
+
     assert needs_alpha("alpha") and needs_alpha("alpha:eps=0.2") and needs_alpha(" Alpha ")
     assert not any(needs_alpha(s) for s in ("owl", "uniform", "dsa", "W:(NO_OP)-(VAR)-(NO_OP)"))
 
@@ -64,3 +67,21 @@ def test_gemma_family_windows_each_start_with_bos(tiny):
     calib = s.calibration_windows()
     assert calib.shape == (3, 64) and (calib[:, 0] == bos).all()
     assert protocol(EvalConfig(), s, 3, "x")["bos_per_window"] is True
+
+
+def test_a_session_computes_the_statistics_an_allocation_declares(fresh_tiny, monkeypatch):
+    """PL_Alpha_Hill is made when the allocation's baseline declares it, not because its name is 'alpha'."""
+    from dsa_core import allocation as A
+    from dsa_core.config import EvalConfig
+    from dsa_core.pipeline import prune_with
+
+    toy = A.Baseline("alpha_twin", "AlphaPruning under another name.", A.BASELINES["alpha"].fn, {"eps": 0.3},
+                     needs=("alpha_hill",))
+    monkeypatch.setitem(A.BASELINES, toy.name, toy)
+    s = PruningSession(fresh_tiny, nsamples=2, seqlen=64, data_source="local")
+    cfg = EvalConfig(model="random:tiny", sparsity=0.5, mode="fast", nsamples=2, seqlen=64).validate()
+    prune_with(s, cfg, "owl")
+    assert s.stats("wanda").alpha_hill is None  # OWL reads outlier ratios only
+    ratios, _ = prune_with(s, cfg, "alpha_twin")
+    assert s.stats("wanda").alpha_hill is not None
+    assert np.array_equal(ratios, allocate(s.stats("wanda"), "alpha", 0.5).ratios)

@@ -8,8 +8,9 @@ import gradio as gr
 from dsa_core.config import EvalConfig
 from dsa_core.data import SOURCES
 from dsa_core.errors import DSAError
+from dsa_core.metrics import METRICS
 from dsa_core.models import DEFAULT_MODEL
-from dsa_core.scores import METRICS, PATTERNS
+from dsa_core.scores import PATTERNS
 from ui import escape
 from ui.layout import AppContext, cancel_handler, error_text, stream_job, target_slider, wait_for_device
 
