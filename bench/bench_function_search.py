@@ -27,6 +27,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dsa_core import comparison as C  # noqa: E402
 from dsa_core import search as S  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.fitness import Fitness  # noqa: E402
@@ -108,7 +109,7 @@ def main() -> None:
               f"candidates/s by quarter of the search: {' / '.join(f'{q:.2f}' for q in quarters)}", flush=True)
         t = time.perf_counter()
         refs = [("uniform", "uniform"), ("owl", "owl"), ("dsa preset", S.F.to_text(S.F.DSA_PRESET))]
-        table = S.faithful_table(session, cfg, [c.text for c in result.top], refs=refs)
+        table = C.faithful_table(session, cfg, [c.text for c in result.top], refs=refs)
         final_s = time.perf_counter() - t
         proxies = [proxy_of(session, probe, r["allocation"]) for r in table]
         best_baseline = min(r["ppl"] for r in table if not r["label"].startswith("searched"))

@@ -35,6 +35,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.setup_options import add_setup_options, setup_config  # noqa: E402
+from dsa_core import comparison as C  # noqa: E402
 from dsa_core import search as S  # noqa: E402
 from dsa_core.allocation import allocate  # noqa: E402
 from dsa_core.errors import DSAError  # noqa: E402
@@ -95,9 +96,9 @@ def cmd_refs(args) -> None:
     cfg = search_config(args, budget_candidates=1)
     fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:], args.last_stage)
     started = time.perf_counter()
-    refs = S.references(session, cfg, fit)
+    refs = C.references(session, cfg, fit)
     atp_s = time.perf_counter() - started
-    rows = S.faithful_table(session, cfg, [], refs=refs)
+    rows = C.faithful_table(session, cfg, [], refs=refs)
     rng = np.random.RandomState(args.seed)
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
@@ -124,7 +125,7 @@ def cmd_refs(args) -> None:
     for r in rows:
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  ppl-fit {r['fitness']['ppl']:.4g}  kl {r['fitness']['kl']:.4g}  "
               f"{r['allocation']}", flush=True)
-    test = S.faithful_table(session, cfg, [S.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms], refs=[])
+    test = C.faithful_table(session, cfg, [S.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms], refs=[])
     for r, t in zip(randoms, test):
         r["ppl"] = t["ppl"]
     corr = {}
@@ -151,13 +152,13 @@ def cmd_run(args) -> None:
             curve.append((e.elapsed, e.best_fitness))
 
     started = time.perf_counter()
-    result = S.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg), on_event=on_event, fitness=fit))
+    result = C.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg), on_event=on_event, fitness=fit))
     search_s = time.perf_counter() - started
     print(f"{cfg.space} {args.metric} {args.target:.0%} seed {args.seed}: {result.evaluated} candidates in "
           f"{search_s:.1f} s ({result.evaluated / search_s:.2f}/s); per stage "
           + ", ".join(f"{t['tokens']} tok: {t['per_second']:.1f}/s" for t in result.throughput), flush=True)
     del fit  # the search measured its candidates at the last stage already
-    rows = S.faithful_table(session, cfg, result.top, refs=[])
+    rows = C.faithful_table(session, cfg, result.top, refs=[])
     for r, c in zip(rows, result.top):
         r.update(fitness={cfg.fitness: c.fitness}, search_fitness=c.fitness, rerank=c.rerank)
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
@@ -179,7 +180,7 @@ def cmd_transfer(args) -> None:
         texts = [(f"{model_name(argparse.Namespace(model=f['args']['model']))} {f['args']['target']:.0%}",
                   _function_of(f)) for f in found]
         texts = [(label, text) for label, text in texts if text]
-        rows = S.faithful_table(session, cfg, [], refs=[("uniform", "uniform"), ("owl", "owl"), *texts])
+        rows = C.faithful_table(session, cfg, [], refs=[("uniform", "uniform"), ("owl", "owl"), *texts])
         for r in rows:
             print(f"{target:.0%} {r['label']:<22}{r['ppl']:>10.3f}  {r['allocation']}", flush=True)
         out.append({"target": target, "rows": rows})

@@ -129,8 +129,8 @@ def run_short_search(args, session, cfg: EvalConfig, target: float, fitness: str
 def atp_spec(args, session, cfg: EvalConfig, target: float) -> str:
     if args.atp_beta != "auto":
         return f"atp:beta={float(args.atp_beta):g}"
+    from dsa_core.comparison import atp_beta
     from dsa_core.fitness import Fitness
-    from dsa_core.search import atp_beta
 
     beta = atp_beta(Fitness(session, cfg.metric, target, "ppl", [8]), target)
     session.restore()

@@ -27,9 +27,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from dsa_core import functions as F
 from dsa_core import workers as W
 from dsa_core.allocation import allocate, describe
+from dsa_core.comparison import atp_beta
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.fitness import (
@@ -510,71 +510,3 @@ def summarize(study: optuna.Study, cfg: SearchConfig, evaluated: int = 0, trials
             top.append(Candidate(t.user_attrs["text"], t.value, t.user_attrs.get("ratios", []), []))
     return SearchResult(study=study.study_name, best=top[0], evaluated=evaluated, trials=trials, elapsed=elapsed,
                         stopped=stopped, generations=_generations(study, cfg.population), top=top, space=cfg.space)
-
-
-def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> SearchResult:
-    """Order the top-k by validation perplexity on `rerank_tokens` tokens (more than the search measured), and
-    make the first of that order the result: a larger held-out check, never the test split."""
-    if not cfg.rerank_tokens or len(result.top) < 2:
-        return result
-    check = Fitness(session, cfg.metric, cfg.sparsity, "ppl", stage_windows((cfg.rerank_tokens,), cfg.seqlen, 1))
-    for c in result.top:
-        c.rerank = check.measure(c.text, c.ratios, 0)
-    session.restore()
-    result.top.sort(key=lambda c: c.rerank)
-    result.best = result.top[0]
-    return result
-
-
-def atp_beta(fitness: Fitness, target: float, until: float | None = None) -> float:
-    """ATP's own one-parameter search, as its search.sh does (β = 0.002, 0.004, … while the progression stays in
-    [0, 0.99]), on the search's fitness: the β whose allocation scores best (of those tried by `until`, a
-    time.perf_counter() deadline, when given)."""
-    best, beta, value = 0.0, 0.002, fitness("uniform")
-    while beta <= 1.0 and (until is None or time.perf_counter() < until):
-        try:
-            allocate(fitness.stats, f"atp:beta={beta:g}", target)
-        except ConfigError:
-            break
-        v = fitness(f"atp:beta={beta:g}")
-        if v < value:
-            best, value = beta, v
-        beta = round(beta + 0.002, 6)
-    return best
-
-
-def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | None = None) -> list[tuple[str, str]]:
-    """The allocations every table compares against: uniform, OWL, AlphaPruning, ATP (β searched on `fitness`
-    when given, else its default) and the DSA preset, as (label, spec)."""
-    session.stats(cfg.metric, alpha=True)  # AlphaPruning reads PL_Alpha_Hill
-    atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}" if fitness is not None else "atp"
-    return [("uniform", "uniform"), ("owl", "owl"), ("alpha", "alpha"), ("atp", atp),
-            ("dsa preset", F.to_text(F.DSA_PRESET))]
-
-
-def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[Candidate | str],
-                   progress: Callable[[str, int, int], None] | None = None,
-                   refs: list[tuple[str, str]] | None = None) -> list[dict]:
-    """Re-evaluate candidates with the faithful protocol (sequential pruning, WikiText-2 test) next to the
-    references (default: `references` without a fitness), all in this one run and on the same calibration windows.
-    A candidate is a function's text or a searched Candidate (its ratios, per block or per layer, are pruned as
-    they are)."""
-    stats = session.stats(cfg.metric)
-    refs = references(session, cfg) if refs is None else refs
-    specs: list[tuple[str, str, list[float] | None]] = [(label, spec, None) for label, spec in refs]
-    for i, c in enumerate(candidates):
-        label = f"searched #{i + 1}"
-        specs.append((label, c, None) if isinstance(c, str) else (label, c.text, c.ratios))
-    rows = []
-    for i, (label, spec, ratios) in enumerate(specs):
-        warnings = []
-        if ratios is None:
-            result = allocate(stats, spec, cfg.sparsity)
-            ratios, warnings = [float(r) for r in result.ratios], result.warnings
-        session.prune_sequential(np.asarray(ratios), cfg.metric)
-        ppl = session.perplexity("wikitext2", "test", cfg.seqlen, cfg.final_eval_windows)
-        rows.append({"label": label, "allocation": spec, "ppl": ppl, "ratios": ratios, "warnings": warnings})
-        if progress:
-            progress("final evaluation", i + 1, len(specs))
-    session.restore()
-    return rows

@@ -113,9 +113,10 @@ def _interruptible(search):
 
 
 def search_command(args: argparse.Namespace) -> int:
+    from dsa_core.comparison import faithful_table, rerank
     from dsa_core.fitness import check_kind
     from dsa_core.pipeline import oom_as_error
-    from dsa_core.search import create_study, faithful_table, rerank, run_search, search_fitness, summarize
+    from dsa_core.search import create_study, run_search, search_fitness, summarize
     from dsa_core.zeroshot.tasks import check_sources
 
     declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}

@@ -15,6 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from dsa_core import comparison as C
 from dsa_core import functions as F
 from dsa_core import search as S
 from dsa_core.errors import ConfigError
@@ -174,7 +175,7 @@ def test_same_seed_same_search(session, sampler):
 def test_faithful_table_reports_references_and_candidates_in_one_run(session):
     cfg = S.SearchConfig(**QUICK, budget_candidates=2).validate()
     per_layer = S.Candidate("levels:...", 1.0, [0.3] * 14 + [0.7] * 14, [])
-    rows = S.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)", per_layer])
+    rows = C.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)", per_layer])
     assert [r["label"] for r in rows] == ["uniform", "owl", "alpha", "atp", "dsa preset", "searched #1",
                                           "searched #2"]
     assert all(r["ppl"] > 1 for r in rows) and len(rows[-1]["ratios"]) == 28
@@ -183,12 +184,12 @@ def test_faithful_table_reports_references_and_candidates_in_one_run(session):
 
 def test_atp_searches_its_one_parameter_on_the_fitness(session):
     fitness = Fitness(session, "wanda", 0.5, "ppl", [2])
-    beta = S.atp_beta(fitness, 0.5)
+    beta = C.atp_beta(fitness, 0.5)
     tried = {k: v for k, v in fitness.memo.items() if k.startswith("atp")}
     assert len(tried) >= 5  # β = 0.002, 0.004, … while the progression stays legal
     assert beta == 0 and fitness("uniform") <= min(tried.values()) or fitness(f"atp:beta={beta:g}") == min(
         [fitness("uniform"), *tried.values()])
-    refs = dict(S.references(session, S.SearchConfig(**QUICK, sparsity=0.5), fitness))
+    refs = dict(C.references(session, S.SearchConfig(**QUICK, sparsity=0.5), fitness))
     assert refs["atp"] == f"atp:beta={beta:g}" and set(refs) == {"uniform", "owl", "alpha", "atp", "dsa preset"}
     session.restore()
 
@@ -289,7 +290,7 @@ def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
     assert {e.phase for e in events} == {"function", "allocation"}
     function_best, refine = result.phases
     # The refinement starts from the better of the best function and ATP with its β searched on the same fitness.
-    atp = f"atp:beta={S.atp_beta(Fitness(session, 'wanda', 0.7, 'ppl', [2]), 0.7):g}"
+    atp = f"atp:beta={C.atp_beta(Fitness(session, 'wanda', 0.7, 'ppl', [2]), 0.7):g}"
     assert refine["start"] in (function_best["best"], atp)
     assert {e.start for e in events if e.phase == "allocation"} == {refine["start"]}
     assert result.best.fitness == min(function_best["best_fitness"], refine["best_fitness"])  # the best of both
@@ -311,7 +312,7 @@ def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_all
 
 def test_rerank_orders_the_top_by_a_larger_validation_check(session):
     cfg = S.SearchConfig(**{**QUICK, "top_k": 3}, budget_candidates=6, rerank_tokens=192).validate()
-    result = S.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg)))
+    result = C.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg)))
     checks = [c.rerank for c in result.top]
     assert checks == sorted(checks) and result.best is result.top[0] and checks[0] > 1
 

@@ -3,6 +3,7 @@ the KL fitness and two fidelity stages, then the faithful table, as a user would
 
 import numpy as np
 
+from dsa_core import comparison as C
 from dsa_core import search as S
 from dsa_core.session import PruningSession
 
@@ -20,6 +21,6 @@ def test_hybrid_kl_search_on_smollm2_meets_the_target_and_reports_every_stage(sm
     assert len(result.best.ratios) == 30
     assert abs(np.average(result.best.ratios, weights=params) - 0.6) < 1e-9
     assert [t["tokens"] for t in result.throughput] == [128, 256] and result.throughput[0]["evaluated"] == 6
-    rows = S.faithful_table(session, cfg, result.top, refs=[("uniform", "uniform")])
+    rows = C.faithful_table(session, cfg, result.top, refs=[("uniform", "uniform")])
     assert [r["label"] for r in rows] == ["uniform", "searched #1"] and all(r["ppl"] > 1 for r in rows)
     assert session.achieved_sparsity()[0] < 0.01
