@@ -5,6 +5,7 @@ leaves a screenshot in test-artifacts/."""
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,27 @@ def browser():
         browser.close()
 
 
-def new_page(browser, url: str, query: str = ""):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def new_page(browser, url: str, query: str = "", viewport: tuple[int, int] = (1400, 1000)):
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url + query)
     page.wait_for_selector("#model input")
     return page
+
+
+@contextmanager
+def closed_after(name: str, *pages):
+    """Close the pages' contexts after the block; if it fails, first a screenshot of each in test-artifacts/."""
+    try:
+        yield
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        for i, p in enumerate(pages):
+            p.screenshot(path=str(ARTIFACTS / f"{name}-{i}.png"), full_page=True)
+        raise
+    finally:
+        for p in pages:
+            p.context.close()
 
 
 @pytest.fixture
@@ -312,10 +328,8 @@ def text_value(page, elem_id: str) -> str:
 
 
 def test_the_builder_keeps_its_profile_in_view_and_nothing_stale(loaded, browser, request):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(loaded)
+    page = new_page(browser, loaded, viewport=(1280, 800))
+    with closed_after(request.node.name, page):
         tab(page, "Formula builder")
         page.wait_for_function(f"() => ({PROFILE_Y})() !== null")
         plot, dropdown = page.locator("#profile-plot").bounding_box(), page.locator("#reduction").bounding_box()
@@ -340,12 +354,6 @@ def test_the_builder_keeps_its_profile_in_view_and_nothing_stale(loaded, browser
         wait_text(page, "#formula", "0.23")
         page.wait_for_function("() => document.querySelector('#function-text textarea, #function-text input')"
                                ".value.endsWith('BAND=0.23)')")
-    except Exception:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-        raise
-    finally:
-        page.close()
 
 
 def shared_file(tmp_path, id: str, name: str) -> Path:
@@ -392,22 +400,18 @@ def test_history_rows_open_on_click_imports_are_marked_and_messages_sit_by_their
     assert beside(page, "#history-save-status", "#history-save")
 
 
-def test_a_bad_permalink_says_why(url, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(f"{url}?experiment=abc")
+def test_a_bad_permalink_says_why(url, browser, request):
+    page = new_page(browser, url, "?experiment=abc", viewport=(1280, 800))
+    with closed_after(request.node.name, page):
         assert "not an experiment id" in wait_text(page, "#history-details", "This link opens no experiment")
         page.goto(f"{url}?experiment={'e' * 32}")
         assert "not in this history" in wait_text(page, "#history-details", "This link opens no experiment")
         assert page.get_by_role("tab", name="History & sharing").get_attribute("aria-selected") == "true"
-    finally:
-        page.close()
 
 
 def test_queued_work_says_its_place_and_earlier_results_do_not_stay(loaded, browser, request):
     searching, evaluating = (new_page(browser, loaded) for _ in range(2))
-    try:
+    with closed_after(request.node.name, searching, evaluating):
         tab(evaluating, "Evaluate")
         fill(evaluating, "eval-windows", "1")
         evaluating.locator("#evaluate").click()
@@ -431,14 +435,6 @@ def test_queued_work_says_its_place_and_earlier_results_do_not_stay(loaded, brow
         assert second != first  # the new run's id from the start, not the previous one
         wait_text(evaluating, "#eval-status", "Evaluation done")
         assert table_rows(evaluating, "eval-table") == 4
-    except Exception:
-        ARTIFACTS.mkdir(exist_ok=True)
-        for name, p in (("search", searching), ("evaluate", evaluating)):
-            p.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{name}.png"), full_page=True)
-        raise
-    finally:
-        searching.context.close()
-        evaluating.context.close()
 
 
 BOX = "(e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"
@@ -453,10 +449,8 @@ SCROLLS = ("([s]) => { const g = document.querySelector(s + ' [role=grid]');"
 
 
 def test_a_narrow_screen_stacks_plots_under_their_controls(loaded, browser, request):
-    page = browser.new_page(viewport={"width": 390, "height": 844})
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(loaded)
+    page = new_page(browser, loaded, viewport=(390, 844))
+    with closed_after(request.node.name, page):
         tab(page, "Formula builder")
         page.wait_for_function(f"() => ({PROFILE_Y})() !== null")
         warnings, plot = (page.locator(s).evaluate(BOX) for s in ("#builder-warnings", "#profile-plot"))
@@ -492,9 +486,3 @@ def test_a_narrow_screen_stacks_plots_under_their_controls(loaded, browser, requ
         assert page.locator("#history-table thead th").first.inner_text().strip() == "name"
         assert page.evaluate(SCROLLS, ["#history-table"])
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
-    except Exception:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-        raise
-    finally:
-        page.close()
