@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 
 import numpy as np
-import torch
 
 from dsa_core import functions as F
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evaluate import FixedWindowsKL, FixedWindowsPerplexity
+from dsa_core.models import free_memory
 from dsa_core.prune import SequentialRun, layer_ratios, run_bytes
 from dsa_core.session import PruningSession
 
@@ -48,7 +47,7 @@ LAST_STAGES = {"masked": "re-masked from the dense model's scores, like the stag
 FAILED_FITNESS = 1e9  # what a candidate that cannot be evaluated scores: never selected, never crashes a search
 ZEROSHOT_ONE_STAGE = ("The zero-shot fitness is measured in one stage on its held-out rows (--zeroshot-rows), not "
                       "at several fidelities: drop --fidelity.")
-KEPT_RUNS_SHARE = 0.1  # of the device's memory that the sequential runs kept to resume from may hold
+KEPT_RUNS_SHARE = 0.1  # of the free device memory the sequential runs kept to resume from may hold
 
 
 def check_kind(kind: str) -> tuple[str, ...] | None:
@@ -86,12 +85,6 @@ def stage_windows(tokens: tuple[int, ...], seqlen: int, default_windows: int) ->
     return [max(1, math.ceil(t / seqlen)) for t in tokens] if tokens else [default_windows]
 
 
-def _device_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 class KeptRuns:
     """The sequential runs a sequential last stage resumes from: the best-measured one (the direct search's parent,
     from which its children differ in two units) and the latest, within `budget` bytes. Once the best alone does
@@ -106,8 +99,7 @@ class KeptRuns:
 
     def resume_from(self, per_layer: list[list[float]]) -> SequentialRun | None:
         kept = [r for r in (self.best[1] if self.best else None, self.last) if r is not None]
-        run = max(kept, key=lambda r: r.shared_blocks(per_layer), default=None)
-        shared = run.shared_blocks(per_layer) if run else 0
+        shared, run = max(((r.shared_blocks(per_layer), r) for r in kept), key=lambda x: x[0], default=(0, None))
         self.blocks[0] += len(per_layer) - shared
         self.blocks[1] += shared
         return run if shared else None
@@ -137,7 +129,7 @@ class Fitness:
             raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
         self.sequential_last = last_stage == "sequential"
-        self.kept = KeptRuns(int(KEPT_RUNS_SHARE * _device_memory(session.lm.device)))
+        self.kept = KeptRuns(int(KEPT_RUNS_SHARE * free_memory(session.lm.device)))
         self.stats = session.stats(metric)
         if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
             session.scores(metric)

@@ -140,6 +140,13 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on a GPU, or RAM available on the CPU: what caches size themselves from (jobs share a GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -14,26 +14,19 @@ per input column, ~38 s per search candidate on a shared H200.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import torch
 
 from dsa_core.allocation import MAX_SPARSITY
 from dsa_core.calibration import ActivationStats, BlockInputs, run_block
-from dsa_core.models import LoadedModel
+from dsa_core.models import LoadedModel, free_memory
 from dsa_core.prune import DenseWeights, layer_ratios
 from dsa_core.scores import sparsegpt_levels_solved
 
 LEVEL_STEP = 0.01  # ratios resolve to 1%: finer than a block's level switch, coarse enough to be revisited
 BATCH = 16  # levels pruned together: they share H⁻¹ and the block-by-block pass
 MEMORY_SHARE = 0.1  # of the free GPU memory (or available RAM) the kept levels may take: searches share a GPU
-
-
-def _default_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(MEMORY_SHARE * torch.cuda.mem_get_info(device)[0])
-    return int(MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
 class SparseGPTLevels:
@@ -49,7 +42,9 @@ class SparseGPTLevels:
             with ActivationStats(layers, hessian=True) as acts:
                 inputs = run_block(block, inputs)
             self.hessians.append([acts.hessian_of(name) for name in layers])
-        self.budget = _default_budget(dense.layers[0][0][1].device) if budget_bytes is None else budget_bytes
+        if budget_bytes is None:
+            budget_bytes = int(MEMORY_SHARE * free_memory(dense.layers[0][0][1].device))
+        self.budget = budget_bytes
         self.kept: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.computed = 0  # levels pruned so far (a level evicted and needed again counts twice)
