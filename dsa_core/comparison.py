@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dsa_core import functions as F
-from dsa_core.allocation import allocate
+from dsa_core.allocation import allocate, required_stats
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, stage_windows
 from dsa_core.session import PruningSession
@@ -56,7 +56,6 @@ def atp_beta(fitness: Fitness, target: float, until: float | None = None) -> flo
 def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | None = None) -> list[tuple[str, str]]:
     """The allocations every table compares against: uniform, OWL, AlphaPruning, ATP (β searched on `fitness`
     when given, else its default) and the DSA preset, as (label, spec)."""
-    session.stats(cfg.metric, alpha=True)  # AlphaPruning reads PL_Alpha_Hill
     atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}" if fitness is not None else "atp"
     return [("uniform", "uniform"), ("owl", "owl"), ("alpha", "alpha"), ("atp", atp),
             ("dsa preset", F.to_text(F.DSA_PRESET))]
@@ -69,7 +68,6 @@ def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[
     references (default: `references` without a fitness), all in this one run and on the same calibration windows.
     A candidate is a function's text or a searched Candidate (its ratios, per block or per layer, are pruned as
     they are)."""
-    stats = session.stats(cfg.metric)
     refs = references(session, cfg) if refs is None else refs
     specs: list[tuple[str, str, list[float] | None]] = [(label, spec, None) for label, spec in refs]
     for i, c in enumerate(candidates):
@@ -79,7 +77,7 @@ def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[
     for i, (label, spec, ratios) in enumerate(specs):
         warnings = []
         if ratios is None:
-            result = allocate(stats, spec, cfg.sparsity)
+            result = allocate(session.stats(cfg.metric, needs=required_stats(spec)), spec, cfg.sparsity)
             ratios, warnings = [float(r) for r in result.ratios], result.warnings
         session.prune_sequential(np.asarray(ratios), cfg.metric)
         ppl = session.perplexity("wikitext2", "test", cfg.seqlen, cfg.final_eval_windows)
