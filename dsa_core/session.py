@@ -120,17 +120,16 @@ class PruningSession:
             self._caches[key] = (cache, self._stats.setdefault(metric, stats))
         return self._caches[key]
 
-    def stats(self, metric: str = "wanda", alpha: bool = False, needs: Iterable[str] = ()) -> BlockStats:
+    def stats(self, metric: str = "wanda", needs: Iterable[str] = ()) -> BlockStats:
         """Block statistics (pattern-independent) for allocations: from the score cache when there is one,
         else from a pass that skips the per-row ranks (sequential pruning does not need them). The statistics a
         scoring pass does not make (prune.ON_DEMAND_STATS: PL_Alpha_Hill, one SVD per layer, the slow part on a
-        CPU) only when `needs` names them, as an allocation declares (allocation.required_stats); `alpha` is
-        short for needs={"alpha_hill"}."""
+        CPU) only when `needs` names them, as an allocation declares (allocation.required_stats)."""
         get_metric(metric)
         if metric not in self._stats:
             self._stats[metric] = self._score(metric, "unstructured", with_ranks=False)[1]
         stats = self._stats[metric]
-        for name in sorted({*needs, *(["alpha_hill"] if alpha else [])} & ON_DEMAND_STATS.keys()):
+        for name in sorted(set(needs) & ON_DEMAND_STATS.keys()):
             if getattr(stats, name) is None:
                 with self._timed("scoring"):
                     setattr(stats, name, ON_DEMAND_STATS[name](self.dense))

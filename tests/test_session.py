@@ -10,7 +10,7 @@ def test_statistics_for_sequential_pruning_skip_ranks_and_alpha(fresh_tiny):
     s = PruningSession(fresh_tiny, nsamples=2, seqlen=64, data_source="local")
     stats = s.stats("wanda")
     assert stats.alpha_hill is None and not s._caches  # no per-row ranks were built
-    assert s.stats("wanda", alpha=True) is stats and stats.alpha_hill.shape == (4,)
+    assert s.stats("wanda", needs={"alpha_hill"}) is stats and stats.alpha_hill.shape == (4,)
     assert np.isfinite(allocate(stats, "alpha", 0.5).ratios).all()
     cache, cached_stats = s.scores("wanda")
     assert cached_stats is stats and cache.ranks  # the fast-mode cache reuses the statistics already made
