@@ -367,3 +367,23 @@ def test_smollm2_on_piqa_is_above_chance(smollm2):
     first = piqa["samples"][0]
     np.testing.assert_allclose(first["loglikelihoods"],
                                [direct_loglikelihood(smollm2, c, x) for c, x in first["requests"]], atol=2e-3)
+
+
+def test_zero_shot_batch_shrinks_to_fit_a_large_vocabulary(tiny, monkeypatch):
+    """lm-eval pads a batch to its longest row and keeps the logits and their float32 log-softmax at once: on a GPU
+    the batch is what fits in LOGITS_MEMORY_SHARE of the free memory (Gemma's 262k-token vocabulary asked for 79 GiB
+    at 64 rows), never more than asked, never below one row; on the CPU it is the batch asked for."""
+    from dsa_core.zeroshot import harness
+
+    model = harness._SessionLM(tiny, 16, lambda *a: None, "zero-shot")
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    requests = [(("c", "x"), [1] * 30, [2] * 10), (("c", "y"), [1] * 5, [2])]  # longest row: 40 tokens
+    assert model.rows_that_fit(requests) == 16  # CPU
+    model._device = torch.device("cuda")
+    row = 40 * vocab * harness.LOGIT_BYTES
+    monkeypatch.setattr(harness, "free_memory", lambda device: int(5 * row / harness.LOGITS_MEMORY_SHARE))
+    assert model.rows_that_fit(requests) == 5
+    monkeypatch.setattr(harness, "free_memory", lambda device: 0)
+    assert model.rows_that_fit(requests) == 1
+    monkeypatch.setattr(harness, "free_memory", lambda device: 10**15)
+    assert model.rows_that_fit(requests) == 16

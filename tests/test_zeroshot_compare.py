@@ -51,6 +51,10 @@ def test_ratios_levels_and_search_output(session, tmp_path):
     assert read_allocation(f"@{out}", stats, 0.7) == pytest.approx(ratios)
     with pytest.raises(ConfigError, match="searched at 0.7"):
         read_allocation(f"@{out}", stats, 0.5)
+    bench = tmp_path / "bench.json"  # bench/bench_search.py run: the search's first-ranked candidate, rows[0]
+    rows = [{"label": "searched #1", "ratios": ratios}, {"label": "searched #2", "ratios": [0.7] * n}]
+    bench.write_text(json.dumps({"rows": rows, "config": {"sparsity": 0.7}}))
+    assert read_allocation(f"@{bench}", stats, 0.7) == pytest.approx(ratios)
     with pytest.raises(ConfigError, match="Cannot read"):
         read_allocation(f"@{tmp_path / 'none.json'}", stats, 0.7)
     assert spec_text([0.5, 0.25]) == "ratios:0.5,0.25"

@@ -85,7 +85,8 @@ def read_allocation(text: str, stats: BlockStats, target: float, level_step: flo
     """An allocation as a user passes one to the bench or the CLI: any spec `allocate` reads (a baseline, a preset,
     a function's text); "ratios:r1,r2,..." (per block or per linear layer); "levels:l1,l2,..." (a direct search's
     candidate key, per block or per layer, on the grid of `level_step`); or "@file.json" holding `best_ratios` (the
-    output of `search --json`) or `ratios`. Ratios must meet `target` (parameter-weighted) within 0.5%."""
+    output of `search --json`), `ratios`, or `rows` (a `bench/bench_search.py run` record: its first-ranked
+    candidate's). Ratios must meet `target` (parameter-weighted) within 0.5%."""
     text = text.strip()
     if text.startswith("@"):
         path = Path(text[1:]).expanduser()
@@ -93,9 +94,12 @@ def read_allocation(text: str, stats: BlockStats, target: float, level_step: flo
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"Cannot read the allocation file {path}: {e}.") from None
-        ratios = saved.get("best_ratios") or saved.get("ratios") if isinstance(saved, dict) else None
+        rows = saved.get("rows") if isinstance(saved, dict) else None
+        first = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else {}
+        ratios = (saved.get("best_ratios") or saved.get("ratios") or first.get("ratios")) if isinstance(saved, dict) \
+            else None
         if not ratios:
-            raise ConfigError(f"{path} holds neither best_ratios (search --json) nor ratios.")
+            raise ConfigError(f"{path} holds neither best_ratios (search --json), ratios, nor a bench search's rows.")
         sparsity = (saved.get("config") or {}).get("sparsity")
         if sparsity is not None and abs(sparsity - target) > 1e-6:
             raise ConfigError(f"{path} was searched at {sparsity:g} sparsity, not {target:g}.")

@@ -2,9 +2,10 @@
 each task's correct answer, on a fixed, seeded subset of each task's rows and only those.
 
 Which rows: the shipped files are the splits the final tables report, so the fitness holds out `rows` of each
-(tasks.holdout_rows: the first `rows` of a fixed permutation) and a final table can leave them out
-(harness.evaluate_tasks(exclude=rows)). From the hub, ARC and OpenBookQA are read from their validation splits
-instead (their tables report test), and nothing of theirs needs leaving out (tasks.fitness_split).
+(tasks.holdout_rows: the first `rows` of a fixed permutation; at most half a task's, tasks.held_count) and a final
+table can leave them out (harness.evaluate_tasks(exclude=rows)). From the hub, ARC and OpenBookQA are read from
+their validation splits instead (their tables report test), and nothing of theirs needs leaving out
+(tasks.fitness_split).
 
 lm-eval builds the requests (its prompts and choices, as the final tables score them) and its HFLM tokenises them,
 once; each measurement then runs only the forward passes of those token lists. No weights are changed here.
@@ -22,7 +23,7 @@ from lm_eval.tasks import TaskManager
 from dsa_core.errors import ConfigError
 from dsa_core.models import LoadedModel
 from dsa_core.zeroshot.harness import _SessionLM, task_config
-from dsa_core.zeroshot.tasks import HOLDOUT_SEED, TASKS, fitness_split, holdout_rows, resolve_sources
+from dsa_core.zeroshot.tasks import HOLDOUT_SEED, TASKS, fitness_split, held_count, holdout_rows, resolve_sources
 
 DEFAULT_ROWS = 200  # per task: a few seconds a candidate for the six tasks on a GPU
 # Lower is better. Accuracy on a few hundred rows moves in steps of 1/rows and ties most neighbouring candidates;
@@ -65,16 +66,17 @@ class ZeroShotFitness:
                 cfg["test_split"] = None  # lm-eval scores test when a task has one: the validation split instead
             task = manager.load([cfg])["tasks"][name]
             total = len(task.eval_docs)
-            if held_out and rows > total // 2:
-                raise ConfigError(f"{spec.title} has {total} rows: the zero-shot fitness holds out at most half of "
-                                  f"them ({total // 2}); lower --zeroshot-rows.")
-            chosen = holdout_rows(total, rows)
+            count = held_count(total, rows) if held_out else rows
+            if count < 1:
+                raise ConfigError(f"{spec.title} has {total} row(s): too few to hold any out for a zero-shot fitness.")
+            chosen = holdout_rows(total, count)
             task.build_all_requests(samples=chosen, rank=0, world_size=1)
             self.tasks.append(self._add(task, name))
             self.protocol["tasks"][name] = {
                 "split": split, "source": where, "n_total": total, "rows": chosen,
-                "held_out": (f"{len(chosen)} of the {total} rows of the {split} split that final tables report; "
-                             f"leave them out there (exclude={rows})") if held_out else
+                "held_out": (f"{len(chosen)} of the {total} rows of the {split} split that final tables report"
+                             + (f" (at most half of them, not {rows})" if count < rows else "")
+                             + f"; leave them out there (exclude={rows})") if held_out else
                             f"{len(chosen)} rows of the {split} split (final tables report {spec.split})"}
         self.protocol["seconds_to_build"] = time.perf_counter() - start
 

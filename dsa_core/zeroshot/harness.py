@@ -27,13 +27,14 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml  # the loader TaskManager uses: resolves `include` and `!function`
 
 from dsa_core.errors import ConfigError
-from dsa_core.models import LoadedModel
+from dsa_core.models import LoadedModel, free_memory
 from dsa_core.zeroshot.tasks import (
     HOLDOUT_SEED,
     TASKS,
     TaskSpec,
     file_sha256,
     fitness_split,
+    held_count,
     holdout_rows,
     origin,
     read_local,
@@ -46,6 +47,10 @@ logging.getLogger("lm_eval").setLevel(logging.ERROR)
 SCORING = ("zero-shot; log-likelihood of each choice given lm-eval's prompt for the task; acc = argmax of the "
            "summed log-likelihood, acc_norm = argmax of it divided by the choice's length in characters")
 Progress = Callable[[str, int, int], None]
+# lm-eval holds a batch's logits and their float32 log-softmax at once (bf16 + fp32 + fp32 for the model's own
+# upcast, per position and vocabulary entry): 64 rows of BoolQ on Gemma's 262,144-token vocabulary asked for 79 GiB.
+LOGIT_BYTES = 10
+LOGITS_MEMORY_SHARE = 0.25  # of the device's free memory one batch's logits may take (jobs share a GPU)
 
 
 class _SessionLM(HFLM):
@@ -60,9 +65,25 @@ class _SessionLM(HFLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         self._done, self._total = 0, len(requests)
-        out = super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+        configured = self.batch_size_per_gpu
+        self.batch_size_per_gpu = self.rows_that_fit(requests)
+        try:
+            out = super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+        finally:
+            self.batch_size_per_gpu = configured
         self.progress(self.phase, self._total, self._total)
         return out
+
+    def rows_that_fit(self, requests) -> int:
+        """The configured batch, fewer where the longest request's logits would not fit in LOGITS_MEMORY_SHARE of
+        the free memory (lm-eval pads every row of a batch to its longest, and sorts the longest first)."""
+        if not requests or self.device.type != "cuda":
+            return self.batch_size_per_gpu
+        longest = min(max(len(context) + len(continuation) for _, context, continuation in requests),
+                      self.max_length)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        budget = LOGITS_MEMORY_SHARE * free_memory(self.device)
+        return max(1, min(self.batch_size_per_gpu, int(budget // (longest * vocab * LOGIT_BYTES))))
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         logits = super()._model_call(inps, attn_mask, labels)
@@ -138,7 +159,7 @@ def evaluate_tasks(
         samples, held = None, 0
         if exclude and fitness_split(TASKS[name], sources.hub)[1]:
             total = len(task_dict["tasks"][name].eval_docs)
-            held_out = set(holdout_rows(total, exclude))
+            held_out = set(holdout_rows(total, held_count(total, exclude)))
             samples, held = {name: [i for i in range(total) if i not in held_out][:limit]}, len(held_out)
         raw = evaluator.evaluate(lm=model, task_dict=task_dict, limit=None if samples else limit, samples=samples,
                                  log_samples=keep_samples)

@@ -203,6 +203,12 @@ def availability(data_root: str | Path | None = None, source: str = "auto") -> d
 HOLDOUT_SEED = 18
 
 
+def held_count(total: int, rows: int) -> int:
+    """How many of a reported split's `total` rows a zero-shot fitness of `rows` rows per task holds out: at most
+    half, so the final table keeps the larger part (RTE has 277 rows: a fitness of 200 takes 138)."""
+    return min(rows, total // 2)
+
+
 def holdout_rows(total: int, rows: int) -> list[int]:
     """The first `rows` of a fixed permutation of range(total), sorted: the rows a zero-shot fitness of `rows` rows per
     task measures (those of a smaller count are among them)."""
