@@ -99,6 +99,33 @@ def test_greedy_generation_with_cache_matches_the_masked_model(model, ids):
     assert torch.equal(compressed.generate(prompt, **args), expected)
 
 
+def test_static_cache_decoding_is_one_graph_and_matches_generate(model, ids):
+    """Serving engines (and bench/bench_structural_speed.py) decode from a static KV cache with each step replayed
+    from one CUDA graph: the compressed model's step must trace without a break (no value read back to Python) and
+    decode what generate() does."""
+    from transformers import StaticCache
+
+    compressed = compress(model, random_selection(BlockShape.from_config(model.model.config), 0.5, seed=3))
+    prompt, new = ids[:, :8], 5
+    expected = compressed.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                                   min_new_tokens=new, do_sample=False, pad_token_id=0)[:, 8:]
+    cache = StaticCache(config=compressed.config, max_cache_len=8 + new)
+    position = torch.tensor([8])
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        logits = compressed(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True).logits
+        position.add_(1)
+        return logits[:, -1:].argmax(-1)
+
+    one_graph = torch.compile(step, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        logits = compressed(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        tokens = [logits[:, -1:].argmax(-1)]
+        for _ in range(new - 1):
+            tokens.append(one_graph(tokens[-1]))
+    assert torch.equal(torch.cat(tokens, dim=1), expected)
+
+
 def test_hidden_states_are_recorded(model, ids):
     sel = random_selection(BlockShape.from_config(model.model.config), 0.5)
     out = compress(model, sel)(input_ids=ids, output_hidden_states=True)
