@@ -20,6 +20,7 @@ import argparse
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import fields
 from typing import Any
 
 from dsa_core.errors import Cancelled, DSAError
@@ -71,9 +72,9 @@ class Run:
         """Replace the partial results and write them (a search calls this once per generation)."""
         self._write(results=dict(results))
 
-    def done(self, results: Mapping[str, Any] | None = None, **fields: Any) -> None:
-        """Finish as done with `results` (the partial ones when None); `fields`: protocol, environment."""
-        self._write(status="done", results=dict(self.results if results is None else results), **fields)
+    def done(self, results: Mapping[str, Any] | None = None, **changes: Any) -> None:
+        """Finish as done with `results` (the partial ones when None); `changes`: protocol, environment."""
+        self._write(status="done", results=dict(self.results if results is None else results), **changes)
         self.finished = True
 
     def fail(self, error: BaseException | str, results: Mapping[str, Any] | None = None) -> None:
@@ -84,19 +85,22 @@ class Run:
         self._write(status=status, results={**kept, "error": error_message(error)})
         self.finished = True
 
-    def _write(self, **fields: Any) -> None:
-        history = self._recorder.history
+    def _write(self, **changes: Any) -> None:
         try:
-            record = new_record(**{**_fields_of(self.record), **fields})  # checked even when nothing is written
-        except StorageError as e:  # a value that cannot be stored: say so, keep the last storable record
+            record = new_record(**{**_as_keywords(self.record), **changes})  # checked even when nothing is written
+        except StorageError as e:  # a value no history can hold (a NaN perplexity): say so, keep what can be kept
             self._report(e)
-            return
+            if "status" not in changes:
+                return
+            changes = {"status": changes["status"], "results": {**self.results, "error": str(e)}}  # still ends it
+            record = new_record(**{**_as_keywords(self.record), **changes})
         self.record = record
+        history = self._recorder.history
         if history is None:
             return
         try:
             if self.stored:
-                history.update(self.id, **fields)
+                history.update(self.id, **changes)
             else:
                 history.add(record)
                 self.stored = True
@@ -111,11 +115,9 @@ class Run:
         self.problem = message
 
 
-def _fields_of(record: ExperimentRecord) -> dict:
-    return {"kind": record.kind, "config": record.config, "name": record.name, "status": record.status,
-            "protocol": record.protocol, "results": record.results, "environment": record.environment,
-            "tags": record.tags, "notes": record.notes, "id": record.id, "created_at": record.created_at,
-            "source": record.source}
+def _as_keywords(record: ExperimentRecord) -> dict:
+    """The record's fields as new_record's keywords (dataclasses.asdict would copy every value once more)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 class Recorder:

@@ -137,3 +137,13 @@ def test_history_options(tmp_path, monkeypatch, argv, url, enabled):
     expected = path if url else tmp_path / "default.db"
     db = recorder.history.db
     assert db.url == f"sqlite:///{expected}" and db.study_url == db.url
+
+
+def test_results_no_history_can_hold_still_end_the_run_and_say_why(history):
+    said = []
+    run = Recorder(history, on_problem=said.append).start("evaluation", CONFIG)
+    run.progress({"rows": []})
+    run.done({"target": 0.5, "dense_ppl": float("nan")})
+    record = history.get(run.id)
+    assert record.status == "done" and record.results["rows"] == []  # the partial results, and why not the rest
+    assert "results.dense_ppl is nan" in record.results["error"] and "results.dense_ppl is nan" in said[0]
