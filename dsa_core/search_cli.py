@@ -70,7 +70,8 @@ def add_search_parsers(sub, add_model_options) -> None:
     add_history_options(s)
     w = sub.add_parser("worker", help="join a search and evaluate its candidates")
     w.add_argument("--study", required=True)
-    w.add_argument("--storage", required=True)
+    w.add_argument("--storage", default=None, help="SQLAlchemy URL of the study (default: the history database, where "
+                   "the web app's searches and the command line's keep theirs)")
     w.add_argument("--device", default=None)
     w.add_argument("--gpus", default=None, help="start several workers: 'all' (one per GPU) or a number")
 
@@ -243,11 +244,12 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
 def worker_command(args: argparse.Namespace) -> int:
     from dsa_core.search import load_study, run_search
 
-    study, cfg = load_study(args.study, args.storage)
+    storage = args.storage or default_storage()
+    study, cfg = load_study(args.study, storage)
     if args.gpus:  # this process only starts the workers; each loads its own model
         from dsa_core.workers import run_workers
 
-        print(json.dumps(run_workers(args.study, args.storage, args.gpus)))
+        print(json.dumps(run_workers(args.study, storage, args.gpus)))
         return 0
     if args.device:
         cfg.device = args.device

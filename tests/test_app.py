@@ -317,6 +317,7 @@ def test_a_search_resumes_after_the_app_restarts(tmp_path):
     record = History(open_database(db)).get(id)
     assert record.status == "done" and record.config["budget_candidates"] == 7
     assert record.results["study"] == first.results["study"] == record.config["study"]
+    assert f"workers join it with <code>python -m dsa\\_core worker --study {record.config['study']} " in saved
     texts = [c["text"] for c in record.results["candidates"]]
     assert len(texts) == len(set(texts)) == 7 and texts[:4] == [c["text"] for c in first.results["candidates"]]
     assert search(7, resume="0" * 32)[0].startswith("✗ No experiment with id")

@@ -3,6 +3,7 @@ evaluations, sweeps and searches as jobs (one joined by a worker process), cance
 an exposed app."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -186,7 +187,8 @@ def test_an_exposed_app_refuses_local_paths(tmp_path):
 
 def test_a_search_of_the_app_is_joined_by_a_worker_and_history_shows_both(ws, tmp_path):
     """The app's search keeps its study in the history database: stopped in the app, a `worker` process joins it by
-    name and spends the rest of its budget, and History shows every candidate, the worker's too."""
+    name (its storage by default the app's database) and spends the rest of its budget, and History shows every
+    candidate, the worker's too."""
     url = f"sqlite:///{tmp_path / 'history.db'}"
     history = History(open_database(url))
     cfg = ws.search_config(SearchConfig(sparsity=0.5, population=4, budget_candidates=10, fitness_windows=1, seed=2,
@@ -199,8 +201,8 @@ def test_a_search_of_the_app_is_joined_by_a_worker_and_history_shows_both(ws, tm
     result = job.result()
     run.done({**search_results(job.events, result), "study": "joined"})
     assert result.stopped and len(job.events) < 10
-    worker = subprocess.run([sys.executable, "-m", "dsa_core", "worker", "--study", "joined", "--storage", url],
-                            capture_output=True, text=True, timeout=300)
+    worker = subprocess.run([sys.executable, "-m", "dsa_core", "worker", "--study", "joined"],  # the app's database
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "DSA_DATABASE_URL": url})
     assert worker.returncode == 0, worker.stderr
     report = json.loads(worker.stdout.strip().splitlines()[-1])
     assert report["evaluated"] == 10 - len(job.events)

@@ -20,7 +20,7 @@ import gradio as gr
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
 from dsa_core.search_record import search_protocol, search_results
-from ui import experiments, figures
+from ui import escape, experiments, figures
 from ui.formula import controls_from_text
 from ui.jobs import Job
 from ui.layout import (
@@ -200,7 +200,13 @@ def build(ctx: AppContext) -> None:
             return
         protocol = search_protocol(cfg)
         link = permalink_for(request, run.id)
-        yield (job.status(), saved_markdown(run, link), figures.empty_figure("Waiting for the first candidate…"),
+        command = f"python -m dsa_core worker --study {cfg.study} --storage {history.db.url}"
+        joined = f" · workers join it with {escape.code(command)}" if study_storage is not None else ""
+
+        def saved() -> str:
+            return saved_markdown(run, link) + joined
+
+        yield (job.status(), saved(), figures.empty_figure("Waiting for the first candidate…"),
                figures.empty_figure(f"Search {run.id[:8]} is running…"), "", gr.update(visible=False), "")
         saved_generation = -1
         # The record links its study when the study lives in the history's database: History reads it live.
@@ -216,7 +222,7 @@ def build(ctx: AppContext) -> None:
                 saved_generation = events[-1].generation
                 run.progress(results())
             progress_fig, profile_fig, text, loadable = charts(job, cfg, protocol)
-            return saved_markdown(run, link), progress_fig, profile_fig, text, gr.update(visible=False), loadable
+            return saved(), progress_fig, profile_fig, text, gr.update(visible=False), loadable
 
         def finish(result: SearchResult) -> tuple:
             # A stopped search is done: what it found is its result (results["stopped"] says it was stopped).
@@ -230,12 +236,12 @@ def build(ctx: AppContext) -> None:
             moved_update = gr.update(visible=False) if refinement is None else gr.update(value=refinement,
                                                                                          visible=True)
             progress_fig, profile_fig, *_ = charts(job, cfg, protocol)
-            return (finished_text(result, cfg.fitness), saved_markdown(run, link), progress_fig, profile_fig,
+            return (finished_text(result, cfg.fitness), saved(), progress_fig, profile_fig,
                     text, moved_update, loadable)
 
         def fail(e: BaseException) -> tuple:
             run.fail(e, results())
-            return error_text(e), saved_markdown(run, link), *(gr.skip(),) * (len(outputs) - 2)
+            return error_text(e), saved(), *(gr.skip(),) * (len(outputs) - 2)
 
         def abandoned() -> None:  # the page was closed: the search was stopped, and what it found is kept
             run.done({**results(), "stopped": True})
