@@ -297,12 +297,12 @@ def test_a_search_resumes_after_the_app_restarts(tmp_path):
     db = f"sqlite:///{tmp_path / 'history.db'}"
     declared = [f.default for f in tab_search.DECLARED]
 
-    def search(budget: int, resume: str = "") -> tuple:
+    def search(budget: int, resume: str = "", load: tuple = TINY) -> tuple:
         demo = app.create_app(db, "cpu")
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
         try:
             client = Client(url, verbose=False)
-            client.predict(*TINY, api_name="/load_model")
+            client.predict(*load, api_name="/load_model")
             return client.predict("ga", 4, budget, 0, 1, 0, 0.5, "to resume", "", *declared, resume, api_name="/search")
         finally:
             demo.close()
@@ -321,3 +321,6 @@ def test_a_search_resumes_after_the_app_restarts(tmp_path):
     texts = [c["text"] for c in record.results["candidates"]]
     assert len(texts) == len(set(texts)) == 7 and texts[:4] == [c["text"] for c in first.results["candidates"]]
     assert search(7, resume="0" * 32)[0].startswith("✗ No experiment with id")
+    other = search(9, resume=id, load=(*TINY[:5], 2, *TINY[6:]))[0]  # 2 calibration windows, not 4
+    assert other.startswith("✗ Study") and "another configuration" in other and "Load the model" in other
+    assert History(open_database(db)).get(id) == record  # refused before the record was touched

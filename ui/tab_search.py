@@ -18,7 +18,7 @@ from dataclasses import Field, fields, replace
 import gradio as gr
 
 from dsa_core.errors import ConfigError, DSAError
-from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
+from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
 from dsa_core.search_record import search_protocol, search_results
 from ui import escape, experiments, figures
 from ui.formula import controls_from_text
@@ -171,6 +171,10 @@ def build(ctx: AppContext) -> None:
                 raise ConfigError(f"Experiment {wanted} is not a search whose study this history keeps; only those "
                                   "resume.")
             cfg = ws.search_config(replace(SearchConfig.from_dict(earlier.config), **budgets))
+            try:
+                create_study(cfg, study_storage)  # refuses another set-up before the record is touched
+            except ConfigError as e:
+                raise ConfigError(f"{e} Load the model and data it searched first (Model & data tab).") from None
             return cfg, ctx.recorder.resume(earlier.id, config=cfg.to_dict())
         settings = {f.name: declared_value(f, v) for f, v in zip(DECLARED, values)}
         cfg = ws.search_config(SearchConfig(
