@@ -15,7 +15,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from dsa_core.errors import DSAError
-from dsa_core.fitness import FAILED_FITNESS, FITNESSES
+from dsa_core.fitness import FAILED_FITNESS, FITNESSES, check_kind
 from dsa_core.levels import expand_to_units
 from dsa_core.search import REFINE_SUFFIX, SearchConfig, SearchEvent, SearchResult
 
@@ -23,10 +23,16 @@ from dsa_core.search import REFINE_SUFFIX, SearchConfig, SearchEvent, SearchResu
 def search_protocol(cfg: SearchConfig) -> dict:
     """How a search measures its candidates, as saved with it: the fitness, its text and its fidelity stages."""
     windows = cfg.stage_windows()
-    text = ({"dataset": "wikitext2", "split": "validation"} if cfg.fitness == "ppl"
-            else {"dataset": cfg.calib, "split": "train (the calibration windows)"})
-    return {"fitness": cfg.fitness, "measure": f"{FITNESSES.get(cfg.fitness, cfg.fitness)}, after fast re-masking",
-            **text, "seqlen": cfg.seqlen, "windows": windows[-1],
+    tasks = check_kind(cfg.fitness)
+    if tasks:  # the command line's zero-shot fitness
+        text = {"dataset": ", ".join(tasks), "split": f"{cfg.zeroshot_rows} rows per task, held out"}
+    elif cfg.fitness == "ppl":
+        text = {"dataset": "wikitext2", "split": "validation"}
+    else:
+        text = {"dataset": cfg.calib, "split": "train (the calibration windows)"}
+    measure = FITNESSES["zeroshot:TASKS" if tasks else cfg.fitness]
+    return {"fitness": cfg.fitness, "measure": f"{measure}, after fast re-masking", **text, "seqlen": cfg.seqlen,
+            "windows": windows[-1],
             "stages": [{"tokens": w * cfg.seqlen, "windows": w} for w in windows],
             "promote": cfg.promote if len(windows) > 1 else None}
 
