@@ -1,8 +1,9 @@
 """Command line: `python -m dsa_core evaluate ...` (and the search and export commands of dsa_core.search_cli
 and dsa_core.export_cli).
 
-Parses options into the same config objects the web app uses, runs them, prints a table or one JSON
-object. Errors the engine raises on purpose print as one sentence with exit code 2.
+Parses options into the same config objects the web app uses, runs them, records them in the web app's history
+(storage.recorder: --history URL, --no-history), prints a table or one JSON object. Errors the engine raises on
+purpose print as one sentence with exit code 2.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dsa_core.models import DTYPES
 from dsa_core.scores import PATTERNS
 from dsa_core.search_cli import add_search_parsers, search_command, worker_command
 from dsa_core.structural_cli import add_structural_parser, structural_command
+from storage.recorder import add_history_options, recorder_from_args
 
 
 def _tqdm_progress():
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks-limit", type=int, default=None, help="examples per task (quick runs)")
     ev.add_argument("--tasks-data", default=None, help="folder of the tasks' original release files, one folder "
                     "per task (default: the hub when reachable, else the shipped data folder)")
+    add_history_options(ev)
     add_search_parsers(sub, add_model_options)
     add_export_parser(sub, add_model_options)
     add_structural_parser(sub)
@@ -104,6 +107,8 @@ def _print_table(result: dict) -> None:
           f"{p['windows']} windows; calibration {p['nsamples']}×{p['seqlen']} from {p['calibration_source']}, "
           f"seed {p['seed']}")
     print("seconds             " + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))
+    if "history_id" in result:
+        print(f"history id          {result['history_id']}")
     if "zeroshot" in result:
         from dsa_core.zeroshot.report import format_table
 
@@ -111,6 +116,19 @@ def _print_table(result: dict) -> None:
         columns[cfg["allocation"]] = result["zeroshot"]
         print(f"zero-shot           {result['zeroshot']['protocol']['harness']}, n = examples scored per task")
         print(format_table(columns))
+
+
+def recorded_evaluation(result: dict) -> dict:
+    """What an evaluation of one allocation keeps in the history, in the shape the web app's evaluations have (one
+    row, labelled by its allocation): results, protocol and environment, for Run.done."""
+    cfg = result["config"]
+    row = {"label": cfg["allocation"], "allocation": cfg["allocation"], "ppl": result["ppl"],
+           "ratios": result["ratios"], "achieved_sparsity": result["achieved_sparsity"], "warnings": result["warnings"],
+           **({"zeroshot": result["zeroshot"]} if "zeroshot" in result else {})}
+    kept = {k: result[k] for k in ("dense_ppl", "dense_zeroshot") if k in result}
+    return {"results": {"target": cfg["sparsity"], "mode": cfg["mode"], "rows": [row], **kept,
+                        "timings": result["timings"]},
+            "protocol": result["protocol"], "environment": result["environment"]}
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -123,7 +141,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
         dtype=args.dtype, data_source=args.data_source, batch_size=args.batch_size,
         tasks=args.tasks or (), tasks_limit=args.tasks_limit, tasks_data=args.tasks_data,
     ).validate()
-    result = run_evaluation(cfg, progress=None if args.json else _tqdm_progress())
+    with recorder_from_args(args).run("evaluation", cfg.to_dict()) as run:
+        result = run_evaluation(cfg, progress=None if args.json else _tqdm_progress())
+        run.done(**recorded_evaluation(result))
+    if run.stored:
+        result["history_id"] = run.id
     if args.json:
         print(json.dumps(result))
     else:

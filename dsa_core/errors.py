@@ -20,3 +20,7 @@ class DataError(DSAError):
 
 class ResourceError(DSAError):
     """The device ran out of memory; the message says what to reduce."""
+
+
+class Cancelled(DSAError):
+    """The user stopped the run before it finished (a Cancel button, Ctrl-C): not a failure of the run."""

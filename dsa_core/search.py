@@ -207,10 +207,10 @@ def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:
-    """A configuration as resuming compares it: budgets may change between runs, a hybrid's refinement starts from
-    whatever function is best by then, and settings added since a study was saved take their defaults (through
-    SearchConfig.from_dict)."""
-    skip = ("budget_candidates", "budget_seconds", "start")
+    """A configuration as resuming compares it: budgets may change between runs, and so may the device (a worker's
+    GPU, the web app's), a hybrid's refinement starts from whatever function is best by then, and settings added
+    since a study was saved take their defaults (through SearchConfig.from_dict)."""
+    skip = ("budget_candidates", "budget_seconds", "start", "device")
     return {k: v for k, v in {**cfg.to_dict(), **overrides}.items() if k not in skip}
 
 

@@ -1,7 +1,8 @@
 """Command line of the search: `python -m dsa_core search ...` and `python -m dsa_core worker ...`.
 
 `search` creates (or resumes) a study, runs it, re-evaluates the best functions faithfully and prints the
-table; `worker` joins an existing study by name and storage URL and evaluates candidates until its budget
+table, recording the run in the history (--history URL, --no-history), linked to its study when the study lives there
+(the default); `worker` joins an existing study by name and storage URL and evaluates candidates until its budget
 is spent. `search --workers all` and `worker --gpus all` start one worker process per GPU (dsa_core.workers).
 Both are thin wrappers over dsa_core.search.
 """
@@ -13,10 +14,12 @@ import json
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import fields
 
 from dsa_core.errors import ConfigError
 from dsa_core.search import SAMPLERS, SearchConfig
+from storage.recorder import add_history_options, recorder_from_args
 
 
 def default_storage() -> str:
@@ -64,9 +67,11 @@ def add_search_parsers(sub, add_model_options) -> None:
     s.add_argument("--storage", default=None, help="SQLAlchemy URL (default: the history database)")
     s.add_argument("--workers", default=None, help="evaluate in worker processes: 'all' (one per GPU) or a number")
     s.add_argument("--json", action="store_true")
+    add_history_options(s)
     w = sub.add_parser("worker", help="join a search and evaluate its candidates")
     w.add_argument("--study", required=True)
-    w.add_argument("--storage", required=True)
+    w.add_argument("--storage", default=None, help="SQLAlchemy URL of the study (default: the history database, where "
+                   "the web app's searches and the command line's keep theirs)")
     w.add_argument("--device", default=None)
     w.add_argument("--gpus", default=None, help="start several workers: 'all' (one per GPU) or a number")
 
@@ -113,10 +118,35 @@ def _interruptible(search):
 
 
 def search_command(args: argparse.Namespace) -> int:
+    # The search is recorded from the moment its study exists (`_search` enters it on this stack): whatever ends
+    # the command ends the record, done, failed or cancelled (storage.recorder).
+    with ExitStack() as recording:
+        return _search(args, recording)
+
+
+def _recording(run, study, link: dict, on_event):
+    """`on_event` that also writes the record's partial results, rebuilt from the study (the workers' candidates and
+    a resumed study's earlier ones too), once per generation."""
+    from dsa_core.search_record import search_results, study_events
+
+    generation = None
+
+    def record(event) -> None:
+        nonlocal generation
+        on_event(event)
+        if event.generation != generation:
+            generation = event.generation
+            run.progress({**search_results(study_events(study)), **link})
+    return record
+
+
+def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     from dsa_core.comparison import faithful_table, rerank
+    from dsa_core.errors import Cancelled
     from dsa_core.fitness import check_kind
-    from dsa_core.pipeline import oom_as_error
+    from dsa_core.pipeline import environment, oom_as_error
     from dsa_core.search import create_study, run_search, search_fitness, summarize
+    from dsa_core.search_record import search_protocol, search_results, study_events
     from dsa_core.zeroshot.tasks import check_sources
 
     declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
@@ -135,8 +165,12 @@ def search_command(args: argparse.Namespace) -> int:
     tasks = check_kind(cfg.fitness)
     if tasks:
         check_sources(tasks, None, cfg.data_source)  # missing files refused before the model loads
-    storage = args.storage or default_storage()
+    recorder = recorder_from_args(args)
+    history_url = recorder.history.db.study_url if recorder.history is not None else None
+    storage = args.storage or history_url or default_storage()
     study = create_study(cfg, storage)
+    link = {"study": study.study_name} if storage == history_url else {}  # History then reads the study live
+    run = recording.enter_context(recorder.run("search", cfg.to_dict(), protocol=search_protocol(cfg), results=link))
     fitness = None
     if args.workers:  # each worker loads its own model; this process loads one only for the final table
         from dsa_core.workers import run_workers
@@ -151,9 +185,11 @@ def search_command(args: argparse.Namespace) -> int:
         session = _session(cfg)
         started = time.perf_counter()
         fitness = search_fitness(session, cfg)
-        result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(args.json), stop,
-                                                        fitness))
+        on_event = _recording(run, study, link, _progress_printer(args.json))
+        result = _interruptible(lambda stop: run_search(session, cfg, study, on_event, stop, fitness))
         if result is None:
+            run.fail(Cancelled("Interrupted (Ctrl-C): the study keeps every candidate measured; run the same command "
+                               "to resume."), {**search_results(study_events(study)), **link})
             return INTERRUPTED
         with oom_as_error("re-ranking the best candidates"):
             result = rerank(session, cfg, result)
@@ -185,6 +221,12 @@ def search_command(args: argparse.Namespace) -> int:
     if result.stop_reason:
         out["stop_reason"] = result.stop_reason
         print(f"warning: {result.stop_reason}", file=sys.stderr)
+    model = session.lm.describe() if session is not None else None
+    run.done({**search_results(study_events(study), result, model), **link,
+              **{k: out[k] for k in ("table", "test_ppl", "baselines") if k in out}},
+             environment=environment(session.lm) if session is not None else {})
+    if run.stored:
+        out["history_id"] = run.id
     if args.json:
         print(json.dumps(out))
     else:
@@ -194,17 +236,20 @@ def search_command(args: argparse.Namespace) -> int:
             print(f"fitness rows  {name}: {t['held_out']}")
         for r in table:
             print(f"{r['label']:<14}{r['ppl']:>12.3f}  {r['allocation'][:100]}")
+        if "history_id" in out:
+            print(f"history id    {out['history_id']}")
     return 0
 
 
 def worker_command(args: argparse.Namespace) -> int:
     from dsa_core.search import load_study, run_search
 
-    study, cfg = load_study(args.study, args.storage)
+    storage = args.storage or default_storage()
+    study, cfg = load_study(args.study, storage)
     if args.gpus:  # this process only starts the workers; each loads its own model
         from dsa_core.workers import run_workers
 
-        print(json.dumps(run_workers(args.study, args.storage, args.gpus)))
+        print(json.dumps(run_workers(args.study, storage, args.gpus)))
         return 0
     if args.device:
         cfg.device = args.device

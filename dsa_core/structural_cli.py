@@ -3,7 +3,8 @@
 Trains DISP-LLM's hypernetwork, builds the compressed model (optionally saved with save_pretrained),
 measures it against the dense model and the baselines asked for (--baselines: the uniform-width one by activation
 norms, the same hypernetwork with uniform widths, ShortGPT) at the same parameter count, prints a table or one JSON
-object and, with --history, stores the run in the experiment history. A thin wrapper over dsa_core.structural.runner.
+object, and records the run in the experiment history (--history URL, --no-history; storage.recorder). A thin wrapper
+over dsa_core.structural.runner.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from dsa_core.errors import ConfigError
 from dsa_core.structural.estimate import RunEstimate
 from dsa_core.structural.training import CPU_DEFAULTS, EXTRA_BASELINES, StructuralConfig
+from storage.recorder import add_history_options, recorder_from_args
 
 
 def _sized(name: str, what: str) -> str:
@@ -60,7 +62,7 @@ def add_structural_parser(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--save", default=None, metavar="DIR", help="save the compressed model here (save_pretrained)")
-    p.add_argument("--history", action="store_true", help="store the run in the experiment history")
+    add_history_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -86,18 +88,6 @@ def config_from_args(args: argparse.Namespace) -> StructuralConfig:
         offset=args.offset, calib=args.calib, data_source=args.data_source, baseline=uniform, extra_baselines=extra,
         max_train_seconds=args.max_train_seconds, align=args.align, seed=args.seed, dtype=args.dtype, **sized,
     ).validate()
-
-
-def save_to_history(result: dict, name: str = "") -> str:
-    """Store a finished run as a "structural" experiment; returns its id."""
-    from dsa_core.structural.runner import stored_results
-    from storage import History, open_database
-
-    record = History(open_database()).save(
-        kind="structural", config=result["config"], name=name or default_name(result["config"]), status="done",
-        protocol=result["protocol"], results=stored_results(result), environment=result["environment"],
-    )
-    return record.id
 
 
 def default_name(cfg: dict) -> str:
@@ -145,7 +135,7 @@ def print_table(result: dict) -> None:
 
 def structural_command(args: argparse.Namespace) -> int:
     from dsa_core.cli import _tqdm_progress
-    from dsa_core.structural.runner import run_structural
+    from dsa_core.structural.runner import run_structural, stored_results
 
     cfg = config_from_args(args)
     told: list[RunEstimate] = []
@@ -155,11 +145,18 @@ def structural_command(args: argparse.Namespace) -> int:
             print(f"estimated: {e.describe()}", file=sys.stderr)
         told.append(e)
 
-    run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save,
-                         on_estimate=estimate)
-    result = run.result
-    if args.history:
-        result["history_id"] = save_to_history(result)
+    curve: list[dict] = []  # kept in the history if the run fails or is interrupted
+    with recorder_from_args(args).run("structural", cfg.to_dict(), name=default_name(cfg.to_dict())) as recorded:
+        try:
+            run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save,
+                                 on_step=curve.append, on_estimate=estimate)
+        except BaseException as e:
+            recorded.fail(e, {"curve": curve})
+            raise
+        result = run.result
+        recorded.done(stored_results(result), protocol=result["protocol"], environment=result["environment"])
+    if recorded.stored:
+        result["history_id"] = recorded.id
     if args.json:
         print(json.dumps(result))
     else:

@@ -73,6 +73,15 @@ class Database:
         with translate_errors(self.url), (self._writes if write else self._reads).begin() as session:
             yield session
 
+    @property
+    def study_url(self) -> str | None:
+        """The URL by which a search's Optuna study lives beside this history and other processes (workers) reach
+        it; None for an in-memory SQLite database, which no other connection sees."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            return None
+        return url.render_as_string(hide_password=False)
+
     def close(self) -> None:
         self.engine.dispose()
 

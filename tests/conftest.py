@@ -1,13 +1,22 @@
 """Shared fixtures: a tiny random LLaMA for fast unit tests and the real SmolLM2 for integration tests.
 
-Tests use the shipped data (never the hub) so that results are reproducible offline."""
+Tests use the shipped data (never the hub) so that results are reproducible offline, and a history database of their
+own."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Commands record their runs in the history by default: the tests' runs (and the command lines they start) go to a
+# database of their own, never the user's.
+_HISTORY = tempfile.mkdtemp(prefix="dsa-tests-")
+atexit.register(shutil.rmtree, _HISTORY, True)
+os.environ["DSA_DATABASE_URL"] = f"sqlite:///{_HISTORY}/history.db"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -1,5 +1,6 @@
 """The web app's API through gradio_client, against an app launched on the tiny random model: loading, profiles,
-evaluation, search, and the history's list, open, compare, export, import and delete. Also app.py's options."""
+evaluation, search (resumed after a restart), and the history's list, open, compare, export, import and delete. Also
+app.py's options."""
 
 import json
 import tempfile
@@ -9,7 +10,9 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
+from storage import History, open_database
 from tests.net import free_port
+from ui import tab_search
 
 CONTROLS = ("no_op", "no_op", "kurtosis", "no_op", "no_op", "band", 0.1)  # W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)
 TINY = ("random:tiny", "wanda", "unstructured", 0.5, "wikitext2", 4, 64, 0, "local")
@@ -286,3 +289,38 @@ def test_evaluate_with_zero_shot_tasks_shows_a_table_and_bars(client):
     assert any("dense" in h for h in headers) and any("owl" in h for h in headers)
     bars = json.loads(zs_bars["plot"])["data"]
     assert {b["name"] for b in bars} >= {"dense", "uniform", "owl", "dsa preset", "this function"}
+
+
+def test_a_search_resumes_after_the_app_restarts(tmp_path):
+    """The search's study lives in the history's database: a second app over that database (the first one gone)
+    takes it up from its experiment id, with a larger budget counted over the whole search, in the same record."""
+    db = f"sqlite:///{tmp_path / 'history.db'}"
+    declared = [f.default for f in tab_search.DECLARED]
+
+    def search(budget: int, resume: str = "", load: tuple = TINY) -> tuple:
+        demo = app.create_app(db, "cpu")
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(url, verbose=False)
+            client.predict(*load, api_name="/load_model")
+            return client.predict("ga", 4, budget, 0, 1, 0, 0.5, "to resume", "", *declared, resume, api_name="/search")
+        finally:
+            demo.close()
+
+    status, saved, *_ = search(4)
+    assert status.startswith("✓ Search done: 4 functions evaluated"), status
+    id = saved.split("`")[1]
+    first = History(open_database(db)).get(id)
+    status, saved, progress, *_ = search(7, resume=id)
+    assert status.startswith("✓ Search done: 3 functions evaluated"), status  # the first four were not measured again
+    assert saved.split("`")[1] == id and len(json.loads(progress["plot"])["data"][0]["x"]) >= 1
+    record = History(open_database(db)).get(id)
+    assert record.status == "done" and record.config["budget_candidates"] == 7
+    assert record.results["study"] == first.results["study"] == record.config["study"]
+    assert f"workers join it with <code>python -m dsa\\_core worker --study {record.config['study']} " in saved
+    texts = [c["text"] for c in record.results["candidates"]]
+    assert len(texts) == len(set(texts)) == 7 and texts[:4] == [c["text"] for c in first.results["candidates"]]
+    assert search(7, resume="0" * 32)[0].startswith("✗ No experiment with id")
+    other = search(9, resume=id, load=(*TINY[:5], 2, *TINY[6:]))[0]  # 2 calibration windows, not 4
+    assert other.startswith("✗ Study") and "another configuration" in other and "Load the model" in other
+    assert History(open_database(db)).get(id) == record  # refused before the record was touched

@@ -1,17 +1,22 @@
-"""The command line as a user runs it: a subprocess, exit codes, one JSON object."""
+"""The command line as a user runs it: a subprocess, exit codes, one JSON object, the run in the history."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from storage import History, open_database
+from ui import experiments
+
 QUICK = ["--model", "random:tiny", "--nsamples", "2", "--seqlen", "64", "--eval-windows", "2", "--device", "cpu",
          "--data-source", "local"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dsa_core", *args], capture_output=True, text=True, timeout=300)
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsa_core", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -72,3 +77,35 @@ def test_float64_is_a_dtype_and_the_result_names_it():
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["environment"]["dtype"] == "float64" and result["ppl"] > 1
+
+
+def test_an_evaluation_is_recorded_in_the_apps_history_by_default(tmp_path):
+    """On by default, in the database the web app opens ($DSA_DATABASE_URL here), in the shape History reads; a failed
+    run is recorded with its message; --no-history records nothing."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    env = {**os.environ, "DSA_DATABASE_URL": url}
+    out = run("evaluate", *QUICK, "--allocation", "owl", "--dense", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    record = History(open_database(url)).get(result["history_id"])
+    assert (record.kind, record.status, record.model) == ("evaluation", "done", "random:tiny")
+    assert record.results["rows"][0]["ppl"] == result["ppl"] and record.results["dense_ppl"] == result["dense_ppl"]
+    assert record.protocol == result["protocol"] and record.config["allocation"] == "owl"
+    assert experiments.headline(record) == f"ppl {result['ppl']:.4g} at 50%"
+    assert set(experiments.charts(record)) == {"profiles", "perplexity"}
+    assert "history id" in run("evaluate", *QUICK, env=env).stdout
+    failed = run("evaluate", "--model", "/no/such/dir", "--device", "cpu", env=env)
+    assert failed.returncode == 2
+    (record,) = History(open_database(url)).find(status="failed")
+    assert "does not exist" in record.results["error"] and record.results["error"] in failed.stderr
+    before = History(open_database(url)).count()
+    out = run("evaluate", *QUICK, "--json", "--no-history", env=env)
+    assert "history_id" not in json.loads(out.stdout) and History(open_database(url)).count() == before
+
+
+def test_an_unreachable_history_is_one_warning_and_the_result_is_still_printed(tmp_path):
+    out = run("evaluate", *QUICK, "--json", "--history", f"sqlite:///{tmp_path / 'no' / 'such' / 'folder.db'}")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ppl"] > 1
+    assert "cannot be used" in out.stderr and "not recorded in the history" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,6 +1,6 @@
 """The search on a tiny random model: budgets, memo, events, cancel, resume, reproducibility, the three spaces
 (functions, direct allocations, hybrid), the KL fitness, staged selection, re-ranking, the references, the
-faithful table, the CLI, and two worker processes sharing one SQLite study."""
+faithful table, the CLI (and its record in the history), and two worker processes sharing one SQLite study."""
 
 import json
 import signal
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -20,7 +21,10 @@ from dsa_core import functions as F
 from dsa_core import search as S
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
+from dsa_core.search_record import study_reader
 from dsa_core.session import PruningSession
+from storage import History, open_database
+from ui import experiments
 
 QUICK = dict(model="random:tiny", nsamples=2, seqlen=64, data_source="local", device="cpu", population=4,
              fitness_windows=2, final_eval_windows=2, top_k=2)
@@ -381,3 +385,22 @@ def test_two_workers_share_one_study(tmp_path):
     study = optuna.load_study(study_name="shared", storage=url)
     assert len(set(texts(study))) >= 12
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
+
+
+def test_cli_search_is_recorded_in_history_linked_to_its_study(tmp_path):
+    """The study lives in the history database (the default), the record names it, and History reads a search that
+    is still running (or that workers joined) from the study."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    out = run_cli("search", *CLI, "--sparsity", "0.6", "--budget-candidates", "6", "--no-final", "--json",
+                  "--history", url)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    record = History(open_database(url)).get(result["history_id"])
+    assert (record.kind, record.status, record.results["study"]) == ("search", "done", result["study"])
+    assert record.results["best"] == result["best"] and len(record.results["candidates"]) == 6
+    assert record.protocol["fitness"] == "ppl" and record.environment["torch"]
+    assert {"search", "profiles"} <= set(experiments.charts(record))
+    running = replace(record, status="running", results={"study": result["study"]})  # as read mid-search
+    (live,) = experiments.refreshed([running], study_reader(url))
+    assert [c["text"] for c in live.results["candidates"]] == [c["text"] for c in record.results["candidates"]]
+    assert live.results["best"] == result["best"] and "search" in experiments.charts(live)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from markdown_it import MarkdownIt
 
+from dsa_core import search_record
 from dsa_core.search import FAILED_FITNESS, Candidate, SearchConfig, SearchEvent, SearchResult
 from storage import (
     FORMAT,
@@ -72,12 +73,12 @@ def evaluation(name="eval"):
 def test_generations_skip_failed_candidates():
     events = [event(0, 50.0, 50.0), event(1, FAILED_FITNESS, 50.0), event(2, 40.0, 40.0), event(3, 60.0, 40.0),
               event(4, FAILED_FITNESS, 40.0)]  # generations 0, 0, 1, 1, 2
-    assert experiments.generations(events) == [{"generation": 0, "best": 50.0, "mean": 50.0, "phase": "function"},
+    assert search_record.generations(events) == [{"generation": 0, "best": 50.0, "mean": 50.0, "phase": "function"},
                                                {"generation": 1, "best": 40.0, "mean": 50.0, "phase": "function"}]
 
 
 def test_generations_count_fully_measured_candidates_on_one_axis_across_phases():
-    gens = experiments.generations(hybrid_events())
+    gens = search_record.generations(hybrid_events())
     assert gens == [{"generation": 0, "best": 5.0, "mean": 5.0, "phase": "function"},
                     {"generation": 1, "best": 5.0, "mean": 6.0, "phase": "function"},
                     {"generation": 2, "best": 4.0, "mean": 4.0, "phase": "allocation"}]  # allocation gen 0 follows
@@ -85,7 +86,7 @@ def test_generations_count_fully_measured_candidates_on_one_axis_across_phases()
 
 def test_search_results_of_a_hybrid_keep_stages_phases_and_the_refinement():
     events = hybrid_events()
-    live = experiments.search_results(events)
+    live = search_record.search_results(events)
     assert [(c["generation"], c["stage"], c["phase"]) for c in live["candidates"]] == [
         (0, 0, "function"), (0, 1, "function"), (1, 1, "function"), (1, 1, "function"), (2, 1, "allocation"),
         (3, 0, "allocation")]
@@ -98,7 +99,7 @@ def test_search_results_of_a_hybrid_keep_stages_phases_and_the_refinement():
                                   {"space": "allocation", "evaluated": 2, "seconds": 1.0, "best": "levels:1,2",
                                    "best_fitness": FAILED_FITNESS}],
                           start_ratios=[0.6, 0.6, 0.6, 0.6])
-    final = experiments.search_results(events, result, MODEL)  # per layer: 4 units in 2 blocks
+    final = search_record.search_results(events, result, MODEL)  # per layer: 4 units in 2 blocks
     assert final["space"] == "hybrid" and final["start_ratios"] == [0.6, 0.6, 0.6, 0.6]
     assert final["phases"][0]["best"] == FUNCTION and final["phases"][1]["best_fitness"] is None
     assert final["throughput"][0]["per_second"] == 6.0 and final["best_ratios"] == [0.5, 0.7, 0.6, 0.6]
@@ -108,7 +109,7 @@ def test_search_results_of_a_hybrid_keep_stages_phases_and_the_refinement():
     cfg = SearchConfig(space="hybrid", granularity="projection", fitness="kl", fidelity="64,128", seqlen=64,
                        sparsity=0.6)
     rec = new_record("search", cfg.to_dict(), name="hy", status="done", results=final,
-                     protocol=experiments.search_protocol(cfg))
+                     protocol=search_record.search_protocol(cfg))
     assert rec.protocol["stages"] == [{"tokens": 64, "windows": 1}, {"tokens": 128, "windows": 2}]
     assert rec.protocol["fitness"] == "kl" and rec.protocol["split"].startswith("train")
     charts = experiments.charts(rec)
@@ -146,12 +147,12 @@ def test_candidate_summary_reads_a_direct_allocation():
 
 def test_search_results_store_failures_as_none_and_the_final_best():
     events = [event(0, 50.0, 50.0), event(1, FAILED_FITNESS, 50.0)]
-    live = experiments.search_results(events)
+    live = search_record.search_results(events)
     assert [c["fitness"] for c in live["candidates"]] == [50.0, None]
     assert live["best_fitness"] == 50.0 and live["best_ratios"] == [0.45, 0.55]
     result = SearchResult(study="s", best=Candidate("W:(NO_OP)-(STD)-(NO_OP)", 50.0, [], []), evaluated=2,
                           trials=2, elapsed=1.5, stopped=True, top=[Candidate("W:(NO_OP)-(STD)-(NO_OP)", 50.0, [], [])])
-    final = experiments.search_results(events, result)
+    final = search_record.search_results(events, result)
     assert final["stopped"] is True and final["evaluated"] == 2 and final["top"][0]["fitness"] == 50.0
 
 
@@ -167,7 +168,7 @@ def test_compare_puts_runs_on_one_chart():
     sweep = new_record("sweep", {"sparsity": 0.5}, name="sw", status="done", results={"targets": [0.3, 0.5], "series": [
         {"label": "uniform", "allocation": "uniform", "points": [{"sparsity": 0.3, "ppl": 12.0},
                                                                   {"sparsity": 0.5, "ppl": 30.0}]}]})
-    search = new_record("search", {"sparsity": 0.5}, name="se", status="done", results=experiments.search_results(
+    search = new_record("search", {"sparsity": 0.5}, name="se", status="done", results=search_record.search_results(
         [event(0, 50.0, 50.0), event(1, 45.0, 45.0)]))
     charts = experiments.compare([evaluation("one"), evaluation("two"), sweep, search])
     # single runs' charts, and no zero-shot tasks were scored in these

@@ -1,7 +1,12 @@
 """The web app's workspace on the tiny random model: loading and scoring, profiles from cached statistics,
-evaluations, sweeps and searches as jobs, cancellation, and the local-path rule of an exposed app."""
+evaluations, sweeps and searches as jobs (one joined by a worker process), cancellation, and the local-path rule of
+an exposed app."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -12,7 +17,10 @@ from dsa_core import functions as F
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.search import SearchConfig
+from dsa_core.search_record import search_results, study_reader
 from dsa_core.structural.training import StructuralConfig
+from storage import History, Recorder, open_database
+from ui import experiments
 from ui.jobs import Busy, Cancelled, Job
 from ui.limits import Limits
 from ui.workspace import OWN_LABEL, REFERENCES, Workspace, is_local_path
@@ -175,3 +183,29 @@ def test_an_exposed_app_refuses_local_paths(tmp_path):
     with pytest.raises(ConfigError, match="local paths"):
         run(ws, "loading", lambda job: ws.load(EvalConfig(model=str(tmp_path)), job))
     assert ws.session is None
+
+
+def test_a_search_of_the_app_is_joined_by_a_worker_and_history_shows_both(ws, tmp_path):
+    """The app's search keeps its study in the history database: stopped in the app, a `worker` process joins it by
+    name (its storage by default the app's database) and spends the rest of its budget, and History shows every
+    candidate, the worker's too."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    history = History(open_database(url))
+    cfg = ws.search_config(SearchConfig(sparsity=0.5, population=4, budget_candidates=10, fitness_windows=1, seed=2,
+                                        study="joined"))
+    run = Recorder(history).start("search", cfg.to_dict(), results={"study": "joined"})
+    job = ws.start("search", lambda job: ws.search(cfg, job, history.db.study_url))
+    for _ in job.updates(every=0.05):
+        if len(job.events) >= 3:
+            ws.cancel()
+    result = job.result()
+    run.done({**search_results(job.events, result), "study": "joined"})
+    assert result.stopped and len(job.events) < 10
+    worker = subprocess.run([sys.executable, "-m", "dsa_core", "worker", "--study", "joined"],  # the app's database
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "DSA_DATABASE_URL": url})
+    assert worker.returncode == 0, worker.stderr
+    report = json.loads(worker.stdout.strip().splitlines()[-1])
+    assert report["evaluated"] == 10 - len(job.events)
+    (shown,) = experiments.refreshed([history.get(run.id)], study_reader(url))
+    assert len(shown.results["candidates"]) == 10 and len(history.get(run.id).results["candidates"]) < 10
+    assert shown.results["best_fitness"] == pytest.approx(min(report["best_fitness"], result.best.fitness))

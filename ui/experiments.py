@@ -1,7 +1,7 @@
-"""Saved experiments as the web app shows them: what an evaluation, sweep or search stores in the history, and
-how a stored record (or several, compared) turns back into charts, a table row and a summary.
+"""Saved experiments as the web app shows them: how a stored record (or several, compared) turns back into charts,
+a table row and a summary, through one `ResultView` registered per kind (a new kind registers one).
 
-Results are plain JSON (see `Workspace.evaluate`, `sweep`, and `search_results` below); figures come from
+Results are plain JSON (see `Workspace.evaluate`, `sweep`, and dsa_core.search_record); figures come from
 ui.figures. A record whose stored values differ from what this version reads (storage.shape_problem: one imported
 before imports were checked per kind) is listed as unreadable and left out of charts, never breaking the rest;
 user-controlled text reaches Markdown only through ui.escape. No Gradio and no model code here.
@@ -9,15 +9,15 @@ user-controlled text reaches Markdown only through ui.escape. No Gradio and no m
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import plotly.graph_objects as go
 
-from dsa_core.fitness import FITNESSES
 from dsa_core.levels import expand_to_units
-from dsa_core.search import FAILED_FITNESS, SearchConfig, SearchEvent, SearchResult
-from storage import ExperimentRecord, shape_problem
+from dsa_core.search_record import study_results
+from storage import KINDS, ExperimentRecord, shape_problem
 from ui import escape, figures, structural_figures
 from ui.workspace import OWN_LABEL
 from ui.zeroshot_figures import zeroshot_bars, zeroshot_sections
@@ -29,92 +29,10 @@ UNREADABLE = "⚠ unreadable results"
 _HEADLINE_KEYS = ("rows", "target", "best_fitness", "targets", "error", "ppl", "params", "warnings")  # `headline`'s
 
 
-def search_protocol(cfg: SearchConfig) -> dict:
-    """How a search measures its candidates, as saved with it: the fitness, its text and its fidelity stages."""
-    windows = cfg.stage_windows()
-    text = ({"dataset": "wikitext2", "split": "validation"} if cfg.fitness == "ppl"
-            else {"dataset": cfg.calib, "split": "train (the calibration windows)"})
-    return {"fitness": cfg.fitness, "measure": f"{FITNESSES[cfg.fitness]}, after fast re-masking", **text,
-            "seqlen": cfg.seqlen, "windows": windows[-1], "stages": [{"tokens": w * cfg.seqlen, "windows": w}
-                                                                     for w in windows],
-            "promote": cfg.promote if len(windows) > 1 else None}
-
-
 def stage_labels(protocol: Mapping) -> list[str]:
     """Legend labels of a staged search's fidelities ("stage 1: 2048 tokens", ...); none for a single stage."""
     stages = protocol.get("stages") or []
     return [f"stage {i + 1}: {s['tokens']} tokens" for i, s in enumerate(stages)] if len(stages) > 1 else []
-
-
-def search_results(events: Sequence[SearchEvent], result: SearchResult | None = None,
-                   model: Mapping | None = None) -> dict:
-    """What a search stores: every candidate (the generation on one axis across a hybrid's phases, the fidelity
-    stage it reached), the per-generation curve and the best candidate so far; with the `result`, the budget spent,
-    the throughput per stage and, for a hybrid, its phases and the allocation the refinement started from. `model`
-    (Workspace.description) gives the per-block profile of per-layer allocations and the layers' names."""
-    candidates = [{"n": e.candidate, "generation": g, "text": e.text, "fitness": _fitness(e.fitness),
-                   "stage": e.stage, "stages": e.stages, "phase": e.phase} for e, g in zip(events, _timeline(events))]
-    out: dict = {"candidates": candidates, "generations": generations(events)}
-    if events:
-        last = events[-1]
-        out.update(best=last.best_text, best_fitness=_fitness(last.best_fitness), best_ratios=last.best_ratios,
-                   elapsed=last.elapsed)
-    if result is not None:
-        out.update(best=result.best.text, best_fitness=_fitness(result.best.fitness), best_ratios=result.best.ratios,
-                   evaluated=result.evaluated, stopped=result.stopped, elapsed=result.elapsed, space=result.space,
-                   top=[{"text": c.text, "fitness": _fitness(c.fitness)} for c in result.top],
-                   throughput=result.throughput, start_ratios=result.start_ratios,
-                   phases=[{**p, "best_fitness": _fitness(p["best_fitness"])} for p in result.phases])
-        if result.stop_reason:
-            out["stop_reason"] = result.stop_reason
-    shapes = _layer_shapes(model)
-    if shapes and out.get("best_ratios") and len(out["best_ratios"]) != len(shapes):
-        out["best_block_ratios"] = expand_to_units(out["best_ratios"], shapes, "block").tolist()
-    if shapes and out.get("start_ratios") and len(out["start_ratios"]) != len(shapes):
-        out["unit_labels"] = [f"{b}.{name.split('.')[-1].removesuffix('_proj')}"
-                              for b, block in enumerate(model["blocks"]) for name in block["layers"]]
-    return out
-
-
-def _layer_shapes(model: Mapping | None) -> list[list[tuple[int, int]]] | None:
-    if not model or not model.get("blocks"):
-        return None
-    return [[tuple(shape) for shape in block["layers"].values()] for block in model["blocks"]]
-
-
-def _fitness(value: float) -> float | None:
-    """A failed candidate's sentinel fitness is stored as None: it is not a measure of anything."""
-    return value if math.isfinite(value) and value < FAILED_FITNESS else None
-
-
-def _timeline(events: Sequence[SearchEvent]) -> list[int]:
-    """Each event's generation on one axis: a hybrid's refinement is a second study, whose generations count from 0
-    again, so they are numbered on after the function phase's."""
-    out, offset, phase, last = [], 0, None, -1
-    for e in events:
-        if phase is not None and e.phase != phase:
-            offset = last + 1
-        phase = e.phase
-        out.append(offset + e.generation)
-        last = max(last, out[-1])
-    return out
-
-
-def generations(events: Sequence[SearchEvent]) -> list[dict]:
-    """Best-so-far and mean fitness of each generation that has a successful, fully measured candidate (one that
-    reached the last fidelity stage: fitnesses of lower stages are measured on fewer tokens and not comparable)."""
-    by_generation: dict[int, list[float]] = {}
-    phases: dict[int, str] = {}
-    for e, g in zip(events, _timeline(events)):
-        if e.stage == e.stages - 1 and e.fitness < FAILED_FITNESS:
-            by_generation.setdefault(g, []).append(e.fitness)
-            phases[g] = e.phase
-    out, best = [], math.inf
-    for g in sorted(by_generation):
-        chunk = by_generation[g]
-        best = min(best, *chunk)
-        out.append({"generation": g, "best": best, "mean": sum(chunk) / len(chunk), "phase": phases[g]})
-    return out
 
 
 SUMMARY_PREFIX = "direct allocation"  # how `candidate_summary` starts for an allocation
@@ -163,7 +81,45 @@ def refinement_figure(results: Mapping, target: float | None = None) -> go.Figur
     return figures.refinement_figure(start, refined, results.get("unit_labels"), target)
 
 
-# --- charts -----------------------------------------------------------------------------------------------------
+# --- charts, by kind ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChartParts:
+    """What the experiments shown contribute to the History's charts, filled by each kind's view: profiles, dots,
+    sweeps and search curves overlaid across experiments; `own` holds one experiment's own charts, by slot."""
+
+    single: bool
+    profiles: dict[str, list[float]] = field(default_factory=dict)
+    bars: dict[str, dict[str, float]] = field(default_factory=dict)
+    sweeps: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+    fitnesses: set[str] = field(default_factory=set)
+    zeroshot: dict[str, dict] = field(default_factory=dict)
+    own: dict[str, go.Figure] = field(default_factory=dict)
+    dense: float | None = None
+    target: float | None = None
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """How the app shows one kind of experiment: what a readable record adds to the charts, its one number for a
+    list, what its summary says it asked for, and (optionally) how to bring a running record's results up to date
+    from where its run keeps them."""
+
+    add_charts: Callable[[ChartParts, ExperimentRecord, str], None]
+    headline: Callable[[ExperimentRecord], str | None]
+    setup: Callable[[ExperimentRecord], list[str]] = lambda rec: [_pruning_line(rec.config)]
+    warnings: Callable[[ExperimentRecord], list[str]] = lambda rec: []
+    refresh: Callable[[ExperimentRecord, Any], ExperimentRecord] | None = None
+
+
+VIEWS: dict[str, ResultView] = {}
+
+
+def register(kind: str, view: ResultView) -> None:
+    """Show experiments of `kind` (one of storage.KINDS) with `view`."""
+    VIEWS[kind] = view
 
 
 def charts(record: ExperimentRecord) -> dict[str, go.Figure]:
@@ -175,56 +131,116 @@ def compare(records: Sequence[ExperimentRecord]) -> dict[str, go.Figure]:
     """Charts that put one or more experiments side by side: profiles overlaid, perplexity dots grouped by
     experiment, zero-shot bars (one evaluation: dense and each allocation; several: each one's own function), sweeps
     and search curves overlaid. Unreadable records are left out."""
-    single = len(records) == 1
-    profiles, bars, sweeps, curves, structural, zeroshot = {}, {}, {}, {}, {}, {}
-    single_search, moved = None, None  # one search's own charts: its candidates, and a hybrid's refinement
-    dense, target = None, None
+    parts = ChartParts(single=len(records) == 1)
     for rec in records:
-        if shape_problem(rec) is not None:
-            continue
-        name = label(rec)
-        res = rec.results
-        if rec.kind == "evaluation" and res.get("rows"):
-            rows = res["rows"]
-            target = res.get("target")
-            for row in rows if single else rows[:1]:
-                profiles[row["label"] if single else name] = row["ratios"]
-            bars[name] = {r["label"]: r["ppl"] for r in rows if r.get("ppl") is not None}
-            dense = res.get("dense_ppl") if single else None
-            zeroshot |= zeroshot_sections(res, None if single else name)  # across experiments: the function's
-        elif rec.kind == "sweep" and res.get("series"):
-            for s in res["series"]:
-                sweeps[s["label"] if single else f"{name}: {s['label']}"] = [
-                    (p["sparsity"], p["ppl"]) for p in s["points"]]
-        elif rec.kind == "search" and res.get("generations"):
-            curves[name] = res["generations"]
-            best = res.get("best_block_ratios") or res.get("best_ratios")
-            if best:
-                kind = "allocation" if is_allocation(res.get("best", "")) else "function"
-                profiles[f"best of {name}" if not single else f"best {kind}"] = best
-                target = rec.config.get("sparsity")
-            if single:
-                single_search = search_figure(res, rec.protocol, rec.config.get("fitness", "ppl"))
-                moved = refinement_figure(res, rec.config.get("sparsity"))
-        elif rec.kind == "structural" and single and res.get("selection"):
-            figs = structural_figures.charts(res)
-            structural = {"widths": figs["widths"], "training": figs["loss"]}
+        if shape_problem(rec) is None:
+            VIEWS[rec.kind].add_charts(parts, rec, label(rec))
     out: dict[str, go.Figure] = {}
-    if profiles:
-        out["profiles"] = figures.profile_figure(profiles, target if single else None)
-    if bars:
-        out["perplexity"] = figures.perplexity_figure(bars, dense)
-    if zeroshot:
-        out["zero-shot"] = zeroshot_bars(zeroshot)
-    if sweeps:
-        out["sweep"] = figures.sweep_figure(sweeps)
-    if curves:
-        kinds = {r.config.get("fitness", "ppl") for r in records if r.kind == "search"}
-        out["search"] = single_search or figures.search_figure(
-            curves, named=not single, fitness=kinds.pop() if len(kinds) == 1 else "")  # "": fitnesses differ
-    if moved is not None:
-        out["refinement"] = moved
-    return out | structural
+    if parts.profiles:
+        out["profiles"] = figures.profile_figure(parts.profiles, parts.target if parts.single else None)
+    if parts.bars:
+        out["perplexity"] = figures.perplexity_figure(parts.bars, parts.dense)
+    if parts.zeroshot:
+        out["zero-shot"] = zeroshot_bars(parts.zeroshot)
+    if parts.sweeps:
+        out["sweep"] = figures.sweep_figure(parts.sweeps)
+    if parts.curves:
+        fitness = parts.fitnesses.pop() if len(parts.fitnesses) == 1 else ""  # "": the fitnesses differ
+        out["search"] = figures.search_figure(parts.curves, named=not parts.single, fitness=fitness)
+    return out | parts.own
+
+
+def refreshed(records: Sequence[ExperimentRecord], study_storage: Any) -> list[ExperimentRecord]:
+    """The records with their results brought up to date where their kind knows how (a search from its study, which
+    the workers that joined it write too); `study_storage` is the history's Optuna storage, or None."""
+    if study_storage is None:
+        return list(records)
+    return [VIEWS[r.kind].refresh(r, study_storage)
+            if VIEWS[r.kind].refresh and r.source is None and shape_problem(r) is None else r  # imported: not here
+            for r in records]
+
+
+def _evaluation_charts(parts: ChartParts, rec: ExperimentRecord, name: str) -> None:
+    res = rec.results
+    if not res.get("rows"):
+        return
+    rows = res["rows"]
+    parts.target = res.get("target")
+    for row in rows if parts.single else rows[:1]:
+        parts.profiles[row["label"] if parts.single else name] = row["ratios"]
+    parts.bars[name] = {r["label"]: r["ppl"] for r in rows if r.get("ppl") is not None}
+    parts.dense = res.get("dense_ppl") if parts.single else None
+    parts.zeroshot |= zeroshot_sections(res, None if parts.single else name)  # across experiments: the function's
+
+
+def _evaluation_headline(record: ExperimentRecord) -> str | None:
+    rows = record.results.get("rows")
+    if not rows:
+        return None
+    own = next((r for r in rows if r["label"] == OWN_LABEL), rows[0])
+    return f"ppl {own['ppl']:.4g} at {record.results['target']:.0%}"
+
+
+def _sweep_charts(parts: ChartParts, rec: ExperimentRecord, name: str) -> None:
+    for s in rec.results.get("series") or []:
+        parts.sweeps[s["label"] if parts.single else f"{name}: {s['label']}"] = [
+            (p["sparsity"], p["ppl"]) for p in s["points"]]
+
+
+def _sweep_headline(record: ExperimentRecord) -> str | None:
+    targets = record.results.get("targets")
+    return f"{len(targets)} targets" if targets else None
+
+
+def _search_charts(parts: ChartParts, rec: ExperimentRecord, name: str) -> None:
+    res = rec.results
+    if not res.get("generations"):
+        return
+    parts.curves[name] = res["generations"]
+    parts.fitnesses.add(rec.config.get("fitness", "ppl"))
+    best = res.get("best_block_ratios") or res.get("best_ratios")
+    if best:
+        kind = "allocation" if is_allocation(res.get("best", "")) else "function"
+        parts.profiles[f"best of {name}" if not parts.single else f"best {kind}"] = best
+        parts.target = rec.config.get("sparsity")
+    if parts.single:
+        parts.own["search"] = search_figure(res, rec.protocol, rec.config.get("fitness", "ppl"))
+        moved = refinement_figure(res, rec.config.get("sparsity"))
+        if moved is not None:
+            parts.own["refinement"] = moved
+
+
+def _search_headline(record: ExperimentRecord) -> str | None:
+    if record.results.get("best_fitness") is None:
+        return None
+    kind = figures.FITNESS_LABELS.get(record.config.get("fitness", "ppl"), "fitness")
+    return f"best {kind} {record.results['best_fitness']:.4g}"
+
+
+def _search_from_study(record: ExperimentRecord, storage: Any) -> ExperimentRecord:
+    """A search linked to its study (results["study"]: it lives in this history's database) with the candidates the
+    study holds when it holds more than the record: a search still running, or joined by workers."""
+    study = record.results.get("study")
+    live = study_results(study, storage) if isinstance(study, str) else None
+    if live is None or len(live["candidates"]) <= len(record.results.get("candidates") or []):
+        return record
+    return replace(record, results={**record.results, **live})
+
+
+def _structural_charts(parts: ChartParts, rec: ExperimentRecord, name: str) -> None:
+    if parts.single and rec.results.get("selection"):
+        figs = structural_figures.charts(rec.results)
+        parts.own |= {"widths": figs["widths"], "training": figs["loss"]}
+
+
+def _structural_headline(record: ExperimentRecord) -> str | None:
+    res = record.results
+    if (res.get("ppl") or {}).get("compressed") is None:
+        return None
+    ppl, kept = res["ppl"], (res.get("params") or {}).get("ratio")
+    versus = f" (uniform {ppl['baseline']:.4g})" if ppl.get("baseline") is not None else ""
+    share = f", {kept:.0%} kept" if kept is not None else ""
+    return f"ppl {ppl['compressed']:.4g}{versus}{share}" + (" ⚠ did not converge" if res.get("warnings") else "")
 
 
 # --- listing and summaries --------------------------------------------------------------------------------------
@@ -239,21 +255,7 @@ def headline(record: ExperimentRecord) -> str:
     """The one number a list shows for an experiment, or UNREADABLE."""
     if shape_problem(record, _HEADLINE_KEYS) is not None:
         return UNREADABLE
-    res = record.results
-    if record.kind == "evaluation" and res.get("rows"):
-        own = next((r for r in res["rows"] if r["label"] == OWN_LABEL), res["rows"][0])
-        return f"ppl {own['ppl']:.4g} at {res['target']:.0%}"
-    if record.kind == "search" and res.get("best_fitness") is not None:
-        kind = figures.FITNESS_LABELS.get(record.config.get("fitness", "ppl"), "fitness")
-        return f"best {kind} {res['best_fitness']:.4g}"
-    if record.kind == "sweep" and res.get("targets"):
-        return f"{len(res['targets'])} targets"
-    if record.kind == "structural" and (res.get("ppl") or {}).get("compressed") is not None:
-        ppl, kept = res["ppl"], (res.get("params") or {}).get("ratio")
-        versus = f" (uniform {ppl['baseline']:.4g})" if ppl.get("baseline") is not None else ""
-        share = f", {kept:.0%} kept" if kept is not None else ""
-        return f"ppl {ppl['compressed']:.4g}{versus}{share}" + (" ⚠ did not converge" if res.get("warnings") else "")
-    return res.get("error", "")[:80]
+    return VIEWS[record.kind].headline(record) or record.results.get("error", "")[:80]
 
 
 # The name first (what a person looks for; on a narrow screen the table scrolls from it), the id last.
@@ -271,15 +273,23 @@ def choice(record: ExperimentRecord) -> tuple[str, str]:
     return f"{label(record)} · {record.kind} · {record.created_at:%Y-%m-%d %H:%M} · {record.id[:8]}", record.id
 
 
-def _search_line(cfg: Mapping, protocol: Mapping) -> str:
+def _search_lines(record: ExperimentRecord) -> list[str]:
     """What a search searched and how it measured: space (and granularity), fitness, fidelity stages."""
+    cfg = record.config
     space = cfg.get("space", "function")
     per = "linear layer" if cfg.get("granularity") == "projection" else "block"
     unit = "" if space == "function" else f" per {per}"
-    stages = ", ".join(str(s["tokens"]) for s in protocol.get("stages", []))
-    return (f"search: {escape.markdown(space)}{unit} · fitness "
+    stages = ", ".join(str(s["tokens"]) for s in record.protocol.get("stages", []))
+    return [_pruning_line(cfg), f"search: {escape.markdown(space)}{unit} · fitness "
             f"{figures.FITNESS_LABELS.get(cfg.get('fitness', 'ppl'), '?')}"
-            + (f" · stages of {escape.markdown(stages)} tokens" if stages else ""))
+            + (f" · stages of {escape.markdown(stages)} tokens" if stages else "")]
+
+
+def _pruning_line(cfg: Mapping) -> str:
+    """What a pruning run asked for: its metric, allocation and target."""
+    allocation = f"allocation {escape.code(cfg['allocation'])} · " if cfg.get("allocation") else ""
+    text = escape.markdown
+    return f"metric {text(cfg.get('metric', '?'))} · {allocation}target {text(cfg.get('sparsity', '?'))}"
 
 
 def summary_markdown(record: ExperimentRecord, link: str) -> str:
@@ -287,21 +297,19 @@ def summary_markdown(record: ExperimentRecord, link: str) -> str:
     unreadable record says why."""
     cfg, env, text = record.config, record.environment, escape.markdown
     problem = shape_problem(record)
-    allocation = f"allocation {escape.code(cfg['allocation'])} · " if cfg.get("allocation") else ""
+    view = VIEWS[record.kind]
+    setup, *more = view.setup(record) if problem is None else [_pruning_line(cfg)]
     lines = [
         f"### {text(label(record))}",
         f"**{record.kind}** · {record.status} · id `{record.id}`",
         f"created {record.created_at:%Y-%m-%d %H:%M:%S} UTC · updated {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"model {escape.code(cfg.get('model') or 'smollm2')} · " + (
-            _structural_line(cfg) if record.kind == "structural" and problem is None else
-            f"metric {text(cfg.get('metric', '?'))} · {allocation}target {text(cfg.get('sparsity', '?'))}"),
+        f"model {escape.code(cfg.get('model') or 'smollm2')} · {setup}",
+        *more,
         "environment: " + ", ".join(f"{key} {text(env.get(key, '?'))}"
                                     for key in ("python", "torch", "transformers", "device")),
         f"result: {text(headline(record) or '—')}",
         f"permalink: {escape.link(link)}",
     ]
-    if record.kind == "search" and problem is None:
-        lines.insert(4, _search_line(cfg, record.protocol))
     if problem is not None:
         lines.append(f"⚠ This version cannot read what this experiment stored ({text(problem)}); the full record "
                      "is below.")
@@ -312,8 +320,8 @@ def summary_markdown(record: ExperimentRecord, link: str) -> str:
                      f"(original id {escape.code(record.source.get('original_id'))})")
     if record.results.get("error"):
         lines.append(f"⚠ {text(record.results['error'])}")
-    if record.kind == "structural" and problem is None:
-        lines += [f"⚠ {text(w)}" for w in record.results.get("warnings", [])]
+    if problem is None:
+        lines += [f"⚠ {text(w)}" for w in view.warnings(record)]
     return "\n\n".join(lines)
 
 
@@ -324,3 +332,12 @@ def _structural_line(cfg: Mapping) -> str:
     training = (f"{steps:g} steps of {cfg.get('batch_size') or 1:g} × {cfg.get('seqlen') or '?'} tokens"
                 if steps is not None else "")
     return "structural pruning" + "".join(f" · {part}" for part in (keep, training) if part)
+
+
+register("evaluation", ResultView(_evaluation_charts, _evaluation_headline))
+register("sweep", ResultView(_sweep_charts, _sweep_headline))
+register("search", ResultView(_search_charts, _search_headline, setup=_search_lines, refresh=_search_from_study))
+register("structural", ResultView(_structural_charts, _structural_headline,
+                                  setup=lambda rec: [_structural_line(rec.config)],
+                                  warnings=lambda rec: list(rec.results.get("warnings", []))))
+assert set(VIEWS) == set(KINDS)

@@ -17,14 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsa_core.errors import DSAError
+from dsa_core.errors import Cancelled, DSAError
 from ui import escape
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(DSAError):
-    """The user cancelled the job before it finished."""
 
 
 class Busy(DSAError):

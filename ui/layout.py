@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from dsa_core.errors import DSAError
-from storage import History
+from storage import History, Recorder
 from ui import escape
 from ui.jobs import Cancelled, Job
 from ui.workspace import Workspace
@@ -29,14 +29,19 @@ CSS = """
 
 @dataclass
 class AppContext:
-    """What the tabs share: the workspace (model, device), the history, and each other's components by name."""
+    """What the tabs share: the workspace (model, device), the history and its recorder (through which every run is
+    saved), and each other's components by name."""
 
     workspace: Workspace
     history: History
+    recorder: Recorder = field(init=False)
     components: dict[str, Any] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
     page_loads: list[tuple] = field(default_factory=list)  # (fn, inputs, outputs) run when a page opens
     targets: list[gr.Slider] = field(default_factory=list)  # the target sparsity, one slider per tab that uses it
+
+    def __post_init__(self) -> None:
+        self.recorder = Recorder(self.history)
 
     def __getitem__(self, name: str) -> Any:
         return self.components[name]

@@ -1,7 +1,7 @@
 """The "Structural pruning" tab: DISP-LLM's hypernetwork trained on the device with a live loss curve, then
 the per-block widths of the five selection structures as a heat map and the perplexity of the compressed
 model against the dense model and the uniform-width baseline at the same parameter count. Each run is saved
-in the history (kind "structural") as it starts and updated when it ends.
+in the history (kind "structural") through the recorder as it starts, and updated when it ends.
 
 The run loads its own copy of the model (training hooks and compression never touch the workspace's
 pruning session) but shares the workspace's device lock and Cancel. Figures come from ui.structural_figures.
@@ -16,7 +16,7 @@ from dsa_core.structural.runner import StructuralRun, run_structural, stored_res
 from dsa_core.structural.training import StructuralConfig
 from dsa_core.structural_cli import default_name
 from ui import figures, structural_figures
-from ui.jobs import Cancelled, Job
+from ui.jobs import Job
 from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, wait_for_device
 from ui.tab_evaluate import parse_tags, saved_markdown
 
@@ -25,7 +25,7 @@ TABLE_HEADERS = ["model", "kept block parameters", "total parameters", "perplexi
 
 def build_structural_tab(ctx: AppContext) -> None:
     """Lay out the tab's components in the current Gradio block and wire its events."""
-    ws, history = ctx.workspace, ctx.history
+    ws = ctx.workspace
     d = StructuralConfig.defaults_for(ws.device)  # CPU-sized on a CPU
     with gr.Row():
         model = gr.Textbox("smollm2", label="Model (LLaMA, Mistral, Qwen2/3, Gemma 2/3)", elem_id="st-model",
@@ -73,45 +73,47 @@ def build_structural_tab(ctx: AppContext) -> None:
                 target_ratio=float(target), steps=int(steps), batch_size=int(batch), seqlen=int(seqlen),
                 lam=float(lam), lr=float(lr), eval_windows=int(windows) or None, baseline=bool(baseline)).validate()
             ws.check_sources(cfg)
-            rec = history.save("structural", cfg.to_dict(), name=name or default_name(cfg.to_dict()),
-                               tags=parse_tags(tags), environment=ws.environment())
-            job = ws.start("structural pruning", lambda job: run_structural(  # the status line shows the time left
-                cfg, progress=job, on_step=job.publish, on_estimate=lambda e: job.time_left(e.seconds_left)), ticket)
+            run = ctx.recorder.start("structural", cfg.to_dict(), name=name or default_name(cfg.to_dict()),
+                                     tags=parse_tags(tags), environment=ws.environment())
         except (DSAError, TypeError, ValueError) as e:
             ws.queue.leave(ticket)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
-        link = permalink_for(request, rec.id)
-        yield (job.status(), saved_markdown(rec.id, link), [], figures.empty_figure("Loading the model…"),
-               figures.empty_figure(f"Run {rec.id[:8]}: the widths appear when training ends."))
+        try:
+            job = ws.start("structural pruning", lambda job: run_structural(  # the status line shows the time left
+                cfg, progress=job, on_step=job.publish, on_estimate=lambda e: job.time_left(e.seconds_left)), ticket)
+        except DSAError as e:
+            run.fail(e)
+            yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
+            return
+        link = permalink_for(request, run.id)
+        yield (job.status(), saved_markdown(run, link), [], figures.empty_figure("Loading the model…"),
+               figures.empty_figure(f"Run {run.id[:8]}: the widths appear when training ends."))
 
         def live(job: Job) -> tuple:
             curve = list(job.events)
             fig = (structural_figures.loss_curve(curve, cfg.target_ratio) if curve
                    else figures.empty_figure("Loading the model and the calibration text…"))
-            return saved_markdown(rec.id, link), gr.skip(), fig, gr.skip()
+            return saved_markdown(run, link), gr.skip(), fig, gr.skip()
 
-        def finish(run: StructuralRun) -> tuple:
-            result = run.result
+        def finish(structural: StructuralRun) -> tuple:
+            result = structural.result
             results = stored_results(result)
-            history.update(rec.id, status="done", results=results, protocol=result["protocol"],
-                           environment={**ws.environment(), **result["environment"]})
+            run.done(results, protocol=result["protocol"], environment={**ws.environment(), **result["environment"]})
             charts = structural_figures.charts(results)
             params, ppl = result["params"], result["ppl"]
             versus = f", uniform baseline {ppl['baseline']:.2f}" if "baseline" in ppl else ""
             return (f"✓ Kept {params['ratio']:.2%} of the block parameters; perplexity {ppl['compressed']:.2f} "
                     f"(dense {ppl['dense']:.2f}{versus}) in {job.elapsed():.1f} s."
-                    + "".join(f"\n\n⚠ {w}" for w in result["warnings"]), saved_markdown(rec.id, link),
+                    + "".join(f"\n\n⚠ {w}" for w in result["warnings"]), saved_markdown(run, link),
                     structural_figures.perplexity_rows(results), charts["loss"], charts["widths"])
 
         def fail(e: BaseException) -> tuple:
-            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed",
-                           results={"error": str(e), "curve": list(job.events)})
-            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 3
+            run.fail(e, {"curve": list(job.events)})  # the training curve so far is kept
+            return error_text(e), saved_markdown(run, link), *(gr.skip(),) * 3
 
         def abandoned() -> None:  # the page was closed: the run was cancelled; its curve so far is kept
-            history.update(rec.id, status="cancelled", results={"error": "The page that started it was closed.",
-                                                                "curve": list(job.events)})
+            run.fail(GeneratorExit(), {"curve": list(job.events)})
 
         yield from stream_job(job, len(outputs), finish, fail, live, abandoned)
 

@@ -12,10 +12,9 @@ from dsa_core import functions as F
 from dsa_core.config import MODES
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.zeroshot.tasks import availability, parse_tasks
-from storage import StorageError
+from storage import Run, StorageError
 from ui import escape, experiments, figures
 from ui.formula import CONTROLS, function_from_controls
-from ui.jobs import Cancelled
 from ui.layout import (
     AppContext,
     cancel_handler,
@@ -51,8 +50,11 @@ def parse_tags(text: str) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def saved_markdown(id: str, link: str) -> str:
-    return f"Saved as experiment `{id}` · permalink: {escape.link(link)}"
+def saved_markdown(run: Run, link: str) -> str:
+    """Where a run is recorded, or why the history could not record it (the run goes on either way)."""
+    saved = f"Saved as experiment `{run.id}` · permalink: {escape.link(link)}" if run.stored else ""
+    problem = f"⚠ {escape.markdown(run.problem)}" if run.problem else ""
+    return " · ".join(part for part in (saved, problem) if part)
 
 
 def result_rows(kind: str, result: dict) -> list[list]:
@@ -115,8 +117,8 @@ def build(ctx: AppContext) -> None:
 
     def run(kind: str, controls: tuple, target, mode, windows, dense, targets, name, tags, request, zs_tasks="",
             zs_limit=0):
-        """Shared by both buttons: wait for the device, save the experiment as running, clear what an earlier run
-        left on the tab, stream the job, save its outcome."""
+        """Shared by both buttons: wait for the device, record the experiment as running, clear what an earlier run
+        left on the tab, stream the job, record its outcome."""
         try:
             fn = function_from_controls(*controls)
             windows = int(windows) or None
@@ -138,37 +140,39 @@ def build(ctx: AppContext) -> None:
                 limit = int(zs_limit or 0) or None
                 config.update(tasks=list(task_names), tasks_limit=limit)
                 work = lambda job: ws.evaluate(fn, target, mode, windows, bool(dense), job, task_names, limit)
-            rec = history.save(kind, config, name=name or "", tags=parse_tags(tags), environment=ws.environment())
-            job = ws.start(kind, work, ticket)
+            run = ctx.recorder.start(kind, config, name=name or "", tags=parse_tags(tags),
+                                     environment=ws.environment())
         except DSAError as e:
             ws.queue.leave(ticket)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
-        link = permalink_for(request, rec.id)
-        running = figures.empty_figure(f"{kind.capitalize()} {rec.id[:8]} is running…")
-        yield (job.status(), saved_markdown(rec.id, link), [], running, running, running, rec.id,
+        try:
+            job = ws.start(kind, work, ticket)
+        except DSAError as e:
+            run.fail(e)
+            yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
+            return
+        link = permalink_for(request, run.id)
+        running = figures.empty_figure(f"{kind.capitalize()} {run.id[:8]} is running…")
+        yield (job.status(), saved_markdown(run, link), [], running, running, running, run.id,
                gr.Column(visible=False), gr.skip(), gr.skip())  # nothing of an earlier run stays up
 
         def finish(result: dict) -> tuple:
             protocol = result.pop("protocol", None) or {}
-            history.update(rec.id, status="done", results=result, protocol=protocol)
-            charts = experiments.charts(history.get(rec.id))
+            run.done(result, protocol=protocol)
+            charts = experiments.charts(run.record)
             rows = result_rows(kind, result)
             empty = figures.empty_figure("Run a sweep to see this chart." if kind == "evaluation" else
                                          "Evaluate at one target to see this chart.")
-            return (f"✓ {kind.capitalize()} done in {job.elapsed():.1f} s.", saved_markdown(rec.id, link), rows,
+            return (f"✓ {kind.capitalize()} done in {job.elapsed():.1f} s.", saved_markdown(run, link), rows,
                     charts.get("profiles", gr.skip()), charts.get("perplexity", gr.skip()),
-                    charts.get("sweep", empty), rec.id, *zeroshot_outputs(result))
+                    charts.get("sweep", empty), run.id, *zeroshot_outputs(result))
 
         def fail(e: BaseException) -> tuple:
-            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed",
-                           results={"error": str(e)})
-            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * 4, rec.id, *(gr.skip(),) * 3
+            run.fail(e)
+            return error_text(e), saved_markdown(run, link), *(gr.skip(),) * 4, run.id, *(gr.skip(),) * 3
 
-        def abandoned() -> None:
-            history.update(rec.id, status="cancelled", results={"error": "The page that started it was closed."})
-
-        yield from stream_job(job, len(outputs), finish, fail, abandoned=abandoned)
+        yield from stream_job(job, len(outputs), finish, fail, abandoned=lambda: run.fail(GeneratorExit()))
 
     # Explicit parameters: Gradio places the request by its position in the signature.
     def evaluate_fn(pre1, pre2, reduction, transform1, transform2, mapping, param, target, mode, windows, dense,

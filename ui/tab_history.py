@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from dsa_core.search_record import study_reader
 from storage import KINDS, AlreadyImported, ExperimentRecord, StorageError, export_to_file, import_file
 from storage.records import ID_PATTERN
 from ui import escape, experiments
@@ -23,6 +24,13 @@ LIST_LIMIT = 200
 
 def build(ctx: AppContext) -> None:
     history = ctx.history
+    studies: list = []  # the history database's Optuna studies, opened once they exist (searches live in them)
+
+    def study_storage():
+        if not studies and (storage := study_reader(history.db.study_url)) is not None:
+            studies.append(storage)
+        return studies[0] if studies else None
+
     with gr.Row():
         kind = gr.Dropdown([ALL, *KINDS], value=ALL, label="Kind", elem_id="history-kind")
         text = gr.Textbox(label="Name or model contains", elem_id="history-text")
@@ -91,6 +99,7 @@ def build(ctx: AppContext) -> None:
             return gr.skip(), gr.skip()
 
     def show(records: list[ExperimentRecord], message: str, request: gr.Request | None) -> tuple:
+        records = experiments.refreshed(records, study_storage())  # a running search's candidates, workers' too
         charts = experiments.compare(records)
         figs = [gr.update(value=charts[s], visible=True) if s in charts else gr.update(visible=False)
                 for s in experiments.CHARTS]

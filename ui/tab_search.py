@@ -2,7 +2,8 @@
 per-layer allocations, or both in turn), with a live chart of the candidates by the fidelity stage they reached and
 of the best and population fitness per generation, and of the best profile so far; a hybrid search ends with a
 chart of how far its refinement moved each unit. Stop keeps what was found; the best function loads into the
-builder in one click. The search is saved in the history as it goes.
+builder in one click. The search is recorded in the history as it goes, and its Optuna study lives in the history's
+database: workers can join it, and it can be resumed (after a restart too) from its experiment id.
 
 The controls of the search's declared settings (SearchConfig fields with help in their metadata, as the command
 line's options) are generated from those declarations: labels, choices, help and defaults are written once, there.
@@ -11,15 +12,17 @@ line's options) are generated from those declarations: labels, choices, help and
 from __future__ import annotations
 
 import re
-from dataclasses import Field, fields
+import uuid
+from dataclasses import Field, fields, replace
 
 import gradio as gr
 
-from dsa_core.errors import DSAError
-from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
-from ui import experiments, figures
+from dsa_core.errors import ConfigError, DSAError
+from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
+from dsa_core.search_record import search_protocol, search_results
+from ui import escape, experiments, figures
 from ui.formula import controls_from_text
-from ui.jobs import Cancelled, Job
+from ui.jobs import Job
 from ui.layout import (
     AppContext,
     cancel_handler,
@@ -94,6 +97,9 @@ def loadable_function(result: SearchResult) -> str:
 
 def build(ctx: AppContext) -> None:
     ws, history = ctx.workspace, ctx.history
+    # The studies live in the history's database, so that a search resumes after a restart and workers can join it
+    # (`python -m dsa_core worker --study NAME --storage URL`); in memory when the history is.
+    study_storage = history.db.study_url
     target = target_slider(ctx, "search-target")  # a row of its own: beside six settings it had no room to slide
     with gr.Row():
         sampler = gr.Radio(list(SAMPLERS), value="ga", label="Sampler", elem_id="sampler",
@@ -117,6 +123,10 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         name = gr.Textbox(label="Name", placeholder="optional", elem_id="search-name")
         tags = gr.Textbox(label="Tags", placeholder="comma-separated", elem_id="search-tags")
+        resume = gr.Textbox("", label="Resume the search", placeholder="an experiment id from the History",
+                            elem_id="search-resume",
+                            info="an earlier search (after a restart too) continues in its study up to the budget "
+                                 "above, counted over the whole search; the loaded model must be the one it searched")
     with gr.Row():
         start = gr.Button("Start search", variant="primary", elem_id="search-start")
         stop = gr.Button("Stop (keep what was found)", variant="stop", elem_id="search-stop")
@@ -137,7 +147,7 @@ def build(ctx: AppContext) -> None:
         events = list(job.events)
         if not events:
             return figures.empty_figure("Waiting for the first candidate…"), gr.skip(), gr.skip(), gr.skip()
-        results = experiments.search_results(events, model=ws.description)
+        results = search_results(events, model=ws.description)
         last = events[-1]
         first = "" if last.phase == "function" else next(
             (e.best_text for e in reversed(events) if e.phase == "function"), "")
@@ -150,46 +160,78 @@ def build(ctx: AppContext) -> None:
         return (experiments.search_figure(results, protocol, cfg.fitness),
                 figures.profile_figure(profiles, cfg.sparsity), text, loadable)
 
+    def configure(sampler, population, budget, seconds, windows, seed, target, name, tags, resume, values):
+        """The search to run and its recorded run: a new one from the form, or (`resume`: an experiment id) an earlier
+        search taken up in its study with the form's budget, counted over the whole search."""
+        budgets = {"budget_candidates": int(budget) or None, "budget_seconds": float(seconds) or None}
+        wanted = (resume or "").strip().lower()
+        if wanted:
+            earlier = history.get(wanted)
+            if earlier.kind != "search" or not earlier.config.get("study") or study_storage is None:
+                raise ConfigError(f"Experiment {wanted} is not a search whose study this history keeps; only those "
+                                  "resume.")
+            cfg = ws.search_config(replace(SearchConfig.from_dict(earlier.config), **budgets))
+            try:
+                create_study(cfg, study_storage)  # refuses another set-up before the record is touched
+            except ConfigError as e:
+                raise ConfigError(f"{e} Load the model and data it searched first (Model & data tab).") from None
+            return cfg, ctx.recorder.resume(earlier.id, config=cfg.to_dict())
+        settings = {f.name: declared_value(f, v) for f, v in zip(DECLARED, values)}
+        cfg = ws.search_config(SearchConfig(
+            sparsity=target, seed=int(seed), sampler=sampler, population=int(population),
+            fitness_windows=int(windows), study=f"dsa-{uuid.uuid4().hex[:8]}", **budgets, **settings))
+        return cfg, ctx.recorder.start("search", cfg.to_dict(), name=name or "", tags=parse_tags(tags),
+                                       environment=ws.environment(), protocol=search_protocol(cfg))
+
     def search(request: gr.Request, sampler, population, budget, seconds, windows, seed, target, name, tags,
                *values):
+        *values, resume = values
         ticket = yield from wait_for_device(ctx, "search", len(outputs), request)
         if ticket is None:
             return
         try:
-            settings = {f.name: declared_value(f, v) for f, v in zip(DECLARED, values)}
-            cfg = ws.search_config(SearchConfig(
-                sparsity=target, seed=int(seed), sampler=sampler, population=int(population),
-                budget_candidates=int(budget) or None, budget_seconds=float(seconds) or None,
-                fitness_windows=int(windows), **settings))
-            protocol = experiments.search_protocol(cfg)
-            rec = history.save("search", cfg.to_dict(), name=name or "", tags=parse_tags(tags),
-                               environment=ws.environment(), protocol=protocol)
-            job = ws.start("search", lambda job: ws.search(cfg, job), ticket)
+            cfg, run = configure(sampler, population, budget, seconds, windows, seed, target, name, tags, resume,
+                                 values)
         except (DSAError, TypeError, ValueError) as e:
             ws.queue.leave(ticket)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
-        link = permalink_for(request, rec.id)
-        yield (job.status(), saved_markdown(rec.id, link), figures.empty_figure("Waiting for the first candidate…"),
-               figures.empty_figure(f"Search {rec.id[:8]} is running…"), "", gr.update(visible=False), "")
+        try:
+            job = ws.start("search", lambda job: ws.search(cfg, job, study_storage), ticket)
+        except DSAError as e:
+            run.fail(e)
+            yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
+            return
+        protocol = search_protocol(cfg)
+        link = permalink_for(request, run.id)
+        command = f"python -m dsa_core worker --study {cfg.study} --storage {history.db.url}"
+        joined = f" · workers join it with {escape.code(command)}" if study_storage is not None else ""
+
+        def saved() -> str:
+            return saved_markdown(run, link) + joined
+
+        yield (job.status(), saved(), figures.empty_figure("Waiting for the first candidate…"),
+               figures.empty_figure(f"Search {run.id[:8]} is running…"), "", gr.update(visible=False), "")
         saved_generation = -1
+        # The record links its study when the study lives in the history's database: History reads it live.
+        link_study = {"study": cfg.study} if study_storage is not None else {}
 
         def results(result: SearchResult | None = None) -> dict:
-            return experiments.search_results(list(job.events), result, ws.description)
+            return {**search_results(list(job.events), result, ws.description), **link_study}
 
         def live(job: Job) -> tuple:
             nonlocal saved_generation
             events = list(job.events)
             if events and events[-1].generation != saved_generation:  # one short UPDATE per generation
                 saved_generation = events[-1].generation
-                history.update(rec.id, results=results())
+                run.progress(results())
             progress_fig, profile_fig, text, loadable = charts(job, cfg, protocol)
-            return saved_markdown(rec.id, link), progress_fig, profile_fig, text, gr.update(visible=False), loadable
+            return saved(), progress_fig, profile_fig, text, gr.update(visible=False), loadable
 
         def finish(result: SearchResult) -> tuple:
             # A stopped search is done: what it found is its result (results["stopped"] says it was stopped).
             final = results(result)
-            history.update(rec.id, status="done", results=final)
+            run.done(final)
             loadable = loadable_function(result)
             start = result.phases[1].get("start", "") if len(result.phases) > 1 else ""
             text = experiments.candidate_summary(result.best.text, result.best.ratios, ws.stats.layer_shapes,
@@ -198,16 +240,15 @@ def build(ctx: AppContext) -> None:
             moved_update = gr.update(visible=False) if refinement is None else gr.update(value=refinement,
                                                                                          visible=True)
             progress_fig, profile_fig, *_ = charts(job, cfg, protocol)
-            return (finished_text(result, cfg.fitness), saved_markdown(rec.id, link), progress_fig, profile_fig,
+            return (finished_text(result, cfg.fitness), saved(), progress_fig, profile_fig,
                     text, moved_update, loadable)
 
         def fail(e: BaseException) -> tuple:
-            failed = {**results(), "error": str(e)}
-            history.update(rec.id, status="cancelled" if isinstance(e, Cancelled) else "failed", results=failed)
-            return error_text(e), saved_markdown(rec.id, link), *(gr.skip(),) * (len(outputs) - 2)
+            run.fail(e, results())
+            return error_text(e), saved(), *(gr.skip(),) * (len(outputs) - 2)
 
         def abandoned() -> None:  # the page was closed: the search was stopped, and what it found is kept
-            history.update(rec.id, status="done", results={**results(), "stopped": True})
+            run.done({**results(), "stopped": True})
 
         yield from stream_job(job, len(outputs), finish, fail, live, abandoned)
 
@@ -226,7 +267,7 @@ def build(ctx: AppContext) -> None:
 
     builder = [ctx[c] for c in ("pre1", "pre2", "reduction", "transform1", "transform2", "mapping", "param")]
     inputs = [sampler, population, budget, seconds, windows, seed, target, name, tags,
-              *(declared[f.name] for f in DECLARED)]
+              *(declared[f.name] for f in DECLARED), resume]
     start.click(search, inputs, outputs, api_name="search", show_progress="hidden", **ctx.device_queue)
     stop.click(cancel_handler(ws), None, status, api_name="stop", concurrency_limit=None, concurrency_id="control")
     to_builder.click(load_best, [best, function], [*builder, ctx["tabs"], status], api_name="load_best")

@@ -23,6 +23,7 @@ from dsa_core.models import DEFAULT_MODEL, pick_device
 from dsa_core.pipeline import environment, open_session, run_evaluation
 from dsa_core.scores import parse_pattern
 from dsa_core.search import SearchConfig, SearchResult, create_study, run_search, search_fitness
+from dsa_core.search_record import study_events
 from dsa_core.session import PruningSession
 from dsa_core.stats import BlockStats
 from ui.jobs import Busy, DeviceQueue, Job, Ticket, duration
@@ -273,10 +274,12 @@ class Workspace:
         self.check_sources(out)
         return out
 
-    def search(self, cfg: SearchConfig, job: Job) -> SearchResult:
-        """Run a search in memory; each evaluated candidate is published to the job, and cancelling the job
-        stops the search with what it found. The fitness is prepared first (its text tokenised, and for KL the
-        dense model's logits computed), so that the status says so rather than sitting on the first candidate."""
+    def search(self, cfg: SearchConfig, job: Job, storage: str | None = None) -> SearchResult:
+        """Run a search in its study at `storage` (a database URL, where workers can join it and a restarted app
+        resume it; None: in memory); each evaluated candidate is published to the job, after those the study already
+        holds when it is resumed, and cancelling the job stops the search with what it found. The fitness is prepared
+        first (its text tokenised, and for KL the dense model's logits computed), so that the status says so rather
+        than sitting on the first candidate."""
         from ui.figures import FITNESS_LABELS  # the name the charts give the fitness
 
         session, _, _ = self.require()
@@ -288,7 +291,9 @@ class Workspace:
             job.stage = f"the dense model's logits on {windows[-1]} calibration windows for the KL fitness"
         fitness = search_fitness(session, cfg)
         job.stage = f"{cfg.space} search" + (f" ({cfg.sampler})" if cfg.space != "allocation" else "")
-        study = create_study(cfg, storage=None)
+        study = create_study(cfg, storage)
+        for event in study_events(study):  # a resumed search: what it found before
+            job.publish(event)
         name = FITNESS_LABELS[cfg.fitness]
 
         def on_event(event) -> None:
