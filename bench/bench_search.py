@@ -143,7 +143,8 @@ def cmd_run(args) -> None:
     """One search; its top-k re-evaluated faithfully; both fitnesses of each, for the correlation over tables."""
     session = open_job(args)
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
-                        budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens)
+                        budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
+                        hybrid_split=args.hybrid_split)
     fit = S.search_fitness(session, cfg)
     curve: list[tuple[float, float]] = []
 
@@ -163,7 +164,10 @@ def cmd_run(args) -> None:
         r.update(fitness={cfg.fitness: c.fitness}, search_fitness=c.fitness, rerank=c.rerank)
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
     measure_other(session, args, cfg.fitness, cfg.stage_windows()[-1], rows)
-    write(job_path(args, args.space + ("_proj" if args.granularity == "projection" else ""), f"_s{args.seed}"), {
+    kind = args.space + ("_proj" if args.granularity == "projection" else "")
+    if args.space == "hybrid" and args.hybrid_split != 0.5:
+        kind += f"_split{round(100 * args.hybrid_split)}"
+    write(job_path(args, kind, f"_s{args.seed}"), {
         "args": vars(args), "config": cfg.to_dict(), "rows": rows, "evaluated": result.evaluated,
         "search_seconds": search_s, "throughput": result.throughput, "phases": result.phases,
         "start_ratios": result.start_ratios, "curve": curve, "timings": session.timings,
@@ -221,6 +225,7 @@ def cmd_report(args) -> None:
         for r in sorted(mine, key=lambda r: (r["args"]["space"], r["args"]["seed"])):
             first = r["rows"][0]
             grain = "/proj" if r["args"]["granularity"] == "projection" else ""
+            grain += f"/split {r['args']['hybrid_split']:g}" if r["args"].get("hybrid_split", 0.5) != 0.5 else ""
             label = f"{r['args']['space']}{grain} s{r['args']['seed']} #1"
             print(f"{label:<26}{first['ppl']:>10.2f}{100 * (first['ppl'] / best - 1):>12.1f}%"
                   f"{first['search_fitness']:>11.4g}  {r['evaluated']:>10}  {r['search_seconds']:.0f} s")
@@ -240,7 +245,7 @@ def cmd_report(args) -> None:
     seeds: dict[tuple, dict[str, dict[int, float]]] = {}
     for r in runs:
         a = r["args"]
-        if a["granularity"] == "block":
+        if a["granularity"] == "block" and a.get("hybrid_split", 0.5) == 0.5:
             seeds.setdefault(_setting(a), {}).setdefault(a["space"], {})[a["seed"]] = r["rows"][0]["ppl"]
     for (model, metric, target, *_), spaces in seeds.items():
         if {"hybrid", "function", "allocation"} <= set(spaces) and len(spaces["hybrid"]) > 1:
@@ -278,6 +283,7 @@ def main() -> None:
     run.add_argument("--granularity", default="block", choices=S.GRANULARITIES)
     run.add_argument("--seconds", type=float, default=120.0)
     run.add_argument("--rerank-tokens", type=int, default=0)
+    run.add_argument("--hybrid-split", type=float, default=0.5, help="hybrid: share of the time spent on functions")
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
     sub.add_parser("report").add_argument("folder")
