@@ -1,5 +1,5 @@
-"""`python -m dsa_core ...`: see dsa_core.cli."""
+"""`python -m dsa_core ...`: see cli.main."""
 
-from dsa_core.cli import main
+from cli.main import main
 
 raise SystemExit(main())

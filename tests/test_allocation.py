@@ -263,7 +263,7 @@ def test_every_baseline_declares_existing_statistics_and_a_bad_declaration_is_re
 def test_a_registered_baseline_is_allocated_described_and_offered(monkeypatch, capsys):
     """Adding a baseline is one entry: allocate, its parameters, describe, the error's choices, what a session must
     compute for it and the CLI's help all read the registry."""
-    from dsa_core.cli import build_parser
+    from cli.main import build_parser
 
     monkeypatch.setitem(A.BASELINES, TOY.name, TOY)
     stats = make_stats(12)

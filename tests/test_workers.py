@@ -8,9 +8,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from cli.main import main
 from dsa_core import search as S
 from dsa_core import workers as W
-from dsa_core.cli import main
 from dsa_core.errors import ConfigError
 from storage import StorageError
 

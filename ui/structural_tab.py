@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from cli.structural import default_name
 from dsa_core.errors import DSAError
 from dsa_core.structural.runner import StructuralRun, run_structural, stored_results
 from dsa_core.structural.training import StructuralConfig
-from dsa_core.structural_cli import default_name
 from ui import figures, structural_figures
 from ui.jobs import Cancelled, Job
 from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, wait_for_device

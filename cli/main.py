@@ -1,5 +1,5 @@
-"""Command line: `python -m dsa_core evaluate ...` (and the search and export commands of dsa_core.search_cli
-and dsa_core.export_cli).
+"""Command line: `python -m dsa_core evaluate ...` (and the search and export commands of cli.search
+and cli.export).
 
 Parses options into the same config objects the web app uses, runs them, prints a table or one JSON
 object. Errors the engine raises on purpose print as one sentence with exit code 2.
@@ -15,15 +15,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cli.export import add_export_parser, export_command
+from cli.search import add_search_parsers, search_command, worker_command
+from cli.structural import add_structural_parser, structural_command
 from dsa_core.allocation import BASELINES
 from dsa_core.config import MODES, EvalConfig
 from dsa_core.errors import DSAError
-from dsa_core.export_cli import add_export_parser, export_command
 from dsa_core.metrics import METRICS
 from dsa_core.models import DTYPES
 from dsa_core.scores import PATTERNS
-from dsa_core.search_cli import add_search_parsers, search_command, worker_command
-from dsa_core.structural_cli import add_structural_parser, structural_command
 
 
 def _tqdm_progress():

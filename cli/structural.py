@@ -144,7 +144,7 @@ def print_table(result: dict) -> None:
 
 
 def structural_command(args: argparse.Namespace) -> int:
-    from dsa_core.cli import _tqdm_progress
+    from cli.main import _tqdm_progress
     from dsa_core.structural.runner import run_structural
 
     cfg = config_from_args(args)
