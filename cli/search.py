@@ -118,6 +118,7 @@ def search_command(args: argparse.Namespace) -> int:
     from dsa_core.pipeline import oom_as_error
     from dsa_core.search import create_study, run_search, search_fitness, summarize
     from dsa_core.zeroshot.tasks import check_sources
+    from storage.db import open_study_storage
 
     declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
     cfg = SearchConfig(
@@ -136,7 +137,7 @@ def search_command(args: argparse.Namespace) -> int:
     if tasks:
         check_sources(tasks, None, cfg.data_source)  # missing files refused before the model loads
     storage = args.storage or default_storage()
-    study = create_study(cfg, storage)
+    study = create_study(cfg, open_study_storage(storage))
     fitness = None
     if args.workers:  # each worker loads its own model; this process loads one only for the final table
         from dsa_core.workers import run_workers
@@ -199,8 +200,9 @@ def search_command(args: argparse.Namespace) -> int:
 
 def worker_command(args: argparse.Namespace) -> int:
     from dsa_core.search import load_study, run_search
+    from storage.db import open_study_storage
 
-    study, cfg = load_study(args.study, args.storage)
+    study, cfg = load_study(args.study, open_study_storage(args.storage))
     if args.gpus:  # this process only starts the workers; each loads its own model
         from dsa_core.workers import run_workers
 

@@ -13,6 +13,7 @@ from dsa_core import search as S
 from dsa_core import workers as W
 from dsa_core.errors import ConfigError
 from storage import StorageError
+from storage.db import open_study_storage
 
 
 @pytest.mark.parametrize("visible,spec,expected", [
@@ -42,7 +43,7 @@ def test_a_storage_that_is_not_a_database_is_one_sentence(tmp_path, url, file, m
     if file:
         path.write_text(file)
     with pytest.raises(StorageError, match=message):
-        W.open_storage(url.format(path=path))
+        open_study_storage(url.format(path=path))
     assert [p.read_text() for p in tmp_path.iterdir()] == ([file] if file else [])
 
 
