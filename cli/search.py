@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import fields
 
+from cli.options import add_model_options
 from dsa_core.errors import ConfigError
 from dsa_core.search import SAMPLERS, SearchConfig
 
@@ -41,7 +42,7 @@ def add_declared_options(parser: argparse.ArgumentParser, config: type) -> list[
     return names
 
 
-def add_search_parsers(sub, add_model_options) -> None:
+def add_search_parsers(sub) -> None:
     s = sub.add_parser("search", help="search for a sparsity allocation: functions, direct allocations, or both")
     add_model_options(s)
     add_declared_options(s, SearchConfig)

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from cli.progress import tqdm_progress
 from dsa_core.errors import ConfigError
 from dsa_core.structural.estimate import RunEstimate
 from dsa_core.structural.training import CPU_DEFAULTS, EXTRA_BASELINES, StructuralConfig
@@ -90,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> StructuralConfig:
 
 def save_to_history(result: dict, name: str = "") -> str:
     """Store a finished run as a "structural" experiment; returns its id."""
-    from dsa_core.structural.runner import stored_results
+    from dsa_core.structural.runner import default_name, stored_results
     from storage import History, open_database
 
     record = History(open_database()).save(
@@ -98,10 +99,6 @@ def save_to_history(result: dict, name: str = "") -> str:
         protocol=result["protocol"], results=stored_results(result), environment=result["environment"],
     )
     return record.id
-
-
-def default_name(cfg: dict) -> str:
-    return f"DISP-LLM {cfg['target_ratio']:.0%} of {cfg['model'] or 'smollm2'}, {cfg['steps']} steps"
 
 
 def print_table(result: dict) -> None:
@@ -144,7 +141,6 @@ def print_table(result: dict) -> None:
 
 
 def structural_command(args: argparse.Namespace) -> int:
-    from cli.main import _tqdm_progress
     from dsa_core.structural.runner import run_structural
 
     cfg = config_from_args(args)
@@ -155,7 +151,7 @@ def structural_command(args: argparse.Namespace) -> int:
             print(f"estimated: {e.describe()}", file=sys.stderr)
         told.append(e)
 
-    run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save,
+    run = run_structural(cfg, progress=None if args.json else tqdm_progress(), save_dir=args.save,
                          on_estimate=estimate)
     result = run.result
     if args.history:

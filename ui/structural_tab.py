@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from cli.structural import default_name
 from dsa_core.errors import DSAError
-from dsa_core.structural.runner import StructuralRun, run_structural, stored_results
+from dsa_core.structural.runner import StructuralRun, default_name, run_structural, stored_results
 from dsa_core.structural.training import StructuralConfig
 from ui import figures, structural_figures
 from ui.jobs import Cancelled, Job
