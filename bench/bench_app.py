@@ -49,7 +49,7 @@ def time_http(ws: Workspace, fns: list[F.AllocationFunction], target: float) -> 
     from gradio_client import Client
 
     from storage import History, open_database
-    from ui.layout import build_app
+    from ui.app import build_app
 
     with tempfile.TemporaryDirectory() as folder, socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ from dsa_core import functions as F
 from dsa_core import operations as ops
 from dsa_core.errors import DSAError
 from ui import figures
+from ui.context import AppContext, error_text, target_slider, warnings_text
 from ui.formula import (
     CONTROLS,
     PARAM_MAX,
@@ -22,7 +23,6 @@ from ui.formula import (
     mapping_choices,
     preset_of,
 )
-from ui.layout import AppContext, error_text, target_slider, warnings_text
 
 PRESET_CHOICES = [("DSA preset (LLaMA-1-7B, Wanda, 70%)", "dsa"), ("OWL written as a function", "owl_fn"),
                   ("uniform written as a function", "uniform_fn")]

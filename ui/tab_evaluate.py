@@ -14,9 +14,7 @@ from dsa_core.errors import ConfigError, DSAError
 from dsa_core.zeroshot.tasks import availability, parse_tasks
 from storage import StorageError
 from ui import escape, experiments, figures
-from ui.formula import CONTROLS, function_from_controls
-from ui.jobs import Cancelled
-from ui.layout import (
+from ui.context import (
     AppContext,
     cancel_handler,
     error_text,
@@ -25,6 +23,8 @@ from ui.layout import (
     target_slider,
     wait_for_device,
 )
+from ui.formula import CONTROLS, function_from_controls
+from ui.jobs import Cancelled
 from ui.zeroshot_figures import task_sets, zeroshot_bars, zeroshot_sections, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]

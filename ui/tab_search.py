@@ -18,9 +18,7 @@ import gradio as gr
 from dsa_core.errors import DSAError
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult
 from ui import experiments, figures
-from ui.formula import controls_from_text
-from ui.jobs import Cancelled, Job
-from ui.layout import (
+from ui.context import (
     AppContext,
     cancel_handler,
     error_text,
@@ -29,6 +27,8 @@ from ui.layout import (
     target_slider,
     wait_for_device,
 )
+from ui.formula import controls_from_text
+from ui.jobs import Cancelled, Job
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 
