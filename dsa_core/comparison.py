@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.allocation import allocate, required_stats
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, stage_windows
@@ -58,7 +58,7 @@ def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | No
     when given, else its default) and the DSA preset, as (label, spec)."""
     atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}" if fitness is not None else "atp"
     return [("uniform", "uniform"), ("owl", "owl"), ("alpha", "alpha"), ("atp", atp),
-            ("dsa preset", F.to_text(F.DSA_PRESET))]
+            ("dsa preset", functions.to_text(functions.DSA_PRESET))]
 
 
 def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[Candidate | str],

@@ -8,7 +8,7 @@ import re
 
 import gradio as gr
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.config import MODES
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.zeroshot.tasks import availability, parse_tasks
@@ -129,7 +129,7 @@ def build(ctx: AppContext) -> None:
         if ticket is None:
             return
         try:
-            cfg = ws.eval_config(F.to_text(fn), target, mode, windows)
+            cfg = ws.eval_config(functions.to_text(fn), target, mode, windows)
             config = {**cfg.to_dict(), "dense": bool(dense), "compare": ["uniform", "owl", "dsa"]}
             if kind == "sweep":
                 config["targets"] = points

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.allocation import Allocation, allocate, check_target
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
@@ -178,7 +178,7 @@ class Workspace:
 
     # --- the builder ------------------------------------------------------------------------------------------
 
-    def profiles(self, fn: F.AllocationFunction, target: float) -> Profiles:
+    def profiles(self, fn: functions.AllocationFunction, target: float) -> Profiles:
         """The function's profile and the references' at `target`, from the cached statistics (milliseconds)."""
         _, cfg, stats = self.require()
         own = allocate(stats, fn, check_target(target))
@@ -210,12 +210,12 @@ class Workspace:
         self.check_sources(out)
         return out
 
-    def evaluate(self, fn: F.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
+    def evaluate(self, fn: functions.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
                  job: Job, tasks: tuple[str, ...] = (), tasks_limit: int | None = None) -> dict:
         """Perplexity (and zero-shot accuracy on `tasks`) of the function and of each reference at one target,
         all on this session's scores."""
         session, _, _ = self.require()
-        specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
+        specs = {OWN_LABEL: functions.to_text(fn), **REFERENCES}
         rows, results = [], {}
         try:
             for i, (label, spec) in enumerate(specs.items()):
@@ -236,13 +236,13 @@ class Workspace:
             del results["dense_ppl"]
         return {"target": target, "mode": mode, "rows": rows, **results, "timings": dict(session.timings)}
 
-    def sweep(self, fn: F.AllocationFunction, targets: list[float], mode: str, windows: int | None,
+    def sweep(self, fn: functions.AllocationFunction, targets: list[float], mode: str, windows: int | None,
               job: Job) -> dict:
         """Perplexity against sparsity: the function and the references at each target."""
         session, _, _ = self.require()
         if not targets:
             raise ConfigError("Give at least one target sparsity for the sweep, e.g. 0.3, 0.5, 0.7.")
-        specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
+        specs = {OWN_LABEL: functions.to_text(fn), **REFERENCES}
         series = {label: {"label": label, "allocation": spec, "points": []} for label, spec in specs.items()}
         steps, protocol = len(targets) * len(specs), None
         try:
