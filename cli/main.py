@@ -110,6 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     except DSAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: search_cli): one line, the shell's code
+    except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: cli.search): one line, the shell's code
         print("interrupted", file=sys.stderr)
         return 130
