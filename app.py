@@ -79,7 +79,7 @@ def create_app(db: str | None = None, device: str | None = None, limits: Limits 
     """The Gradio Blocks of the app over the given history database, not yet launched; `limits` for an app that
     other machines reach."""
     from storage import History, open_database
-    from ui.layout import build_app
+    from ui.app import build_app
     from ui.workspace import Workspace
 
     return build_app(Workspace(device, limits), History(open_database(db)))
@@ -96,7 +96,7 @@ def limits_of(args: argparse.Namespace) -> Limits | None:
 def launch_options(args: argparse.Namespace) -> dict:
     import gradio as gr
 
-    from ui.layout import CSS
+    from ui.app import CSS
 
     return {"server_name": args.host, "server_port": args.port, "share": args.share,
             "auth": LoginGuard(*args.auth) if args.auth else None,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa_core import functions as F  # noqa: E402
+from dsa_core import functions  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.errors import DSAError  # noqa: E402
 from ui import figures  # noqa: E402
@@ -32,10 +32,11 @@ from ui.jobs import Job  # noqa: E402
 from ui.workspace import Workspace  # noqa: E402
 
 
-def random_functions(n: int, seed: int) -> list[F.AllocationFunction]:
+def random_functions(n: int, seed: int) -> list[functions.AllocationFunction]:
     rng = random.Random(seed)
-    slots = F.slot_choices()
-    return [F.function_from_slots({k: rng.choice(v) for k, v in slots.items()}, lam=round(rng.uniform(0.02, 0.3), 2))
+    slots = functions.slot_choices()
+    return [functions.function_from_slots({k: rng.choice(v) for k, v in slots.items()},
+                                          lam=round(rng.uniform(0.02, 0.3), 2))
             for _ in range(n)]
 
 
@@ -45,11 +46,11 @@ def summary(ms: list[float]) -> str:
     return f"{statistics.median(ms):9.1f} {p90:9.1f} {max(ms):9.1f}"
 
 
-def time_http(ws: Workspace, fns: list[F.AllocationFunction], target: float) -> list[float]:
+def time_http(ws: Workspace, fns: list[functions.AllocationFunction], target: float) -> list[float]:
     from gradio_client import Client
 
     from storage import History, open_database
-    from ui.layout import build_app
+    from ui.app import build_app
 
     with tempfile.TemporaryDirectory() as folder, socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,8 +27,10 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa_core import comparison as C  # noqa: E402
-from dsa_core import search as S  # noqa: E402
+from dsa_core import (
+    comparison,  # noqa: E402
+    search,  # noqa: E402
+)
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.fitness import Fitness  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
@@ -36,19 +38,19 @@ from dsa_core.pipeline import open_session  # noqa: E402
 
 def search_once(session, base: dict, target: float, sampler: str, seed: int, seconds: float | None,
                 candidates: int | None, owl_proxy: float):
-    cfg = S.SearchConfig(**base, sparsity=target, sampler=sampler, seed=seed, budget_seconds=seconds,
-                         budget_candidates=candidates).validate()
+    cfg = search.SearchConfig(**base, sparsity=target, sampler=sampler, seed=seed, budget_seconds=seconds,
+                              budget_candidates=candidates).validate()
     beat_owl: list[float] = []
     evaluated_at: list[float] = []  # seconds into the search at which each new candidate's fitness came
 
-    def on_event(e: S.SearchEvent) -> None:
+    def on_event(e: search.SearchEvent) -> None:
         if not e.cached:
             evaluated_at.append(e.elapsed)
         if not beat_owl and e.best_fitness < owl_proxy:
             beat_owl.append(e.elapsed)
 
     start = time.perf_counter()
-    result = S.run_search(session, cfg, S.create_study(cfg), on_event=on_event)
+    result = search.run_search(session, cfg, search.create_study(cfg), on_event=on_event)
     seconds = time.perf_counter() - start
     # Candidates/s in each quarter of the search: breeding is slowest early, while (pre-process, reduction) pairs
     # are new to the memo, so one overall rate hides where the time went.
@@ -57,7 +59,7 @@ def search_once(session, base: dict, target: float, sampler: str, seed: int, sec
     return cfg, result, seconds, (beat_owl[0] if beat_owl else math.nan), quarters
 
 
-def proxy_of(session, cfg: S.SearchConfig, spec: str) -> float:
+def proxy_of(session, cfg: search.SearchConfig, spec: str) -> float:
     """The search's fitness (fast proxy) of any allocation: a baseline name or a function's text form."""
     value = Fitness(session, cfg.metric, cfg.sparsity, "ppl", cfg.stage_windows())(spec)
     session.restore()
@@ -101,15 +103,15 @@ def main() -> None:
 
     targets = [float(t) for t in args.targets.split(",") if t]
     for target in targets if not args.no_search else []:
-        probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
+        probe = search.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
         owl_proxy = proxy_of(session, probe, "owl")
         cfg, result, seconds, beat, quarters = search_once(session, base, target, "ga", args.seed, args.seconds, None,
                                                            owl_proxy)
         print(f"\n{target:.0%}: {result.evaluated} candidates in {seconds:.1f} s ({result.evaluated / seconds:.2f}/s); "
               f"candidates/s by quarter of the search: {' / '.join(f'{q:.2f}' for q in quarters)}", flush=True)
         t = time.perf_counter()
-        refs = [("uniform", "uniform"), ("owl", "owl"), ("dsa preset", S.F.to_text(S.F.DSA_PRESET))]
-        table = C.faithful_table(session, cfg, [c.text for c in result.top], refs=refs)
+        refs = [("uniform", "uniform"), ("owl", "owl"), ("dsa preset", search.F.to_text(search.F.DSA_PRESET))]
+        table = comparison.faithful_table(session, cfg, [c.text for c in result.top], refs=refs)
         final_s = time.perf_counter() - t
         proxies = [proxy_of(session, probe, r["allocation"]) for r in table]
         best_baseline = min(r["ppl"] for r in table if not r["label"].startswith("searched"))
@@ -144,7 +146,7 @@ def parse_variants(spec: str) -> list[tuple[str, dict]]:
 
 def compare(session, base: dict, target: float, seeds: list[int], candidates: int, variants: str) -> None:
     """Best proxy after the same number of distinct candidates: each sampler variant against random search."""
-    probe = S.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
+    probe = search.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
     owl_proxy = proxy_of(session, probe, "owl")
     specs = parse_variants(variants) + [("random", {"sampler": "random"})]
     width = max(12, *(len(label) + 2 for label, _ in specs))

@@ -35,8 +35,10 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.setup_options import add_setup_options, setup_config  # noqa: E402
-from dsa_core import comparison as C  # noqa: E402
-from dsa_core import search as S  # noqa: E402
+from dsa_core import (
+    comparison,  # noqa: E402
+    search,  # noqa: E402
+)
 from dsa_core.allocation import allocate  # noqa: E402
 from dsa_core.errors import DSAError  # noqa: E402
 from dsa_core.fitness import LAST_STAGES, Fitness  # noqa: E402
@@ -65,11 +67,11 @@ def open_job(args):
     return session
 
 
-def search_config(args, **kw) -> S.SearchConfig:
-    return S.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
-                          seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
-                          fitness=args.fitness, fidelity=args.fidelity, last_stage=args.last_stage,
-                          final_eval_windows=args.eval_windows, top_k=args.top_k, **kw).validate()
+def search_config(args, **kw) -> search.SearchConfig:
+    return search.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
+                               seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
+                               fitness=args.fitness, fidelity=args.fidelity, last_stage=args.last_stage,
+                               final_eval_windows=args.eval_windows, top_k=args.top_k, **kw).validate()
 
 
 def measure_other(session, args, kind: str, windows: int, candidates: list[dict]) -> None:
@@ -96,9 +98,9 @@ def cmd_refs(args) -> None:
     cfg = search_config(args, budget_candidates=1)
     fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:], args.last_stage)
     started = time.perf_counter()
-    refs = C.references(session, cfg, fit)
+    refs = comparison.references(session, cfg, fit)
     atp_s = time.perf_counter() - started
-    rows = C.faithful_table(session, cfg, [], refs=refs)
+    rows = comparison.faithful_table(session, cfg, [], refs=refs)
     rng = np.random.RandomState(args.seed)
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
@@ -111,7 +113,7 @@ def cmd_refs(args) -> None:
             ratios, label = grid.ratios(levels), grid.key(levels)
         else:  # a random function
             params = {k: (d.choices[rng.randint(len(d.choices))] if hasattr(d, "choices") else
-                          float(rng.uniform(d.low, d.high))) for k, d in S.search_space(cfg).items()}
+                          float(rng.uniform(d.low, d.high))) for k, d in search.search_space(cfg).items()}
             try:
                 label = function_text(params)
                 ratios = allocate(stats, label, args.target).ratios
@@ -125,7 +127,8 @@ def cmd_refs(args) -> None:
     for r in rows:
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  ppl-fit {r['fitness']['ppl']:.4g}  kl {r['fitness']['kl']:.4g}  "
               f"{r['allocation']}", flush=True)
-    test = C.faithful_table(session, cfg, [S.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms], refs=[])
+    candidates = [search.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms]
+    test = comparison.faithful_table(session, cfg, candidates, refs=[])
     for r, t in zip(randoms, test):
         r["ppl"] = t["ppl"]
     corr = {}
@@ -145,21 +148,22 @@ def cmd_run(args) -> None:
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split)
-    fit = S.search_fitness(session, cfg)
+    fit = search.search_fitness(session, cfg)
     curve: list[tuple[float, float]] = []
 
-    def on_event(e: S.SearchEvent) -> None:
+    def on_event(e: search.SearchEvent) -> None:
         if not curve or e.best_fitness < curve[-1][1]:
             curve.append((e.elapsed, e.best_fitness))
 
     started = time.perf_counter()
-    result = C.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg), on_event=on_event, fitness=fit))
+    found = search.run_search(session, cfg, search.create_study(cfg), on_event=on_event, fitness=fit)
+    result = comparison.rerank(session, cfg, found)
     search_s = time.perf_counter() - started
     print(f"{cfg.space} {args.metric} {args.target:.0%} seed {args.seed}: {result.evaluated} candidates in "
           f"{search_s:.1f} s ({result.evaluated / search_s:.2f}/s); per stage "
           + ", ".join(f"{t['tokens']} tok: {t['per_second']:.1f}/s" for t in result.throughput), flush=True)
     del fit  # the search measured its candidates at the last stage already
-    rows = C.faithful_table(session, cfg, result.top, refs=[])
+    rows = comparison.faithful_table(session, cfg, result.top, refs=[])
     for r, c in zip(rows, result.top):
         r.update(fitness={cfg.fitness: c.fitness}, search_fitness=c.fitness, rerank=c.rerank)
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
@@ -184,7 +188,7 @@ def cmd_transfer(args) -> None:
         texts = [(f"{model_name(argparse.Namespace(model=f['args']['model']))} {f['args']['target']:.0%}",
                   _function_of(f)) for f in found]
         texts = [(label, text) for label, text in texts if text]
-        rows = C.faithful_table(session, cfg, [], refs=[("uniform", "uniform"), ("owl", "owl"), *texts])
+        rows = comparison.faithful_table(session, cfg, [], refs=[("uniform", "uniform"), ("owl", "owl"), *texts])
         for r in rows:
             print(f"{target:.0%} {r['label']:<22}{r['ppl']:>10.3f}  {r['allocation']}", flush=True)
         out.append({"target": target, "rows": rows})
@@ -279,8 +283,8 @@ def main() -> None:
         p.add_argument("--out", required=True)
         p.add_argument("--random", type=int, default=8, help="refs: random candidates for the correlation")
     run = sub.choices["run"]
-    run.add_argument("--space", default="hybrid", choices=tuple(S.SPACES))
-    run.add_argument("--granularity", default="block", choices=S.GRANULARITIES)
+    run.add_argument("--space", default="hybrid", choices=tuple(search.SPACES))
+    run.add_argument("--granularity", default="block", choices=search.GRANULARITIES)
     run.add_argument("--seconds", type=float, default=120.0)
     run.add_argument("--rerank-tokens", type=int, default=0)
     run.add_argument("--hybrid-split", type=float, default=0.5, help="hybrid: share of the time spent on functions")

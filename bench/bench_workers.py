@@ -23,13 +23,13 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa_core import search as S  # noqa: E402
+from dsa_core import search  # noqa: E402
 from dsa_core.workers import run_workers  # noqa: E402
 
 
-def one_run(cfg: S.SearchConfig, gpus: int, folder: Path) -> dict:
+def one_run(cfg: search.SearchConfig, gpus: int, folder: Path) -> dict:
     storage = f"sqlite:///{folder / f'workers{gpus}.db'}"
-    study = S.create_study(cfg, storage)
+    study = search.create_study(cfg, storage)
     started = time.perf_counter()
     reports = run_workers(study.study_name, storage, str(gpus))
     wall = time.perf_counter() - started
@@ -66,9 +66,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for gpus, budget in zip(counts, budgets):
-            cfg = S.SearchConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
-                                 sparsity=args.sparsity, sampler=args.sampler, budget_candidates=budget,
-                                 fitness_windows=args.fitness_windows, seed=0).validate()
+            cfg = search.SearchConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
+                                      sparsity=args.sparsity, sampler=args.sampler, budget_candidates=budget,
+                                      fitness_windows=args.fitness_windows, seed=0).validate()
             rows.append(one_run(cfg, gpus, Path(tmp)))
             print(f"  {gpus} GPU(s): {rows[-1]}", file=sys.stderr, flush=True)
     print(f"\nmodel {args.model or 'smollm2'}; proxy = {args.fitness_windows} WikiText-2 validation windows of "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa_core import functions as F  # noqa: E402
+from dsa_core import functions  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.pipeline import environment, oom_as_error, open_session  # noqa: E402
 from dsa_core.zeroshot.compare import compare_allocations, read_allocation  # noqa: E402
@@ -39,7 +39,7 @@ from dsa_core.zeroshot.harness import evaluate_tasks  # noqa: E402
 from dsa_core.zeroshot.report import mean_label, missing_tasks, paper_table  # noqa: E402
 
 REFERENCES = ("uniform", "owl", "alpha", "atp", "dsa preset")
-SPECS = {"uniform": "uniform", "owl": "owl", "alpha": "alpha", "dsa preset": F.to_text(F.DSA_PRESET)}
+SPECS = {"uniform": "uniform", "owl": "owl", "alpha": "alpha", "dsa preset": functions.to_text(functions.DSA_PRESET)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,18 +158,18 @@ def print_tables(results: dict[str, dict], target: float | None) -> None:
 
 
 def lm_eval_check(args, session, dense: dict) -> None:
-    from dsa_core.zeroshot import lm_eval_cli as C
+    from dsa_core.zeroshot import lm_eval_cli
     from dsa_core.zeroshot.tasks import resolve_sources
 
     session.restore()
     sources = resolve_sources(args.tasks, args.tasks_data, "local")
     start = time.perf_counter()
-    theirs = C.run(session.lm, sources, Path(args.lm_eval_cli), dense["protocol"]["batch_size"], args.limit,
-                   log=lambda line: print(f"# {line}", flush=True))
-    rows, ok = C.compare(dense, theirs)
+    theirs = lm_eval_cli.run(session.lm, sources, Path(args.lm_eval_cli), dense["protocol"]["batch_size"], args.limit,
+                             log=lambda line: print(f"# {line}", flush=True))
+    rows, ok = lm_eval_cli.compare(dense, theirs)
     print(f"\n## dense: ours (in process) against lm-eval's CLI ({time.perf_counter() - start:.0f} s)")
-    print(C.format_comparison(rows))
-    gap = C.max_loglikelihood_gap(dense, theirs)
+    print(lm_eval_cli.format_comparison(rows))
+    gap = lm_eval_cli.max_loglikelihood_gap(dense, theirs)
     print(f"# largest |log-likelihood difference| of one choice: {gap:.2e}" if gap is not None else "")
     print(f"# {'every score equal to the third decimal' if ok else 'SOME SCORES DIFFER beyond 5e-4'}")
 

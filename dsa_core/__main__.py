@@ -1,5 +1,9 @@
-"""`python -m dsa_core ...`: see dsa_core.cli."""
+"""`python -m dsa_core ...`: the command line (cli.main), launched from the engine's name.
 
-from dsa_core.cli import main
+The one module of dsa_core that imports a front end: an entry point that nothing imports (tests/test_imports.py
+lets it, and only it, through).
+"""
+
+from cli.main import main
 
 raise SystemExit(main())

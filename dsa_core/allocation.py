@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.errors import ConfigError
 from dsa_core.stats import BlockStats
 
@@ -263,11 +263,11 @@ _ENTRIES = (
 BASELINES: dict[str, Baseline] = {b.name: b for b in _ENTRIES}
 
 
-def required_stats(spec: str | F.AllocationFunction) -> frozenset[str]:
+def required_stats(spec: str | functions.AllocationFunction) -> frozenset[str]:
     """The block statistics an allocation reads besides the block sizes, as its baseline declares them (a DSA
     function reads the score samples and outlier ratios); what PruningSession.stats(needs=...) must make first.
     Empty for a spec that names nothing known: `allocate` says what is wrong with it."""
-    if isinstance(spec, str) and spec.strip()[:2].upper() != "W:" and _preset(spec) not in F.PRESETS:
+    if isinstance(spec, str) and spec.strip()[:2].upper() != "W:" and _preset(spec) not in functions.PRESETS:
         baseline = BASELINES.get(_preset(spec.partition(":")[0]))
         return frozenset(baseline.needs if baseline else ())
     return frozenset({"score_samples", "outlier_ratios"})
@@ -315,28 +315,28 @@ def atp(stats: BlockStats, target: float, beta: float = 0.01) -> np.ndarray:
 # --- the entry point --------------------------------------------------------------------------------------------
 
 
-def allocate(stats: BlockStats, spec: str | F.AllocationFunction, target: float) -> Allocation:
+def allocate(stats: BlockStats, spec: str | functions.AllocationFunction, target: float) -> Allocation:
     """Allocate `target` sparsity over the blocks of `stats` as `spec` says: a baseline with optional parameters
     ("owl", "owl:M=7,lambda=0.1", "alpha:eps=0.2", "atp:beta=0.005", "global", "er_plus", ...), a DSA preset name
     (see functions.PRESETS), a function's text form, or an AllocationFunction."""
     target = check_target(target)
-    if isinstance(spec, F.AllocationFunction):
+    if isinstance(spec, functions.AllocationFunction):
         return _allocate_function(stats, spec, target)
     if not isinstance(spec, str):
         raise ConfigError(f"An allocation is a name, a function text or an AllocationFunction; got {spec!r}.")
     text = spec.strip()
     if text[:2].upper() == "W:":
-        return _allocate_function(stats, F.parse(text), target)
-    if _preset(text) in F.PRESETS:
-        return _allocate_function(stats, F.PRESETS[_preset(text)], target)
+        return _allocate_function(stats, functions.parse(text), target)
+    if _preset(text) in functions.PRESETS:
+        return _allocate_function(stats, functions.PRESETS[_preset(text)], target)
     name, params = _parse_spec(text)
     return _baseline(name, stats, target, params)
 
 
-def _allocate_function(stats: BlockStats, f: F.AllocationFunction, target: float) -> Allocation:
+def _allocate_function(stats: BlockStats, f: functions.AllocationFunction, target: float) -> Allocation:
     _check_stats(stats)
-    values, warnings = F.importances(f, stats)
-    label = F.to_text(f)
+    values, warnings = functions.importances(f, stats)
+    label = functions.to_text(f)
     if _flat(values) and f.param > 0:
         warnings.append(f"Every block has the same value under {label}; the allocation is uniform.")
     # DSA's convention: larger value ⇒ more sparsity, i.e. the value is minus an importance for the band.
@@ -371,7 +371,8 @@ def _parse_spec(text: str) -> tuple[str, dict[str, float]]:
     name = head.strip().lower().replace("-", "_")
     if name not in BASELINES:
         raise ConfigError(f"Unknown allocation '{text}'; choose a baseline ({', '.join(BASELINES)}), a DSA preset "
-                          f"({', '.join(F.PRESETS)}) or a function such as {F.to_text(F.DSA_PRESET)}.")
+                          f"({', '.join(functions.PRESETS)}) or a function such as "
+                          f"{functions.to_text(functions.DSA_PRESET)}.")
     params = dict(BASELINES[name].params)
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -392,15 +393,15 @@ def _spec_name(name: str, params: dict[str, float]) -> str:
     return name + (":" + ",".join(f"{_SHOWN.get(k, k)}={v:g}" for k, v in params.items()) if params else "")
 
 
-def describe(spec: str | F.AllocationFunction) -> str:
+def describe(spec: str | functions.AllocationFunction) -> str:
     """One sentence for a UI: what the spec allocates by, with its parameters. ConfigError if it is invalid."""
-    if isinstance(spec, str) and _preset(spec) in F.PRESETS:
-        return f"{F.PRESET_DESCRIPTIONS[_preset(spec)]} {describe(F.PRESETS[_preset(spec)])}"
+    if isinstance(spec, str) and _preset(spec) in functions.PRESETS:
+        return f"{functions.PRESET_DESCRIPTIONS[_preset(spec)]} {describe(functions.PRESETS[_preset(spec)])}"
     if isinstance(spec, str) and spec.strip()[:2].upper() == "W:":
-        spec = F.parse(spec.strip())
-    if isinstance(spec, F.AllocationFunction):
+        spec = functions.parse(spec.strip())
+    if isinstance(spec, functions.AllocationFunction):
         how = f"band λ={spec.param:g}" if spec.mapping == "band" else f"multiplicative ε={spec.param:g}"
-        return (f"DSA function {F.to_text(spec)}: per-block value {F.display_formula(spec)}, {how}; "
+        return (f"DSA function {functions.to_text(spec)}: per-block value {functions.display_formula(spec)}, {how}; "
                 f"larger values get more sparsity.")
     if not isinstance(spec, str):
         raise ConfigError(f"An allocation is a name, a function text or an AllocationFunction; got {spec!r}.")

@@ -1,25 +1,129 @@
-"""What a search's result is measured against, and how: the references every table holds (uniform, OWL,
-AlphaPruning, ATP with its own one-parameter search on the search's fitness, the DSA preset), the faithful table
-(sequential pruning, WikiText-2 test) of candidates beside them, and a larger validation re-ranking of a search's
-top-k. Nothing here searches; dsa_core.search calls `atp_beta` to pick a hybrid's start.
+"""Allocations measured side by side, and what a search's result is measured against.
+
+- `compare`: the one comparison of allocations (the references and any others, by spec, function or explicit
+  ratios) at one or several targets, each pruned from the same dense weights and calibration of one session, with
+  perplexity and, optionally, zero-shot accuracy; a typed `Comparison` with a stable dict form. The web app's
+  evaluation and sweep, the search's faithful table and the zero-shot comparison are views of it.
+- the references every search table holds (uniform, OWL, AlphaPruning, ATP with its own one-parameter search on the
+  search's fitness, the DSA preset), the faithful table (sequential pruning, WikiText-2 test) of candidates beside
+  them, and a larger validation re-ranking of a search's top-k.
+
+Nothing here searches; dsa_core.search calls `atp_beta` to pick a hybrid's start.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
-from dsa_core import functions as F
-from dsa_core.allocation import allocate, required_stats
+from dsa_core import functions
+from dsa_core.allocation import allocate, describe
+from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, stage_windows
+from dsa_core.pipeline import Spec, oom_as_error, protocol, prune_with, spec_text, zeroshot
 from dsa_core.session import PruningSession
+from dsa_core.zeroshot.tasks import check_sources
 
 if TYPE_CHECKING:  # dsa_core.search imports this module
     from dsa_core.search import Candidate, SearchConfig, SearchResult
+
+
+@dataclass
+class ComparedAllocation:
+    """One allocation pruned at one target and measured; `ppl` and `zeroshot` are None where not asked."""
+
+    label: str
+    allocation: str  # pipeline.spec_text of what was pruned
+    target: float
+    ratios: list[float]
+    warnings: list[str]
+    achieved_sparsity: float
+    ppl: float | None = None
+    zeroshot: dict | None = None
+
+
+@dataclass
+class Comparison:
+    """What `compare` returns: its rows in the order measured (each target in turn, the allocations at each)."""
+
+    kind: ClassVar[str] = "comparison"
+    mode: str
+    rows: list[ComparedAllocation]
+    protocol: dict | None = None  # perplexity's (pipeline.protocol); None when perplexity was not measured
+    dense_ppl: float | None = None
+    dense_zeroshot: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def targets(self) -> list[float]:
+        return sorted({row.target for row in self.rows})
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Comparison:
+        if d.get("kind") != cls.kind:
+            raise ConfigError(f"Not a comparison: its kind is {d.get('kind')!r}.")
+        unknown = set(d) - {"kind"} - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"Unknown comparison keys: {', '.join(sorted(unknown))}.")
+        body = {k: v for k, v in d.items() if k != "kind"}
+        return cls(**{**body, "rows": [ComparedAllocation(**row) for row in d.get("rows", [])]})
+
+
+def compare(session: PruningSession, cfg: EvalConfig, allocations: Sequence[tuple[str, Spec]],
+            targets: Sequence[float] | None = None, *, perplexity: bool = True, batch_size: int | None = None,
+            exclude: int = 0, on_start: Callable[[str, float, int, int], None] | None = None,
+            on_row: Callable[[ComparedAllocation], None] | None = None) -> Comparison:
+    """Prune each (label, allocation) at each target (default: cfg.sparsity) with cfg's metric, pattern and mode, and
+    measure it: perplexity on cfg.eval's test split (cfg.eval_windows) unless `perplexity` is False, zero-shot
+    accuracy on cfg.tasks when it names any (`batch_size`; `exclude`: see pipeline.zeroshot). With cfg.dense the
+    unpruned model is measured first. `on_start(label, target, step, steps)` runs before each allocation is pruned,
+    `on_row(row)` once it is measured. Every allocation is checked before anything runs; the session ends dense."""
+    cfg.validate()
+    at = [replace(cfg, sparsity=t).validate() for t in ((cfg.sparsity,) if targets is None else targets)]
+    for _, spec in allocations:
+        if isinstance(spec, str) and spec != "dense":
+            describe(spec)  # refuses what `allocate` cannot read
+    if cfg.tasks:
+        check_sources(cfg.tasks, cfg.tasks_data, cfg.data_source)
+    out = Comparison(cfg.mode, [])
+    steps = len(at) * len(allocations)
+    try:
+        if cfg.dense:
+            session.restore()
+            if perplexity:
+                with oom_as_error("measuring perplexity"):
+                    out.dense_ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+            if cfg.tasks:
+                out.dense_zeroshot = zeroshot(session, cfg, batch_size, exclude)
+        for target_cfg in at:
+            for label, spec in allocations:
+                if on_start:
+                    on_start(label, target_cfg.sparsity, len(out.rows), steps)
+                ratios, warnings = prune_with(session, target_cfg, spec)
+                row = ComparedAllocation(label, spec_text(spec), target_cfg.sparsity, [float(r) for r in ratios],
+                                         list(warnings), session.achieved_sparsity()[0])
+                if perplexity:
+                    with oom_as_error("measuring perplexity"):
+                        row.ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+                if cfg.tasks:
+                    row.zeroshot = zeroshot(session, target_cfg, batch_size, exclude)
+                out.rows.append(row)
+                if on_row:
+                    on_row(row)
+    finally:
+        session.restore()
+    if perplexity:
+        windows, origin = session.eval_windows(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+        out.protocol = protocol(cfg, session, int(windows.shape[0]), origin)
+    out.timings = dict(session.timings)
+    return out
 
 
 def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> SearchResult:
@@ -58,7 +162,7 @@ def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | No
     when given, else its default) and the DSA preset, as (label, spec)."""
     atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}" if fitness is not None else "atp"
     return [("uniform", "uniform"), ("owl", "owl"), ("alpha", "alpha"), ("atp", atp),
-            ("dsa preset", F.to_text(F.DSA_PRESET))]
+            ("dsa preset", functions.to_text(functions.DSA_PRESET))]
 
 
 def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[Candidate | str],
@@ -68,21 +172,17 @@ def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[
     references (default: `references` without a fitness), all in this one run and on the same calibration windows.
     A candidate is a function's text or a searched Candidate (its ratios, per block or per layer, are pruned as
     they are)."""
-    refs = references(session, cfg) if refs is None else refs
-    specs: list[tuple[str, str, list[float] | None]] = [(label, spec, None) for label, spec in refs]
+    allocations: list[tuple[str, Spec]] = list(references(session, cfg) if refs is None else refs)
+    texts = {}  # a searched candidate is pruned by its ratios and named by its text
     for i, c in enumerate(candidates):
         label = f"searched #{i + 1}"
-        specs.append((label, c, None) if isinstance(c, str) else (label, c.text, c.ratios))
-    rows = []
-    for i, (label, spec, ratios) in enumerate(specs):
-        warnings = []
-        if ratios is None:
-            result = allocate(session.stats(cfg.metric, needs=required_stats(spec)), spec, cfg.sparsity)
-            ratios, warnings = [float(r) for r in result.ratios], result.warnings
-        session.prune_sequential(np.asarray(ratios), cfg.metric)
-        ppl = session.perplexity("wikitext2", "test", cfg.seqlen, cfg.final_eval_windows)
-        rows.append({"label": label, "allocation": spec, "ppl": ppl, "ratios": ratios, "warnings": warnings})
-        if progress:
-            progress("final evaluation", i + 1, len(specs))
-    session.restore()
-    return rows
+        allocations.append((label, c if isinstance(c, str) else c.ratios))
+        texts[label] = c if isinstance(c, str) else c.text
+    faithful = EvalConfig(model=cfg.model, metric=cfg.metric, sparsity=cfg.sparsity, calib=cfg.calib,
+                          nsamples=cfg.nsamples, seqlen=cfg.seqlen, eval_windows=cfg.final_eval_windows, seed=cfg.seed,
+                          mode="sequential", data_source=cfg.data_source)
+    done = itertools.count(1)
+    report = (lambda _: progress("final evaluation", next(done), len(allocations))) if progress else None
+    table = compare(session, faithful, allocations, on_row=report)
+    return [{"label": r.label, "allocation": texts.get(r.label, r.allocation), "ppl": r.ppl, "ratios": r.ratios,
+             "warnings": r.warnings} for r in table.rows]

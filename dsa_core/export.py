@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.errors import ConfigError, ModelError
 from dsa_core.metrics import check_metric
 from dsa_core.models import LoadedModel
@@ -59,19 +59,19 @@ class SparsityProfile:
             raise ConfigError("A sparsity profile needs one ratio in [0, 1) per block.")
         return self
 
-    def function(self) -> F.AllocationFunction | None:
+    def function(self) -> functions.AllocationFunction | None:
         """The DSA function this allocation names (its text form or a preset), None for a baseline."""
         spec = self.allocation.strip()
         if spec[:2].upper() == "W:":
-            return F.parse(spec)
-        return F.PRESETS.get(spec.lower())
+            return functions.parse(spec)
+        return functions.PRESETS.get(spec.lower())
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ratios"] = [float(r) for r in self.ratios]
         fn = self.function()
-        d["function"] = None if fn is None else {"text": F.to_text(fn), "json": F.to_dict(fn),
-                                                 "formula": F.display_formula(fn)}
+        d["function"] = None if fn is None else {"text": functions.to_text(fn), "json": functions.to_dict(fn),
+                                                 "formula": functions.display_formula(fn)}
         return d
 
     @classmethod

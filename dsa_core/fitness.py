@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evaluate import FixedWindowsKL, FixedWindowsPerplexity
@@ -196,9 +196,9 @@ class Fitness:
         return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
                                              record=True)
 
-    def __call__(self, spec: str | F.AllocationFunction) -> float:
+    def __call__(self, spec: str | functions.AllocationFunction) -> float:
         """The fitness at the last stage of any allocation `allocate` accepts (a baseline, a function)."""
-        key = spec if isinstance(spec, str) else F.to_text(spec)
+        key = spec if isinstance(spec, str) else functions.to_text(spec)
         if key not in self.memo:
             try:
                 ratios = allocate(self.stats, spec, self.sparsity).ratios

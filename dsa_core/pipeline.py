@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from dsa_core.allocation import allocate, required_stats
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ResourceError
+from dsa_core.functions import AllocationFunction, to_text
 from dsa_core.models import LoadedModel, load_model
 from dsa_core.session import PruningSession
 from dsa_core.zeroshot.tasks import check_sources
@@ -89,14 +90,29 @@ def protocol(cfg: EvalConfig, session: PruningSession, windows: int, eval_origin
     }
 
 
-def prune_with(session: PruningSession, cfg: EvalConfig, allocation: str | None = None) -> tuple[np.ndarray, list]:
+# An allocation as a run takes one: a spec `allocate` reads (or "dense"), a DSA function, or explicit ratios (per
+# block or per linear layer, as a search's candidate gives them).
+Spec = str | AllocationFunction | Sequence[float]
+
+
+def spec_text(spec: Spec) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, AllocationFunction):
+        return to_text(spec)
+    return "ratios:" + ",".join(f"{r:.6g}" for r in spec)
+
+
+def prune_with(session: PruningSession, cfg: EvalConfig, allocation: Spec | None = None) -> tuple[np.ndarray, list]:
     """Prune the session's model per cfg (allocation overridable); returns (ratios, warnings)."""
-    spec = allocation or cfg.allocation
+    spec = cfg.allocation if allocation is None else allocation
     n = len(session.lm.blocks)
-    if spec == "dense":
+    if not isinstance(spec, str | AllocationFunction):
+        ratios, warnings = np.asarray(spec, dtype=np.float64), []
+    elif spec == "dense":
         session.restore()
         return np.zeros(n), []
-    if spec == "uniform":
+    elif spec == "uniform":
         ratios, warnings = np.full(n, cfg.sparsity), []
     else:
         result = allocate(session.stats(cfg.metric, needs=required_stats(spec)), spec, cfg.sparsity)
@@ -109,13 +125,14 @@ def prune_with(session: PruningSession, cfg: EvalConfig, allocation: str | None 
     return ratios, warnings
 
 
-def zeroshot(session: PruningSession, cfg: EvalConfig) -> dict:
-    """Zero-shot accuracy of the session's model as it is now on cfg.tasks; its seconds join the timings."""
+def zeroshot(session: PruningSession, cfg: EvalConfig, batch_size: int | None = None, exclude: int = 0) -> dict:
+    """Zero-shot accuracy of the session's model as it is now on cfg.tasks; its seconds join the timings. `exclude`:
+    leave out the rows a zero-shot search fitness of that many rows per task measured (harness.evaluate_tasks)."""
     from dsa_core.zeroshot.harness import evaluate_tasks  # imports lm-eval (seconds): only when tasks are asked
 
     with oom_as_error("scoring the zero-shot tasks"):
-        result = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source,
-                                progress=session.progress)
+        result = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source, batch_size,
+                                session.progress, exclude=exclude)
     session.timings["zeroshot"] = session.timings.get("zeroshot", 0.0) + result["seconds"]
     return result
 

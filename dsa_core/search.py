@@ -253,12 +253,14 @@ def create_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage |
     return study
 
 
-def load_study(name: str, storage: str) -> tuple[optuna.Study, SearchConfig]:
-    opened = W.open_storage(storage)  # a URL handed to Optuna itself would create its tables unchecked
+def load_study(name: str, storage: str | optuna.storages.BaseStorage) -> tuple[optuna.Study, SearchConfig]:
+    # A URL handed to Optuna itself would open it without the workers' heartbeats.
+    opened = W.open_storage(storage) if isinstance(storage, str) else storage
     try:
         summary = optuna.load_study(study_name=name, storage=opened)
     except KeyError as e:
-        raise ConfigError(f"No study named '{name}' in {storage}.") from e
+        where = storage if isinstance(storage, str) else "the study storage"
+        raise ConfigError(f"No study named '{name}' in {where}.") from e
     cfg = SearchConfig.from_dict(summary.user_attrs["config"])
     return create_study(cfg, opened), cfg
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.allocation import Allocation, allocate
 from dsa_core.errors import DSAError
 from dsa_core.evolution import EvolutionSampler
@@ -23,19 +23,20 @@ from dsa_core.stats import BlockStats
 
 def function_distributions(lam_range: tuple[float, float]) -> dict[str, optuna.distributions.BaseDistribution]:
     """One categorical per slot of an allocation function, generated from the operation registry, plus λ."""
-    space = {slot: optuna.distributions.CategoricalDistribution(choices) for slot, choices in F.slot_choices().items()}
+    space = {slot: optuna.distributions.CategoricalDistribution(choices)
+             for slot, choices in functions.slot_choices().items()}
     lo, hi = lam_range
     space["lam"] = optuna.distributions.FloatDistribution(lo, hi, step=0.01)
     return space
 
 
-def function_from_params(params: dict) -> F.AllocationFunction:
-    return F.function_from_slots({k: v for k, v in params.items() if k != "lam"}, lam=round(params["lam"], 4))
+def function_from_params(params: dict) -> functions.AllocationFunction:
+    return functions.function_from_slots({k: v for k, v in params.items() if k != "lam"}, lam=round(params["lam"], 4))
 
 
 def function_text(params: dict) -> str:
     """The canonical text of a trial's function: what the study, the memo and the GA's novelty check key on."""
-    return F.to_text(function_from_params(params))
+    return functions.to_text(function_from_params(params))
 
 
 class FunctionSpace:

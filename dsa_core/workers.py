@@ -50,13 +50,11 @@ def heartbeat_seconds() -> int:
 
 def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     """The study storage for a SQLAlchemy URL, with heartbeats and stale-trial retry; None (in memory) for None.
-    A database the history would refuse (another program's, a newer schema) raises StorageError, unchanged."""
+    The engine knows nothing of the history: a front end opening the history's database checks it first
+    (storage.open_study_storage)."""
     if url is None:
         return None
     interval = heartbeat_seconds()
-    from storage.db import check_database
-
-    check_database(url)  # before Optuna creates its tables: a database the history refuses stays untouched
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:

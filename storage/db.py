@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, exc, insert, inspect, select
 from sqlalchemy.engine import Engine, make_url
@@ -25,6 +26,9 @@ from sqlalchemy.pool import StaticPool
 
 from storage.errors import StorageError
 from storage.models import SCHEMA_VERSION, Base, Experiment, StorageMeta
+
+if TYPE_CHECKING:
+    import optuna
 
 ENV_VAR = "DSA_DATABASE_URL"
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
@@ -219,3 +223,12 @@ def check_database(url: str) -> None:
     its own tables beside the history's, as a search does with its Optuna study."""
     with Database(_engine(url, DEFAULT_BUSY_TIMEOUT)) as db:
         db.check()
+
+
+def open_study_storage(url: str) -> optuna.storages.BaseStorage:
+    """A search's Optuna storage in a database the history shares: checked first, so that a database the history
+    refuses stays untouched (Optuna would create its tables), then opened as every worker of a study opens it."""
+    from dsa_core.workers import open_storage  # imports Optuna: only for a search
+
+    check_database(url)
+    return open_storage(url)

@@ -8,11 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsa_core import allocation as A
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.errors import ConfigError
 from dsa_core.stats import OUTLIER_MULTIPLIERS, BlockStats
 
-SPECS = [*A.BASELINES, *F.PRESETS, "owl:M=7,lambda=0.1", "alpha:eps=0.2", "atp:beta=0.002",
+SPECS = [*A.BASELINES, *functions.PRESETS, "owl:M=7,lambda=0.1", "alpha:eps=0.2", "atp:beta=0.002",
          "W:(ABS,LOG)-(Q99)-(SIN)-(MULT=0.2)", "W:(NORMALIZE)-(KURTOSIS)-(TANH,EXP)-(BAND=0.2)"]
 
 
@@ -263,7 +263,7 @@ def test_every_baseline_declares_existing_statistics_and_a_bad_declaration_is_re
 def test_a_registered_baseline_is_allocated_described_and_offered(monkeypatch, capsys):
     """Adding a baseline is one entry: allocate, its parameters, describe, the error's choices, what a session must
     compute for it and the CLI's help all read the registry."""
-    from dsa_core.cli import build_parser
+    from cli.main import build_parser
 
     monkeypatch.setitem(A.BASELINES, TOY.name, TOY)
     stats = make_stats(12)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError
 from dsa_core.evaluate import perplexity
@@ -51,8 +51,8 @@ def test_export_reloads_with_from_pretrained_and_records_the_profile(session, tm
     record = read_record(tmp_path / "out")
     assert record["allocation"] == FUNCTION and record["ratios"] == profile.ratios
     assert (record["metric"], record["pattern"], record["target"]) == ("wanda", "unstructured", 0.6)
-    assert record["function"]["text"] == F.to_text(F.parse(FUNCTION))
-    assert F.from_dict(record["function"]["json"]) == F.parse(FUNCTION)
+    assert record["function"]["text"] == functions.to_text(functions.parse(FUNCTION))
+    assert functions.from_dict(record["function"]["json"]) == functions.parse(FUNCTION)
     assert record["achieved_per_block"] == per_block and record["perplexity"] == 12.5
     assert record["protocol"] == {"nsamples": 2, "seqlen": 64}
     assert reloaded.model.config.sparsity_explorer["ratios"] == profile.ratios

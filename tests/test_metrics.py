@@ -84,7 +84,7 @@ def test_a_malformed_metric_is_not_registered():
 
 
 def test_a_registered_metric_is_offered_by_the_cli_and_the_configuration(toys):
-    from dsa_core.cli import build_parser
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["evaluate", "--metric", "largest_first"])
     assert args.metric == "largest_first"

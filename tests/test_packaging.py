@@ -18,7 +18,7 @@ def test_pip_install_gives_the_console_commands(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "requirements.txt", "app.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("dsa_core", "ui", "storage"):
+    for package in ("dsa_core", "ui", "storage", "cli"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     env = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
@@ -34,5 +34,8 @@ def test_pip_install_gives_the_console_commands(tmp_path):
     assert evaluate.returncode == 0 and evaluate.stdout.startswith("usage: sparsity-explorer evaluate")
     assert "search" in run(env / "bin" / "sparsity-explorer", "--help").stdout
     assert run(env / "bin" / "sparsity-explorer-app", "--help").returncode == 0
-    where = run(python, "-c", "import dsa_core, ui, storage; print(dsa_core.__file__)").stdout.strip()
-    assert where.startswith(fresh_site) and "src" not in Path(where).relative_to(fresh_site).parts
+    module = run(python, "-m", "dsa_core", "evaluate", "--help")
+    assert module.returncode == 0 and module.stdout.startswith("usage: python -m dsa_core evaluate")
+    for package in ("dsa_core", "cli"):
+        where = run(python, "-c", f"import {package}, ui, storage; print({package}.__file__)").stdout.strip()
+        assert where.startswith(fresh_site) and "src" not in Path(where).relative_to(fresh_site).parts

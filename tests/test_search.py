@@ -16,9 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from dsa_core import comparison as C
-from dsa_core import functions as F
-from dsa_core import search as S
+from dsa_core import comparison, functions, search
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
 from dsa_core.search_record import study_reader
@@ -42,8 +40,8 @@ def texts(study: optuna.Study) -> list[str]:
 
 
 def test_search_space_has_one_categorical_per_slot_and_lambda():
-    space = S.search_space(S.SearchConfig(lam_range=(0.05, 0.2)))
-    assert set(space) == set(F.slot_choices()) | {"lam"}
+    space = search.search_space(search.SearchConfig(lam_range=(0.05, 0.2)))
+    assert set(space) == set(functions.slot_choices()) | {"lam"}
     assert (space["lam"].low, space["lam"].high) == (0.05, 0.2)
 
 
@@ -63,13 +61,13 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
 ])
 def test_bad_configuration_is_refused(change, message):
     with pytest.raises(ConfigError, match=message):
-        S.SearchConfig(**{**QUICK, **change}).validate()
+        search.SearchConfig(**{**QUICK, **change}).validate()
 
 
 def test_budget_counts_distinct_functions_and_events_track_the_best(session):
-    cfg = S.SearchConfig(**QUICK, budget_candidates=10, seed=1).validate()
-    events, study = [], S.create_study(cfg)
-    result = S.run_search(session, cfg, study, on_event=events.append)
+    cfg = search.SearchConfig(**QUICK, budget_candidates=10, seed=1).validate()
+    events, study = [], search.create_study(cfg)
+    result = search.run_search(session, cfg, study, on_event=events.append)
     assert len(set(texts(study))) == 10 == result.evaluated
     assert {e.text for e in events} == set(texts(study))
     assert result.best.fitness == min(e.fitness for e in events)
@@ -81,22 +79,22 @@ def test_budget_counts_distinct_functions_and_events_track_the_best(session):
 
 def test_memo_scores_a_repeated_function_once(session):
     fitness = Fitness(session, "wanda", 0.5, "ppl", [2])
-    fn = F.DSA_PRESET
-    first, again = fitness(fn), fitness(F.parse(F.to_text(fn)))
+    fn = functions.DSA_PRESET
+    first, again = fitness(fn), fitness(functions.parse(functions.to_text(fn)))
     assert first == again and len(fitness.memo) == 1
     session.restore()
 
 
 def test_stop_keeps_what_was_found(session):
-    cfg = S.SearchConfig(**QUICK, budget_candidates=50).validate()
+    cfg = search.SearchConfig(**QUICK, budget_candidates=50).validate()
     stop = threading.Event()
-    study = S.create_study(cfg)
+    study = search.create_study(cfg)
 
     def on_event(e):
         if e.candidate >= 2:
             stop.set()
 
-    result = S.run_search(session, cfg, study, on_event=on_event, stop=stop)
+    result = search.run_search(session, cfg, study, on_event=on_event, stop=stop)
     assert result.stopped and 1 <= result.evaluated < 50
     assert result.best.text in texts(study)
 
@@ -115,71 +113,71 @@ def _runs_out_of_memory_after(fitness: Fitness, measures: int) -> None:
 
 
 def test_a_gpu_out_of_memory_stops_the_search_with_a_sentence_and_keeps_what_it_found(session):
-    cfg = S.SearchConfig(**QUICK, budget_candidates=20, seed=1).validate()
-    fitness = S.search_fitness(session, cfg)
+    cfg = search.SearchConfig(**QUICK, budget_candidates=20, seed=1).validate()
+    fitness = search.search_fitness(session, cfg)
     _runs_out_of_memory_after(fitness, 3)
-    study = S.create_study(cfg)
-    result = S.run_search(session, cfg, study, fitness=fitness)
+    study = search.create_study(cfg)
+    result = search.run_search(session, cfg, study, fitness=fitness)
     assert result.stopped and result.evaluated == 3 and "ran out of memory" in result.stop_reason
     assert [t.state for t in study.trials][-1] == TrialState.FAIL  # resuming measures that candidate again
     assert result.best.text in texts(study)
     assert session.achieved_sparsity()[0] < 0.01  # the dense weights are back
 
-    nothing = S.search_fitness(session, cfg)
+    nothing = search.search_fitness(session, cfg)
     _runs_out_of_memory_after(nothing, 0)
-    with pytest.raises(S.DSAError, match="ran out of memory"):
-        S.run_search(session, cfg, S.create_study(cfg), fitness=nothing)
+    with pytest.raises(search.DSAError, match="ran out of memory"):
+        search.run_search(session, cfg, search.create_study(cfg), fitness=nothing)
 
 
 def test_resume_continues_a_saved_study(session, tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    cfg = S.SearchConfig(**QUICK, budget_candidates=5, study="resume-me", seed=3).validate()
-    S.run_search(session, cfg, S.create_study(cfg, url))
-    study, saved = S.load_study("resume-me", url)
+    cfg = search.SearchConfig(**QUICK, budget_candidates=5, study="resume-me", seed=3).validate()
+    search.run_search(session, cfg, search.create_study(cfg, url))
+    study, saved = search.load_study("resume-me", url)
     assert saved.population == 4 and saved.seed == 3
     saved.budget_candidates = 9
-    result = S.run_search(session, saved, study)
+    result = search.run_search(session, saved, study)
     assert len(set(texts(study))) == 9
     assert result.evaluated == 4  # the first five came from the saved study, not re-evaluated
 
 
 def test_a_study_saved_before_newer_settings_existed_resumes(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    cfg = S.SearchConfig(**QUICK, budget_candidates=5, study="old").validate()
-    study = S.create_study(cfg, url)
+    cfg = search.SearchConfig(**QUICK, budget_candidates=5, study="old").validate()
+    study = search.create_study(cfg, url)
     older = {k: v for k, v in study.user_attrs["config"].items() if k not in ("initial", "preselect")}
     study.set_user_attr("config", older)  # as a version without these settings saved it
-    resumed, saved = S.load_study("old", url)
-    assert saved.preselect == S.SearchConfig().preselect and resumed.study_name == "old"
+    resumed, saved = search.load_study("old", url)
+    assert saved.preselect == search.SearchConfig().preselect and resumed.study_name == "old"
 
 
 def test_resume_with_another_configuration_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    S.create_study(S.SearchConfig(**QUICK, study="s", budget_candidates=3), url)
+    search.create_study(search.SearchConfig(**QUICK, study="s", budget_candidates=3), url)
     with pytest.raises(ConfigError, match="another configuration"):
-        S.create_study(S.SearchConfig(**{**QUICK, "sparsity": 0.5}, study="s", budget_candidates=3), url)
+        search.create_study(search.SearchConfig(**{**QUICK, "sparsity": 0.5}, study="s", budget_candidates=3), url)
 
 
 def test_missing_study_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="No study named"):
-        S.load_study("nope", f"sqlite:///{tmp_path / 'x.db'}")
+        search.load_study("nope", f"sqlite:///{tmp_path / 'x.db'}")
 
 
-@pytest.mark.parametrize("sampler", S.SAMPLERS)
+@pytest.mark.parametrize("sampler", search.SAMPLERS)
 def test_same_seed_same_search(session, sampler):
     runs = []
     for _ in range(2):
-        cfg = S.SearchConfig(**QUICK, sampler=sampler, budget_candidates=8, seed=7).validate()
-        study = S.create_study(cfg)
-        S.run_search(session, cfg, study)
+        cfg = search.SearchConfig(**QUICK, sampler=sampler, budget_candidates=8, seed=7).validate()
+        study = search.create_study(cfg)
+        search.run_search(session, cfg, study)
         runs.append([(t.user_attrs["text"], t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))])
     assert runs[0] == runs[1]
 
 
 def test_faithful_table_reports_references_and_candidates_in_one_run(session):
-    cfg = S.SearchConfig(**QUICK, budget_candidates=2).validate()
-    per_layer = S.Candidate("levels:...", 1.0, [0.3] * 14 + [0.7] * 14, [])
-    rows = C.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)", per_layer])
+    cfg = search.SearchConfig(**QUICK, budget_candidates=2).validate()
+    per_layer = search.Candidate("levels:...", 1.0, [0.3] * 14 + [0.7] * 14, [])
+    rows = comparison.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)", per_layer])
     assert [r["label"] for r in rows] == ["uniform", "owl", "alpha", "atp", "dsa preset", "searched #1",
                                           "searched #2"]
     assert all(r["ppl"] > 1 for r in rows) and len(rows[-1]["ratios"]) == 28
@@ -188,12 +186,12 @@ def test_faithful_table_reports_references_and_candidates_in_one_run(session):
 
 def test_atp_searches_its_one_parameter_on_the_fitness(session):
     fitness = Fitness(session, "wanda", 0.5, "ppl", [2])
-    beta = C.atp_beta(fitness, 0.5)
+    beta = comparison.atp_beta(fitness, 0.5)
     tried = {k: v for k, v in fitness.memo.items() if k.startswith("atp")}
     assert len(tried) >= 5  # β = 0.002, 0.004, … while the progression stays legal
     assert beta == 0 and fitness("uniform") <= min(tried.values()) or fitness(f"atp:beta={beta:g}") == min(
         [fitness("uniform"), *tried.values()])
-    refs = dict(C.references(session, S.SearchConfig(**QUICK, sparsity=0.5), fitness))
+    refs = dict(comparison.references(session, search.SearchConfig(**QUICK, sparsity=0.5), fitness))
     assert refs["atp"] == f"atp:beta={beta:g}" and set(refs) == {"uniform", "owl", "alpha", "atp", "dsa preset"}
     session.restore()
 
@@ -238,14 +236,14 @@ def test_a_sequential_last_stage_resumes_from_kept_runs_and_measures_the_same(se
 
 
 def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_sequential_measure(session):
-    cfg = S.SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
-                         budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()
-    result = S.run_search(session, cfg, S.create_study(cfg))
-    check = S.search_fitness(session, cfg)  # its dense logits first
+    cfg = search.SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
+                              budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()
+    result = search.run_search(session, cfg, search.create_study(cfg))
+    check = search.search_fitness(session, cfg)  # its dense logits first
     session.prune_sequential(np.asarray(result.best.ratios), "wanda")
     assert result.best.fitness == check.stages[1]()
     with pytest.raises(ConfigError, match="last_stage"):
-        S.SearchConfig(**QUICK, last_stage="faithful").validate()
+        search.SearchConfig(**QUICK, last_stage="faithful").validate()
     session.restore()
 
 
@@ -257,17 +255,17 @@ def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
 def test_fidelities_read_as_tokens():
     assert parse_fidelity("2k,16k,64k") == (2048, 16384, 65536)
     assert parse_fidelity("64, 256") == (64, 256) and parse_fidelity("") == ()
-    cfg = S.SearchConfig(**{**QUICK, "fidelity": "32,64,200"})
+    cfg = search.SearchConfig(**{**QUICK, "fidelity": "32,64,200"})
     assert cfg.stage_windows() == [1, 1, 4]  # windows of 64 tokens, at least one
 
 
 @pytest.mark.parametrize("space,granularity,units", [("function", "block", 4), ("allocation", "block", 4),
                                                      ("allocation", "projection", 28), ("hybrid", "block", 4)])
 def test_every_space_meets_the_target_and_counts_its_budget(session, space, granularity, units):
-    cfg = S.SearchConfig(**{**QUICK, "nsamples": 2}, space=space, granularity=granularity, fitness="kl",
-                         fidelity="64,128", promote=2, budget_candidates=12, seed=4, sparsity=0.6).validate()
-    events, study = [], S.create_study(cfg)
-    result = S.run_search(session, cfg, study, on_event=events.append)
+    cfg = search.SearchConfig(**{**QUICK, "nsamples": 2}, space=space, granularity=granularity, fitness="kl",
+                              fidelity="64,128", promote=2, budget_candidates=12, seed=4, sparsity=0.6).validate()
+    events, study = [], search.create_study(cfg)
+    result = search.run_search(session, cfg, study, on_event=events.append)
     assert result.evaluated == 12 and len({e.text for e in events}) == 12
     sizes = session.stats("wanda").params if units == 4 else _layer_sizes(session)
     for c in result.top:
@@ -285,38 +283,38 @@ def _layer_sizes(session) -> list[int]:
 
 
 def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
-    cfg = S.SearchConfig(**QUICK, space="hybrid", budget_candidates=10, seed=2, study="hy").validate()
-    study = S.create_study(cfg)
+    cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=10, seed=2, study="hy").validate()
+    study = search.create_study(cfg)
     events = []
-    result = S.run_search(session, cfg, study, on_event=events.append)
+    result = search.run_search(session, cfg, study, on_event=events.append)
     assert [p["space"] for p in result.phases] == ["function", "allocation"]
     assert [p["evaluated"] for p in result.phases] == [5, 5] and result.evaluated == 10
     assert {e.phase for e in events} == {"function", "allocation"}
     function_best, refine = result.phases
     # The refinement starts from the better of the best function and ATP with its β searched on the same fitness.
-    atp = f"atp:beta={C.atp_beta(Fitness(session, 'wanda', 0.7, 'ppl', [2]), 0.7):g}"
+    atp = f"atp:beta={comparison.atp_beta(Fitness(session, 'wanda', 0.7, 'ppl', [2]), 0.7):g}"
     assert refine["start"] in (function_best["best"], atp)
     assert {e.start for e in events if e.phase == "allocation"} == {refine["start"]}
     assert result.best.fitness == min(function_best["best_fitness"], refine["best_fitness"])  # the best of both
     start = np.asarray(result.start_ratios)
-    assert np.allclose(start, S.allocate(session.stats("wanda"), refine["start"], 0.7).ratios, atol=0.006)
+    assert np.allclose(start, search.allocate(session.stats("wanda"), refine["start"], 0.7).ratios, atol=0.006)
     assert len(result.best.ratios) == len(start) == 4
 
 
 def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_allocation(session):
-    cfg = S.SearchConfig(**QUICK, space="hybrid", budget_candidates=None, budget_seconds=0.2, seed=1).validate()
+    cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=None, budget_seconds=0.2, seed=1).validate()
 
     def slow(e):  # the first function outlasts the whole budget: no time is left to refine it
         time.sleep(0.3)
 
-    result = S.run_search(session, cfg, S.create_study(cfg), on_event=slow)
+    result = search.run_search(session, cfg, search.create_study(cfg), on_event=slow)
     assert [(p["space"], p["evaluated"]) for p in result.phases] == [("function", 1), ("allocation", 1)]
     assert result.best.fitness <= result.phases[0]["best_fitness"]  # the best of both phases
 
 
 def test_rerank_orders_the_top_by_a_larger_validation_check(session):
-    cfg = S.SearchConfig(**{**QUICK, "top_k": 3}, budget_candidates=6, rerank_tokens=192).validate()
-    result = C.rerank(session, cfg, S.run_search(session, cfg, S.create_study(cfg)))
+    cfg = search.SearchConfig(**{**QUICK, "top_k": 3}, budget_candidates=6, rerank_tokens=192).validate()
+    result = comparison.rerank(session, cfg, search.run_search(session, cfg, search.create_study(cfg)))
     checks = [c.rerank for c in result.top]
     assert checks == sorted(checks) and result.best is result.top[0] and checks[0] > 1
 
@@ -334,7 +332,7 @@ def test_cli_search_prints_best_function_and_baselines(tmp_path):
                   "--storage", f"sqlite:///{tmp_path / 'h.db'}")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    F.parse(result["best"])
+    functions.parse(result["best"])
     assert result["evaluated"] == 6 and result["test_ppl"] > 1
     assert set(result["baselines"]) == {"uniform", "owl", "alpha", "atp", "dsa preset"}
 
@@ -374,8 +372,8 @@ def test_ctrl_c_stops_after_the_candidate_in_flight_and_exits_130_with_one_line(
 
 def test_two_workers_share_one_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    cfg = S.SearchConfig(**QUICK, budget_candidates=12, study="shared", seed=5)
-    S.create_study(cfg, url)
+    cfg = search.SearchConfig(**QUICK, budget_candidates=12, study="shared", seed=5)
+    search.create_study(cfg, url)
     workers = [subprocess.Popen([sys.executable, "-m", "dsa_core", "worker", "--study", "shared", "--storage", url],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]

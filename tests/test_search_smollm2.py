@@ -3,24 +3,23 @@ the KL fitness and two fidelity stages, then the faithful table, as a user would
 
 import numpy as np
 
-from dsa_core import comparison as C
-from dsa_core import search as S
+from dsa_core import comparison, search
 from dsa_core.session import PruningSession
 
 
 def test_hybrid_kl_search_on_smollm2_meets_the_target_and_reports_every_stage(smollm2):
     session = PruningSession(smollm2, nsamples=2, seqlen=128, data_source="local", sample_size=2**14)
-    cfg = S.SearchConfig(model="smollm2", nsamples=2, seqlen=128, data_source="local", device="cpu",
-                         space="hybrid", fitness="kl", fidelity="128,256", promote=2, population=4,
-                         budget_candidates=6, top_k=1, final_eval_windows=2, sparsity=0.6).validate()
+    cfg = search.SearchConfig(model="smollm2", nsamples=2, seqlen=128, data_source="local", device="cpu",
+                              space="hybrid", fitness="kl", fidelity="128,256", promote=2, population=4,
+                              budget_candidates=6, top_k=1, final_eval_windows=2, sparsity=0.6).validate()
     events = []
-    result = S.run_search(session, cfg, S.create_study(cfg), on_event=events.append)
+    result = search.run_search(session, cfg, search.create_study(cfg), on_event=events.append)
     assert result.evaluated == 6 and [p["evaluated"] for p in result.phases] == [3, 3]
     assert {e.phase for e in events} == {"function", "allocation"} and 0 < result.best.fitness < 10
     params = session.stats("wanda").params
     assert len(result.best.ratios) == 30
     assert abs(np.average(result.best.ratios, weights=params) - 0.6) < 1e-9
     assert [t["tokens"] for t in result.throughput] == [128, 256] and result.throughput[0]["evaluated"] == 6
-    rows = C.faithful_table(session, cfg, result.top, refs=[("uniform", "uniform")])
+    rows = comparison.faithful_table(session, cfg, result.top, refs=[("uniform", "uniform")])
     assert [r["label"] for r in rows] == ["uniform", "searched #1"] and all(r["ppl"] > 1 for r in rows)
     assert session.achieved_sparsity()[0] < 0.01

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dsa_core.cli import main
+from cli.main import main
 from dsa_core.structural.compressed import load_compressed
 from storage import History, open_database
 

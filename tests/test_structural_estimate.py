@@ -3,11 +3,11 @@ and the warnings of a run whose training did not converge."""
 
 import pytest
 
-from dsa_core.cli import build_parser
+from cli.main import build_parser
+from cli.structural import config_from_args
 from dsa_core.structural.estimate import RunEstimate, convergence_warnings
 from dsa_core.structural.runner import run_structural
 from dsa_core.structural.training import CPU_DEFAULTS, StructuralConfig
-from dsa_core.structural_cli import config_from_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ from storage import History, new_record, open_database
 from tests.net import free_port
 from ui import experiments
 from ui import structural_figures as SF
-from ui.layout import AppContext
+from ui.context import AppContext
 from ui.structural_tab import build_structural_tab
 from ui.workspace import Workspace
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core import operations as ops
 from dsa_core.errors import ConfigError
 from ui.formula import (
@@ -32,28 +32,28 @@ def test_choices_are_the_registry():
 
 def test_controls_order_matches_the_dataclass():
     assert tuple(Controls.__dataclass_fields__) == CONTROLS
-    assert PARAM_MAX >= max(hi for _, hi in F._PARAM_RANGE.values())
+    assert PARAM_MAX >= max(hi for _, hi in functions._PARAM_RANGE.values())
 
 
-@pytest.mark.parametrize("name", sorted(F.PRESETS))
+@pytest.mark.parametrize("name", sorted(functions.PRESETS))
 def test_presets_round_trip_without_their_tag(name):
-    fn = F.PRESETS[name]
+    fn = functions.PRESETS[name]
     c = controls_from_text(name)
     assert c == controls_from_function(fn)
     rebuilt = function_from_controls(*c.values())
-    assert rebuilt == F.AllocationFunction(fn.pre, fn.reduction, fn.transform, fn.mapping, fn.param)
+    assert rebuilt == functions.AllocationFunction(fn.pre, fn.reduction, fn.transform, fn.mapping, fn.param)
 
 
 @given(
     pre=st.lists(st.sampled_from(ops.names(ops.PRE)), min_size=2, max_size=2),
     reduction=st.sampled_from(ops.names(ops.REDUCTION)),
     transform=st.lists(st.sampled_from(ops.names(ops.TRANSFORM)), min_size=2, max_size=2),
-    mapping=st.sampled_from(sorted(F.MAPPINGS)),
+    mapping=st.sampled_from(sorted(functions.MAPPINGS)),
     param=st.floats(0.0, 0.5),
 )
 def test_any_controls_round_trip_through_the_text_form(pre, reduction, transform, mapping, param):
     fn = function_from_controls(pre[0], pre[1], reduction, transform[0], transform[1], mapping, param)
-    c = controls_from_text(F.to_text(fn))
+    c = controls_from_text(functions.to_text(fn))
     assert function_from_controls(*c.values()) == fn
     assert len([v for v in (c.pre1, c.pre2) if v != EMPTY]) == len(fn.pre)
 
@@ -73,7 +73,7 @@ def test_invalid_controls_and_texts_say_what_is_wrong():
 
 
 def test_formula_shows_value_and_mapping():
-    md = formula_markdown(F.DSA_PRESET)
+    md = formula_markdown(functions.DSA_PRESET)
     assert r"v_\ell = \arcsin(\arctan(\mathrm{var}(\log|S_\ell|)))" in md
     assert r"\lambda = 0.08" in md and md.count("$$") == 4
     mult = formula_markdown(function_from_controls("pow", EMPTY, "mean", EMPTY, EMPTY, "multiplicative", 0.2))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.search import SearchConfig
@@ -26,7 +26,7 @@ from ui.limits import Limits
 from ui.workspace import OWN_LABEL, REFERENCES, Workspace, is_local_path
 
 TINY = EvalConfig(model="random:tiny", nsamples=4, seqlen=64, data_source="local")
-FN = F.parse("W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)")
+FN = functions.parse("W:(NO_OP)-(KURTOSIS)-(NO_OP)-(BAND=0.1)")
 
 
 def run(ws: Workspace, name: str, fn):
@@ -62,14 +62,14 @@ def test_profiles_meet_the_target_and_differ_by_function(ws):
     assert list(p.ratios) == [OWN_LABEL, *REFERENCES]
     for ratios in p.ratios.values():
         assert np.average(ratios, weights=ws.stats.params) == pytest.approx(0.6, abs=1e-9)
-    assert p.ratios[OWN_LABEL] != ws.profiles(F.parse("W:(NO_OP)-(MEAN)-(NO_OP)"), 0.6).ratios[OWN_LABEL]
+    assert p.ratios[OWN_LABEL] != ws.profiles(functions.parse("W:(NO_OP)-(MEAN)-(NO_OP)"), 0.6).ratios[OWN_LABEL]
     assert ws.references(0.6) == {k: v for k, v in p.ratios.items() if k != OWN_LABEL}
     with pytest.raises(ConfigError, match="Target sparsity"):
         ws.profiles(FN, 1.5)
 
 
 def test_hazards_are_reported_with_the_profile(ws):
-    p = ws.profiles(F.DSA_PRESET, 0.5)  # asin of arctan of a large variance leaves asin's domain
+    p = ws.profiles(functions.DSA_PRESET, 0.5)  # asin of arctan of a large variance leaves asin's domain
     assert any("asin" in w for w in p.warnings)
 
 
@@ -78,7 +78,7 @@ def test_evaluate_compares_with_the_references_and_restores_the_model(ws):
     job = ws.start("evaluation", lambda job: ws.evaluate(FN, 0.5, "fast", 2, True, job))
     result = job.result()
     assert [r["label"] for r in result["rows"]] == [OWN_LABEL, *REFERENCES]
-    assert result["rows"][0]["allocation"] == F.to_text(FN)
+    assert result["rows"][0]["allocation"] == functions.to_text(FN)
     for row in result["rows"]:
         assert np.isfinite(row["ppl"]) and row["ppl"] > 1
         assert row["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)

@@ -8,11 +8,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dsa_core import search as S
+from cli.main import main
+from dsa_core import search
 from dsa_core import workers as W
-from dsa_core.cli import main
 from dsa_core.errors import ConfigError
 from storage import StorageError
+from storage.db import open_study_storage
 
 
 @pytest.mark.parametrize("visible,spec,expected", [
@@ -42,7 +43,7 @@ def test_a_storage_that_is_not_a_database_is_one_sentence(tmp_path, url, file, m
     if file:
         path.write_text(file)
     with pytest.raises(StorageError, match=message):
-        W.open_storage(url.format(path=path))
+        open_study_storage(url.format(path=path))
     assert [p.read_text() for p in tmp_path.iterdir()] == ([file] if file else [])
 
 
@@ -72,7 +73,7 @@ def test_bad_heartbeat_setting_is_refused(monkeypatch):
 
 def test_a_function_complete_or_in_flight_is_not_claimed_again():
     study = optuna.create_study()
-    space = S.search_space(S.SearchConfig())
+    space = search.search_space(search.SearchConfig())
     a, b, c = (W.ask(study, space) for _ in range(3))
     assert W.claim(study, a, "W:(NO_OP)-(MEAN)-(NO_OP)", budget=2) is None
     assert W.claim(study, b, "W:(NO_OP)-(MEAN)-(NO_OP)", budget=2) == "repeat"  # a has it in flight
@@ -92,7 +93,7 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_reenqueued(tmp_path,
     monkeypatch.setenv(W.HEARTBEAT_ENV, "1")
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=W.open_storage(url))
-    space = S.search_space(S.SearchConfig())
+    space = search.search_space(search.SearchConfig())
     dead = W.ask(study, space)
     with W.heartbeat(study, dead):  # beats once, then its "worker" stops beating without telling
         W.claim(study, dead, "W:(NO_OP)-(MEAN)-(NO_OP)", budget=None)

@@ -257,7 +257,7 @@ def test_run_evaluation_refuses_missing_task_files_before_loading(tmp_path, monk
 
 
 def test_cli_prints_the_per_task_table(capsys):
-    from dsa_core.cli import main
+    from cli.main import main
 
     code = main(["evaluate", "--model", "random:tiny", "--device", "cpu", "--nsamples", "2", "--seqlen", "32",
                  "--eval-windows", "1", "--data-source", "local", "--mode", "fast", "--allocation", "owl",
@@ -271,7 +271,7 @@ def test_cli_prints_the_per_task_table(capsys):
 
 
 def test_cli_refuses_unknown_task(capsys):
-    from dsa_core.cli import main
+    from cli.main import main
 
     assert main(["evaluate", "--model", "random:tiny", "--tasks", "piqa,trivia"]) == 2
     assert "trivia" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import torch
 
 from dsa_core.errors import ConfigError
 from dsa_core.levels import LevelGrid, unit_sizes
-from dsa_core.zeroshot.compare import read_allocation, spec_text
+from dsa_core.pipeline import spec_text
+from dsa_core.zeroshot.compare import read_allocation
 
 FUNCTION = "W:(ABSLOG)-(VAR)-(ATAN,ASIN)-(7)"
 

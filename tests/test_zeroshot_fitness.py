@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsa_core import search as S
+from dsa_core import search
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness
 from dsa_core.session import PruningSession
@@ -71,13 +71,13 @@ def _pairs(fitness: ZeroShotFitness, name: str) -> set[tuple[str, str]]:
 
 
 def test_config_accepts_zeroshot_and_refuses_bad_names_and_fidelity():
-    assert S.SearchConfig(**QUICK, fitness="zeroshot:piqa,boolq", budget_candidates=2).validate()
+    assert search.SearchConfig(**QUICK, fitness="zeroshot:piqa,boolq", budget_candidates=2).validate()
     with pytest.raises(ConfigError, match="Unknown zero-shot task 'mmlu'"):
-        S.SearchConfig(**QUICK, fitness="zeroshot:piqa,mmlu", budget_candidates=2).validate()
+        search.SearchConfig(**QUICK, fitness="zeroshot:piqa,mmlu", budget_candidates=2).validate()
     with pytest.raises(ConfigError, match="Unknown fitness 'acc'"):
-        S.SearchConfig(**QUICK, fitness="acc", budget_candidates=2).validate()
+        search.SearchConfig(**QUICK, fitness="acc", budget_candidates=2).validate()
     with pytest.raises(ConfigError, match="drop --fidelity"):
-        S.SearchConfig(**QUICK, fitness="zeroshot:piqa", fidelity="64,128", budget_candidates=2).validate()
+        search.SearchConfig(**QUICK, fitness="zeroshot:piqa", fidelity="64,128", budget_candidates=2).validate()
 
 
 CLI = ["--model", "random:tiny", "--nsamples", "2", "--seqlen", "64", "--device", "cpu", "--data-source", "local",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import astuple, dataclass
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core import operations as ops
 
 EMPTY = "no_op"  # what an unused pre-process or transform slot holds
@@ -28,7 +28,7 @@ class Controls:
     transform1: str = EMPTY
     transform2: str = EMPTY
     mapping: str = "band"
-    param: float = F.MAPPINGS["band"]
+    param: float = functions.MAPPINGS["band"]
 
     def values(self) -> tuple:
         return astuple(self)
@@ -45,17 +45,18 @@ def glossary(stage: str) -> str:
 
 
 def mapping_choices() -> list[tuple[str, str]]:
-    return [(MAPPING_LABELS[m], m) for m in F.MAPPINGS]
+    return [(MAPPING_LABELS[m], m) for m in functions.MAPPINGS]
 
 
 def function_from_controls(pre1: str, pre2: str, reduction: str, transform1: str, transform2: str, mapping: str,
-                           param: float) -> F.AllocationFunction:
+                           param: float) -> functions.AllocationFunction:
     """The function the controls describe; ConfigError (with a sentence for the user) when they are invalid."""
-    return F.AllocationFunction(pre=(pre1 or EMPTY, pre2 or EMPTY), reduction=reduction,
-                                transform=(transform1 or EMPTY, transform2 or EMPTY), mapping=mapping, param=param)
+    return functions.AllocationFunction(pre=(pre1 or EMPTY, pre2 or EMPTY), reduction=reduction,
+                                        transform=(transform1 or EMPTY, transform2 or EMPTY), mapping=mapping,
+                                        param=param)
 
 
-def controls_from_function(fn: F.AllocationFunction) -> Controls:
+def controls_from_function(fn: functions.AllocationFunction) -> Controls:
     """The controls that describe `fn` (its tag, which has no effect on the allocation, is not kept)."""
     pre = (*fn.pre, EMPTY, EMPTY)[:2]
     transform = (*fn.transform, EMPTY)[:2]
@@ -65,14 +66,14 @@ def controls_from_function(fn: F.AllocationFunction) -> Controls:
 def controls_from_text(text: str) -> Controls:
     """Controls for a function's text form or a preset name (dsa, owl_fn, uniform_fn); ConfigError otherwise."""
     key = text.strip().lower().replace("-", "_")
-    return controls_from_function(F.PRESETS[key] if key in F.PRESETS else F.parse(text))
+    return controls_from_function(functions.PRESETS[key] if key in functions.PRESETS else functions.parse(text))
 
 
 def preset_of(controls: Controls, presets: tuple[str, ...]) -> str | None:
     """Which of `presets` (keys of functions.PRESETS) the controls describe exactly; None once they differ from
     every one, so that a preset's name is not left standing after an edit."""
     for key in presets:
-        want = controls_from_function(F.PRESETS[key])
+        want = controls_from_function(functions.PRESETS[key])
         if want.values()[:-1] == controls.values()[:-1] and abs(want.param - float(controls.param)) < 1e-9:
             return key
     return None
@@ -82,9 +83,9 @@ _VARIABLE = re.compile(r"(?<![A-Za-z\\])S(?![A-Za-z])")
 _NORMALISED = r"\frac{v_\ell-\min_j v_j}{\max_j v_j-\min_j v_j}"
 
 
-def formula_markdown(fn: F.AllocationFunction) -> str:
+def formula_markdown(fn: functions.AllocationFunction) -> str:
     """Markdown with display maths (KaTeX, `$$`): the per-block value v_ℓ, then the mapping to sparsity s_ℓ."""
-    value = _VARIABLE.sub(r"S_\\ell", F.display_formula(fn))
+    value = _VARIABLE.sub(r"S_\\ell", functions.display_formula(fn))
     if fn.mapping == "band":
         mapping = rf"s_\ell = c + 2\lambda\,{_NORMALISED},\qquad \lambda = {fn.param:g}"
     else:

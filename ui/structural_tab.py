@@ -12,12 +12,11 @@ from __future__ import annotations
 import gradio as gr
 
 from dsa_core.errors import DSAError
-from dsa_core.structural.runner import StructuralRun, run_structural, stored_results
+from dsa_core.structural.runner import StructuralRun, default_name, run_structural, stored_results
 from dsa_core.structural.training import StructuralConfig
-from dsa_core.structural_cli import default_name
 from ui import figures, structural_figures
+from ui.context import AppContext, cancel_handler, error_text, permalink_for, stream_job, wait_for_device
 from ui.jobs import Job
-from ui.layout import AppContext, cancel_handler, error_text, permalink_for, stream_job, wait_for_device
 from ui.tab_evaluate import parse_tags, saved_markdown
 
 TABLE_HEADERS = ["model", "kept block parameters", "total parameters", "perplexity"]

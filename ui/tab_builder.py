@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core import operations as ops
 from dsa_core.errors import DSAError
 from ui import figures
+from ui.context import AppContext, error_text, target_slider, warnings_text
 from ui.formula import (
     CONTROLS,
     PARAM_MAX,
@@ -22,7 +23,6 @@ from ui.formula import (
     mapping_choices,
     preset_of,
 )
-from ui.layout import AppContext, error_text, target_slider, warnings_text
 
 PRESET_CHOICES = [("DSA preset (LLaMA-1-7B, Wanda, 70%)", "dsa"), ("OWL written as a function", "owl_fn"),
                   ("uniform written as a function", "uniform_fn")]
@@ -44,7 +44,7 @@ def build(ctx: AppContext) -> None:
             with gr.Row():
                 preset = gr.Dropdown(PRESET_CHOICES, value=None, label="Start from a preset", elem_id="preset")
                 target = target_slider(ctx, "builder-target")
-            text = gr.Textbox(F.to_text(function_from_controls(*start.values())), label="Text form",
+            text = gr.Textbox(functions.to_text(function_from_controls(*start.values())), label="Text form",
                               info="edit and press Enter to load a function written as text",
                               elem_id="function-text")
             with gr.Row():
@@ -86,7 +86,7 @@ def build(ctx: AppContext) -> None:
             fn = function_from_controls(*values)
         except DSAError as e:
             return error_text(e), "", None
-        return formula_markdown(fn), F.to_text(fn), preset_of(Controls(*values), presets)
+        return formula_markdown(fn), functions.to_text(fn), preset_of(Controls(*values), presets)
 
     def profile(pre1, pre2, reduction, transform1, transform2, mapping, param, target):
         try:
@@ -107,14 +107,14 @@ def build(ctx: AppContext) -> None:
             return [*controls_update(controls_from_text(value)), gr.skip(), ""]
         except DSAError as e:
             try:
-                current = F.to_text(function_from_controls(*shown))
+                current = functions.to_text(function_from_controls(*shown))
             except DSAError:
                 current = gr.skip()
             kept = f" The builder still shows {current}." if isinstance(current, str) else ""
             return [*(gr.skip(),) * len(controls), current, error_text(e) + kept]
 
     def mapping_changed(mapping: str) -> float:
-        return F.MAPPINGS[mapping]  # each mapping's published default
+        return functions.MAPPINGS[mapping]  # each mapping's published default
 
     quick = {"show_progress": "hidden", "trigger_mode": "always_last"}
     gr.on([c.change for c in controls], describe, controls, [formula, text, preset], api_name="describe",

@@ -8,14 +8,13 @@ import re
 
 import gradio as gr
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.config import MODES
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.zeroshot.tasks import availability, parse_tasks
 from storage import Run, StorageError
 from ui import escape, experiments, figures
-from ui.formula import CONTROLS, function_from_controls
-from ui.layout import (
+from ui.context import (
     AppContext,
     cancel_handler,
     error_text,
@@ -24,6 +23,7 @@ from ui.layout import (
     target_slider,
     wait_for_device,
 )
+from ui.formula import CONTROLS, function_from_controls
 from ui.zeroshot_figures import task_sets, zeroshot_bars, zeroshot_sections, zeroshot_table
 
 RESULT_HEADERS = ["allocation", "spec", "perplexity", "achieved sparsity"]
@@ -131,7 +131,7 @@ def build(ctx: AppContext) -> None:
         if ticket is None:
             return
         try:
-            cfg = ws.eval_config(F.to_text(fn), target, mode, windows)
+            cfg = ws.eval_config(functions.to_text(fn), target, mode, windows)
             config = {**cfg.to_dict(), "dense": bool(dense), "compare": ["uniform", "owl", "dsa"]}
             if kind == "sweep":
                 config["targets"] = points

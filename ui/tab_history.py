@@ -15,7 +15,7 @@ from dsa_core.search_record import study_reader
 from storage import KINDS, AlreadyImported, ExperimentRecord, StorageError, export_to_file, import_file
 from storage.records import ID_PATTERN
 from ui import escape, experiments
-from ui.layout import AppContext, error_text, permalink_for
+from ui.context import AppContext, error_text, permalink_for
 from ui.tab_evaluate import parse_tags
 
 ALL = "all"

@@ -12,7 +12,7 @@ from dsa_core.metrics import METRICS
 from dsa_core.models import DEFAULT_MODEL
 from dsa_core.scores import PATTERNS
 from ui import escape
-from ui.layout import AppContext, cancel_handler, error_text, stream_job, target_slider, wait_for_device
+from ui.context import AppContext, cancel_handler, error_text, stream_job, target_slider, wait_for_device
 
 MODELS = [DEFAULT_MODEL, "gemma3-270m", "random:tiny"]
 BLOCK_HEADERS = ["block", "parameters", "linear layers (out × in)"]

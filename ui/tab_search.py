@@ -21,9 +21,7 @@ from dsa_core.errors import ConfigError, DSAError
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
 from dsa_core.search_record import search_protocol, search_results
 from ui import escape, experiments, figures
-from ui.formula import controls_from_text
-from ui.jobs import Job
-from ui.layout import (
+from ui.context import (
     AppContext,
     cancel_handler,
     error_text,
@@ -32,6 +30,8 @@ from ui.layout import (
     target_slider,
     wait_for_device,
 )
+from ui.formula import controls_from_text
+from ui.jobs import Job
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 

@@ -1,7 +1,7 @@
 """The web app's server-side state: one loaded model per device (a `PruningSession`), its block statistics, and
 the job that holds the device, shared by every browser tab of one app process.
 
-Each method is a short sequence of calls into dsa_core (open_session, allocate, run_evaluation, run_search), so
+Each method is a short sequence of calls into dsa_core (open_session, allocate, compare, run_search), so
 the event handlers stay thin and the same work can be tested without a browser. No Gradio and no storage here.
 """
 
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from dsa_core import functions as F
+from dsa_core import functions
 from dsa_core.allocation import Allocation, allocate, check_target
+from dsa_core.comparison import compare
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.models import DEFAULT_MODEL, pick_device
-from dsa_core.pipeline import environment, open_session, run_evaluation
+from dsa_core.pipeline import environment, open_session
 from dsa_core.scores import parse_pattern
 from dsa_core.search import SearchConfig, SearchResult, create_study, run_search, search_fitness
 from dsa_core.search_record import study_events
@@ -179,7 +180,7 @@ class Workspace:
 
     # --- the builder ------------------------------------------------------------------------------------------
 
-    def profiles(self, fn: F.AllocationFunction, target: float) -> Profiles:
+    def profiles(self, fn: functions.AllocationFunction, target: float) -> Profiles:
         """The function's profile and the references' at `target`, from the cached statistics (milliseconds)."""
         _, cfg, stats = self.require()
         own = allocate(stats, fn, check_target(target))
@@ -211,54 +212,48 @@ class Workspace:
         self.check_sources(out)
         return out
 
-    def evaluate(self, fn: F.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
+    def evaluate(self, fn: functions.AllocationFunction, target: float, mode: str, windows: int | None, dense: bool,
                  job: Job, tasks: tuple[str, ...] = (), tasks_limit: int | None = None) -> dict:
         """Perplexity (and zero-shot accuracy on `tasks`) of the function and of each reference at one target,
         all on this session's scores."""
         session, _, _ = self.require()
-        specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
-        rows, results = [], {}
-        try:
-            for i, (label, spec) in enumerate(specs.items()):
-                job.stage, job.part = f"{label} ({i + 1} of {len(specs)})", (i, len(specs))
-                cfg = replace(self.eval_config(spec, target, mode, windows), dense=dense and i == 0, tasks=tasks,
-                              tasks_limit=tasks_limit).validate()
-                r = run_evaluation(cfg, progress=job, session=session)
-                results.setdefault("dense_ppl", r.get("dense_ppl"))
-                if r.get("dense_zeroshot"):
-                    results["dense_zeroshot"] = r["dense_zeroshot"]
-                results.setdefault("protocol", r["protocol"])
-                rows.append({"label": label, "allocation": spec, "ppl": r["ppl"], "ratios": r["ratios"],
-                             "achieved_sparsity": r["achieved_sparsity"], "warnings": r["warnings"],
-                             **({"zeroshot": r["zeroshot"]} if r.get("zeroshot") else {})})
-        finally:
-            session.restore()
-        if results["dense_ppl"] is None:
-            del results["dense_ppl"]
-        return {"target": target, "mode": mode, "rows": rows, **results, "timings": dict(session.timings)}
+        specs = {OWN_LABEL: functions.to_text(fn), **REFERENCES}
+        cfg = replace(self.eval_config(specs[OWN_LABEL], target, mode, windows), dense=dense, tasks=tasks,
+                      tasks_limit=tasks_limit).validate()
 
-    def sweep(self, fn: F.AllocationFunction, targets: list[float], mode: str, windows: int | None,
+        def starting(label: str, _target: float, step: int, steps: int) -> None:
+            job.stage, job.part = f"{label} ({step + 1} of {steps})", (step, steps)
+
+        result = compare(session, cfg, list(specs.items()), on_start=starting)
+        rows = [{"label": r.label, "allocation": r.allocation, "ppl": r.ppl, "ratios": r.ratios,
+                 "achieved_sparsity": r.achieved_sparsity, "warnings": r.warnings,
+                 **({"zeroshot": r.zeroshot} if r.zeroshot else {})} for r in result.rows]
+        dense_results = {"dense_ppl": result.dense_ppl} if result.dense_ppl is not None else {}
+        if result.dense_zeroshot:
+            dense_results["dense_zeroshot"] = result.dense_zeroshot
+        return {"target": target, "mode": mode, "rows": rows, **dense_results, "protocol": result.protocol,
+                "timings": result.timings}
+
+    def sweep(self, fn: functions.AllocationFunction, targets: list[float], mode: str, windows: int | None,
               job: Job) -> dict:
         """Perplexity against sparsity: the function and the references at each target."""
         session, _, _ = self.require()
         if not targets:
             raise ConfigError("Give at least one target sparsity for the sweep, e.g. 0.3, 0.5, 0.7.")
-        specs = {OWN_LABEL: F.to_text(fn), **REFERENCES}
+        specs = {OWN_LABEL: functions.to_text(fn), **REFERENCES}
+        targets = sorted(targets)
+        cfg = replace(self.eval_config(specs[OWN_LABEL], targets[0], mode, windows), tasks=())
+
+        def starting(label: str, target: float, step: int, steps: int) -> None:
+            job.stage, job.part = f"{label} at {target:.0%} ({step + 1} of {steps})", (step, steps)
+
+        result = compare(session, cfg, list(specs.items()), targets, on_start=starting)
         series = {label: {"label": label, "allocation": spec, "points": []} for label, spec in specs.items()}
-        steps, protocol = len(targets) * len(specs), None
-        try:
-            for t_index, target in enumerate(sorted(targets)):
-                for s_index, (label, spec) in enumerate(specs.items()):
-                    part = t_index * len(specs) + s_index
-                    job.stage, job.part = f"{label} at {target:.0%} ({part + 1} of {steps})", (part, steps)
-                    r = run_evaluation(self.eval_config(spec, target, mode, windows), progress=job, session=session)
-                    protocol = r["protocol"]
-                    series[label]["points"].append({"sparsity": target, "ppl": r["ppl"], "ratios": r["ratios"],
-                                                    "achieved_sparsity": r["achieved_sparsity"]})
-        finally:
-            session.restore()
-        return {"targets": sorted(targets), "mode": mode, "series": list(series.values()), "protocol": protocol,
-                "timings": dict(session.timings)}
+        for r in result.rows:
+            series[r.label]["points"].append({"sparsity": r.target, "ppl": r.ppl, "ratios": r.ratios,
+                                              "achieved_sparsity": r.achieved_sparsity})
+        return {"targets": targets, "mode": mode, "series": list(series.values()), "protocol": result.protocol,
+                "timings": result.timings}
 
     # --- search -----------------------------------------------------------------------------------------------
 

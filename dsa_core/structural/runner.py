@@ -63,6 +63,11 @@ def stored_results(result: dict) -> dict:
     return {k: result[k] for k in RESULT_KEYS if k in result}
 
 
+def default_name(cfg: dict) -> str:
+    """The history's name for a run its user did not name."""
+    return f"DISP-LLM {cfg['target_ratio']:.0%} of {cfg['model'] or 'smollm2'}, {cfg['steps']} steps"
+
+
 def _uniform_hypernetwork(lm: LoadedModel, ids: torch.Tensor, windows: torch.Tensor, cfg: StructuralConfig,
                           batch_size: int, progress: Progress | None) -> tuple[nn.Module, int, dict]:
     """The same hypernetwork with one hidden selection and one intermediate width for every block, trained the same

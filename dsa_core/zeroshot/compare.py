@@ -1,6 +1,7 @@
 """Zero-shot accuracy of several allocations of one session, one after another: the dense model, the
 reference allocations (uniform, OWL, the DSA preset) and any others, each pruned from the same dense
-weights and calibration. Orchestration only: pruning is dsa_core.pipeline's, scoring is the harness's.
+weights and calibration (dsa_core.comparison.compare, without perplexity), as {label: result}; and the reading of
+an allocation a user passes to the bench or the CLI.
 """
 
 from __future__ import annotations
@@ -12,41 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from dsa_core.allocation import MAX_SPARSITY, describe
+from dsa_core.comparison import ComparedAllocation, compare
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
-from dsa_core.functions import AllocationFunction, to_text
 from dsa_core.levels import LevelGrid, unit_sizes
-from dsa_core.pipeline import oom_as_error, prune_with
+from dsa_core.pipeline import Spec
 from dsa_core.session import PruningSession
 from dsa_core.stats import BlockStats
-from dsa_core.zeroshot.harness import evaluate_tasks
 
 # Labels as the web app's figures name these allocations, and the specs that produce them.
 REFERENCES: tuple[tuple[str, str], ...] = (("dense", "dense"), ("uniform", "uniform"), ("owl", "owl"),
                                            ("dsa preset", "dsa"))
-# An allocation: a spec `allocate` reads, a DSA function, or explicit ratios (per block or per linear layer, as a
-# search's best candidate gives them).
-Spec = str | AllocationFunction | Sequence[float]
-
-
-def _prune(session: PruningSession, cfg: EvalConfig, spec: Spec) -> tuple[np.ndarray, list]:
-    if isinstance(spec, str | AllocationFunction):
-        return prune_with(session, cfg, spec)
-    ratios = np.asarray(spec, dtype=np.float64)
-    with oom_as_error("pruning"):
-        if cfg.mode == "fast":
-            session.apply(ratios, cfg.metric, cfg.pattern)
-        else:
-            session.prune_sequential(ratios, cfg.metric, cfg.pattern)
-    return ratios, []
-
-
-def spec_text(spec: Spec) -> str:
-    if isinstance(spec, str):
-        return spec
-    if isinstance(spec, AllocationFunction):
-        return to_text(spec)
-    return "ratios:" + ",".join(f"{r:.6g}" for r in spec)
 
 
 def compare_allocations(
@@ -62,22 +39,16 @@ def compare_allocations(
     each at cfg.sparsity with cfg's metric, pattern and mode, on cfg.tasks. Each result also holds its
     allocation spec, ratios, achieved sparsity and allocation warnings. The session ends dense again. `exclude`: leave
     out the rows a zero-shot search fitness of that many rows per task measured (harness.evaluate_tasks)."""
-    cfg.validate()
     out: dict[str, dict] = {}
-    try:
-        for label, spec in (*references, *extra):
-            ratios, warnings = _prune(session, cfg, spec)
-            with oom_as_error("scoring the zero-shot tasks"):
-                result = evaluate_tasks(session.lm, cfg.tasks, cfg.tasks_limit, cfg.tasks_data, cfg.data_source,
-                                        batch_size, session.progress, exclude=exclude)
-            result.update(allocation=spec_text(spec),
-                          ratios=[float(r) for r in ratios], achieved_sparsity=session.achieved_sparsity()[0],
-                          warnings=warnings)
-            out[label] = result
-            if on_result:
-                on_result(label, result)
-    finally:
-        session.restore()
+
+    def measured(row: ComparedAllocation) -> None:
+        out[row.label] = {**(row.zeroshot or {}), "allocation": row.allocation, "ratios": row.ratios,
+                          "achieved_sparsity": row.achieved_sparsity, "warnings": row.warnings}
+        if on_result:
+            on_result(row.label, out[row.label])
+
+    compare(session, cfg, [*references, *extra], perplexity=False, batch_size=batch_size, exclude=exclude,
+            on_row=measured)
     return out
 
 

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from cli.progress import tqdm_progress
 from dsa_core.errors import ConfigError
 from dsa_core.structural.estimate import RunEstimate
 from dsa_core.structural.training import CPU_DEFAULTS, EXTRA_BASELINES, StructuralConfig
@@ -90,8 +91,6 @@ def config_from_args(args: argparse.Namespace) -> StructuralConfig:
     ).validate()
 
 
-def default_name(cfg: dict) -> str:
-    return f"DISP-LLM {cfg['target_ratio']:.0%} of {cfg['model'] or 'smollm2'}, {cfg['steps']} steps"
 
 
 def print_table(result: dict) -> None:
@@ -134,8 +133,7 @@ def print_table(result: dict) -> None:
 
 
 def structural_command(args: argparse.Namespace) -> int:
-    from dsa_core.cli import _tqdm_progress
-    from dsa_core.structural.runner import run_structural, stored_results
+    from dsa_core.structural.runner import default_name, run_structural, stored_results
 
     cfg = config_from_args(args)
     told: list[RunEstimate] = []
@@ -148,7 +146,7 @@ def structural_command(args: argparse.Namespace) -> int:
     curve: list[dict] = []  # kept in the history if the run fails or is interrupted
     with recorder_from_args(args).run("structural", cfg.to_dict(), name=default_name(cfg.to_dict())) as recorded:
         try:
-            run = run_structural(cfg, progress=None if args.json else _tqdm_progress(), save_dir=args.save,
+            run = run_structural(cfg, progress=None if args.json else tqdm_progress(), save_dir=args.save,
                                  on_step=curve.append, on_estimate=estimate)
         except BaseException as e:
             recorded.fail(e, {"curve": curve})

@@ -7,8 +7,8 @@ import gradio as gr
 import pytest
 
 from dsa_core.errors import ConfigError
+from ui.context import AppContext, error_text, owner_of, permalink_for, stream_job, wait_for_device
 from ui.jobs import Busy, Job
-from ui.layout import AppContext, error_text, owner_of, permalink_for, stream_job, wait_for_device
 from ui.workspace import Workspace
 
 ID = "0123456789abcdef0123456789abcdef"

