@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.options import add_options  # noqa: E402
+from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.models import load_model  # noqa: E402
 from dsa_core.offload import offload_blocks  # noqa: E402
 from dsa_core.session import PruningSession  # noqa: E402
@@ -53,14 +55,9 @@ def run(args: argparse.Namespace, offload: bool) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="random:llama-2-13b")
-    ap.add_argument("--metric", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
-    ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--eval-windows", type=int, default=40)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--data-source", default="local")
+    add_options(ap, EvalConfig, ("model", "metric", "sparsity", "nsamples", "seqlen", "eval_windows", "dtype",
+                                 "data_source"), model={"default": "random:llama-2-13b"}, eval_windows={"default": 40},
+                dtype={"default": "bf16"}, data_source={"default": "local"})
     ap.add_argument("--compare", action="store_true", help="also run with the model resident on the GPU")
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.options import add_options, values  # noqa: E402
 from dsa_core import data  # noqa: E402
 from dsa_core.evaluate import default_batch_size, perplexity  # noqa: E402
 from dsa_core.models import LoadedModel, load_model  # noqa: E402
@@ -75,29 +76,19 @@ def tokens_per_second(model, prompts: torch.Tensor, new_tokens: int, repeats: in
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct ($DSA_DEFAULT_GGUF)")
-    ap.add_argument("--target-ratio", type=float, default=0.7)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seqlen", type=int, default=1024)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lam", type=float, default=16.0)
-    ap.add_argument("--max-train-seconds", type=float, default=120.0,
-                    help="stop each training after this long, so that the whole run fits in a few minutes")
-    ap.add_argument("--eval-seqlen", type=int, default=2048)
-    ap.add_argument("--eval-windows", type=int, default=None, help="default: the whole test split")
-    ap.add_argument("--baseline-samples", type=int, default=32)
+    add_options(ap, StructuralConfig, ("model", "target_ratio", "steps", "batch_size", "seqlen", "lr", "lam",
+                                       "max_train_seconds", "eval_seqlen", "eval_windows", "baseline_samples"),
+                steps={"default": 1000}, batch_size={"default": 8}, seqlen={"default": 1024},
+                max_train_seconds={"default": 120.0, "help": "stop each training after this long, so that the whole "
+                                   "run fits in a few minutes"})
     ap.add_argument("--zeroshot", default=None, help="also the zero-shot mean on these tasks (e.g. piqa,arc_easy)")
     ap.add_argument("--zeroshot-limit", type=int, default=None, help="examples per zero-shot task")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="1,16", help="generation batch sizes")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None, help="default: bf16 on GPU, fp32 on CPU")
-    ap.add_argument("--data-source", default="local")
-    ap.add_argument("--align", type=int, default=8, help="kept widths are multiples of this")
-    ap.add_argument("--seed", type=int, default=0)
+    add_options(ap, StructuralConfig, ("device", "dtype", "data_source", "align", "seed"),
+                data_source={"default": "local"})
     ap.add_argument("--save", default=None, help="save the compressed model here")
     ap.add_argument("--json", default=None, help="write the full result to this file")
     return ap.parse_args()
@@ -108,12 +99,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     started = time.perf_counter()
     lm = load_model(args.model, args.device, args.dtype)
-    cfg = StructuralConfig(
-        model=args.model, target_ratio=args.target_ratio, steps=args.steps, batch_size=args.batch_size,
-        seqlen=args.seqlen, lr=args.lr, lam=args.lam, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
-        baseline_samples=args.baseline_samples, max_train_seconds=args.max_train_seconds, align=args.align,
-        seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
-    ).validate()
+    cfg = StructuralConfig(**values(args, StructuralConfig)).validate()
 
     def progress(phase: str, done: int, total: int) -> None:
         if done == total or done % 100 == 0:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.options import add_options  # noqa: E402
 from dsa_core import functions  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.pipeline import environment, oom_as_error, open_session  # noqa: E402
@@ -44,13 +45,11 @@ SPECS = {"uniform": "uniform", "owl": "owl", "alpha": "alpha", "dsa preset": fun
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None)
+    add_options(ap, EvalConfig, ("model", "device", "dtype", "data_source", "metric", "mode", "nsamples", "seqlen",
+                                 "seed"))
     ap.add_argument("--tasks", default="paper", help="zero-shot tasks (default: the papers' seven)")
     ap.add_argument("--limit", type=int, default=None, help="examples per task (default: the whole split)")
     ap.add_argument("--tasks-data", default=None)
-    ap.add_argument("--data-source", default="auto")
     ap.add_argument("--sparsities", default="0.5,0.7")
     ap.add_argument("--allocations", default="dense," + ",".join(REFERENCES),
                     help=f"labels among dense, {', '.join(REFERENCES)}")
@@ -67,11 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--level-step", type=float, default=0.01, help="the grid of --searched levels:...")
     ap.add_argument("--atp-beta", default="auto", help="ATP's β, or auto: searched on WikiText-2 validation "
                     "perplexity (8 windows), as its paper searches it")
-    ap.add_argument("--metric", default="wanda")
-    ap.add_argument("--mode", default="sequential")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=None, help="zero-shot batch (default 64 on GPU, 8 on CPU)")
     ap.add_argument("--lm-eval-cli", default=None, metavar="DIR", help="also score the dense model with lm-eval's "
                     "own CLI (model saved to DIR/model, local files) and compare, to the third decimal")

@@ -9,20 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.options import add_model_options
-from dsa_core.config import MODES, EvalConfig
-from dsa_core.scores import PATTERNS
+from cli.options import MODEL_OPTIONS, add_options, values
+from dsa_core.config import EvalConfig
 
 
 def add_export_parser(sub) -> None:
     e = sub.add_parser("export", help="prune and save the model (safetensors; 2:4 also as compressed-tensors)")
-    add_model_options(e)
-    e.add_argument("--allocation", default="uniform", help="as for evaluate: a baseline, a DSA preset or a function")
-    e.add_argument("--sparsity", type=float, default=0.5)
-    e.add_argument("--pattern", choices=PATTERNS, default="unstructured")
-    e.add_argument("--mode", choices=MODES, default="sequential")
+    add_options(e, EvalConfig, (*MODEL_OPTIONS, "allocation", "sparsity", "pattern", "mode", "eval_windows"))
     e.add_argument("--out", required=True, help="directory to write; from_pretrained loads it")
-    e.add_argument("--eval-windows", type=int, default=None, help="cap on perplexity windows (quick runs)")
     e.add_argument("--no-eval", action="store_true", help="skip the perplexity measurement")
     e.add_argument("--no-compressed", action="store_true", help="2:4 only: skip the compressed-tensors copy")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
@@ -33,12 +27,7 @@ def export_command(args: argparse.Namespace) -> int:
     from dsa_core.export import SparsityProfile, export_model
     from dsa_core.pipeline import environment, open_session, prune_with, run_evaluation
 
-    cfg = EvalConfig(
-        model=args.model, metric=args.metric, allocation=args.allocation, sparsity=args.sparsity,
-        pattern=args.pattern, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen,
-        eval_windows=args.eval_windows, seed=args.seed, mode=args.mode, device=args.device, dtype=args.dtype,
-        data_source=args.data_source, batch_size=args.batch_size,
-    ).validate()
+    cfg = EvalConfig(**values(args, EvalConfig)).validate()
     session = open_session(cfg)
     if args.no_eval:
         ratios, warnings = prune_with(session, cfg)

@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 
 from cli.export import add_export_parser, export_command
-from cli.options import add_model_options
+from cli.options import add_options, values
 from cli.progress import tqdm_progress
 from cli.search import add_search_parsers, search_command, worker_command
 from cli.structural import add_structural_parser, structural_command
-from dsa_core.allocation import BASELINES
-from dsa_core.config import MODES, EvalConfig
+from dsa_core.config import EvalConfig
 from dsa_core.errors import DSAError
-from dsa_core.scores import PATTERNS
 from storage.recorder import add_history_options, recorder_from_args
 
 
@@ -33,24 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="prune with one allocation and report WikiText-2 perplexity")
-    add_model_options(ev)
-    ev.add_argument("--allocation", default="uniform",
-                    help=f"dense, a baseline ({', '.join(BASELINES)}; options as owl:M=5,lambda=0.08), a DSA "
-                         "preset or a function text form")
-    ev.add_argument("--sparsity", type=float, default=0.5)
-    ev.add_argument("--pattern", choices=PATTERNS, default="unstructured")
-    ev.add_argument("--eval", default="wikitext2", choices=["wikitext2"])
-    ev.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows (quick runs)")
-    ev.add_argument("--mode", choices=MODES, default="sequential",
-                    help="sequential: faithful block-by-block pruning; fast: re-mask from dense-model scores")
-    ev.add_argument("--dense", action="store_true", help="also report the unpruned model's perplexity")
+    add_options(ev, EvalConfig)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--tasks", default=None, help="zero-shot tasks scored by lm-eval after pruning, comma-separated: "
-                    "boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa ('paper': these seven), "
-                    "piqa")
-    ev.add_argument("--tasks-limit", type=int, default=None, help="examples per task (quick runs)")
-    ev.add_argument("--tasks-data", default=None, help="folder of the tasks' original release files, one folder "
-                    "per task (default: the hub when reachable, else the shipped data folder)")
     add_history_options(ev)
     add_search_parsers(sub)
     add_export_parser(sub)
@@ -101,13 +83,7 @@ def recorded_evaluation(result: dict) -> dict:
 def evaluate_command(args: argparse.Namespace) -> int:
     from dsa_core.pipeline import run_evaluation
 
-    cfg = EvalConfig(
-        model=args.model, metric=args.metric, allocation=args.allocation, sparsity=args.sparsity,
-        pattern=args.pattern, calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, eval=args.eval,
-        eval_windows=args.eval_windows, seed=args.seed, mode=args.mode, dense=args.dense, device=args.device,
-        dtype=args.dtype, data_source=args.data_source, batch_size=args.batch_size,
-        tasks=args.tasks or (), tasks_limit=args.tasks_limit, tasks_data=args.tasks_data,
-    ).validate()
+    cfg = EvalConfig(**values(args, EvalConfig)).validate()
     with recorder_from_args(args).run("evaluation", cfg.to_dict()) as run:
         result = run_evaluation(cfg, progress=None if args.json else tqdm_progress())
         run.done(**recorded_evaluation(result))

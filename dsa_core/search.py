@@ -45,6 +45,7 @@ from dsa_core.fitness import (
 from dsa_core.levels import LevelSwitchSampler, expand_to_units
 from dsa_core.selection import RecentHalvingPruner
 from dsa_core.session import PruningSession
+from dsa_core.settings import option, shared, validate_declared
 from dsa_core.spaces import AllocationSpace, FunctionSpace, function_distributions, function_text
 
 log = logging.getLogger(__name__)
@@ -58,73 +59,67 @@ WAIT_S = 1.0  # how often a worker with nothing left to claim looks at the study
 REFINE_SUFFIX = ":refine"  # a hybrid search's second study is named after its first
 
 
-def _option(default, help: str, **kw):
-    """A search setting with what its command-line option and form field need (declared once, here)."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class SearchConfig:
     """A search: the pruning set-up it optimises for, its space, sampler and budget, and its fitness proxy."""
 
-    model: str | None = None
-    metric: str = "wanda"
-    sparsity: float = 0.7
-    calib: str = "wikitext2"
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    data_source: str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    space: str = _option("function", "what to search: " + "; ".join(f"{k}: {v}" for k, v in SPACES.items()),
+    model: str | None = shared("model")
+    metric: str = shared("metric")
+    sparsity: float = shared("sparsity", default=0.7)
+    calib: str = shared("calib")
+    nsamples: int = shared("nsamples")
+    seqlen: int = shared("seqlen")
+    seed: int = shared("seed")
+    data_source: str = shared("data_source")
+    device: str | None = shared("device")
+    dtype: str | None = shared("dtype")
+    batch_size: int | None = shared("batch_size")
+    space: str = option("function", "what to search: " + "; ".join(f"{k}: {v}" for k, v in SPACES.items()),
                          choices=tuple(SPACES))
-    granularity: str = _option("block", "allocation and hybrid spaces: one level per block, or per linear layer "
+    granularity: str = option("block", "allocation and hybrid spaces: one level per block, or per linear layer "
                                "(q, k, v, o, gate, up, down)", choices=GRANULARITIES)
     # Its choices are what a form offers; the command line also takes zeroshot:TASKS (`open`: validate() checks).
-    fitness: str = _option("ppl", "; ".join(f"{k}: {v}" for k, v in FITNESSES.items()), choices=("ppl", "kl"),
+    fitness: str = option("ppl", "; ".join(f"{k}: {v}" for k, v in FITNESSES.items()), choices=("ppl", "kl"),
                            open=True)
-    fidelity: str = _option("", "token counts of the staged selection, few first, e.g. 2k,16k,64k: every candidate "
+    fidelity: str = option("", "token counts of the staged selection, few first, e.g. 2k,16k,64k: every candidate "
                             "is measured on the first, the best 1/--promote on the next (default: one stage of "
                             "--fitness-windows windows)")
-    last_stage: str = _option("masked", "how the last fidelity stage measures a candidate: "
+    last_stage: str = option("masked", "how the last fidelity stage measures a candidate: "
                               + "; ".join(f"{k}: {v}" for k, v in LAST_STAGES.items()), choices=tuple(LAST_STAGES))
-    promote: int = _option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
-    level_step: float = _option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
-    parents: int = _option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
-    start: str = _option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
+    promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
+    level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
+    parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
+    start: str = option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
                          "text, ...)")
-    hybrid_split: float = _option(0.5, "hybrid: the share of the budget spent on functions before refining")
-    rerank_tokens: int = _option(0, "re-rank the top-k by validation perplexity on this many tokens (0: rank by "
+    hybrid_split: float = option(0.5, "hybrid: the share of the budget spent on functions before refining")
+    rerank_tokens: int = option(0, "re-rank the top-k by validation perplexity on this many tokens (0: rank by "
                                  "the fitness)")
-    sampler: str = "ga"
-    population: int = 24
-    mutation: float | None = None  # per-gene mutation probability of the GA; None: 1 / number of genes
-    initial: int | None = None  # random functions before the GA evolves (None: one population)
-    preselect: int = 16  # children the GA breeds per trial; the surrogate picks one to evaluate (1: no surrogate)
-    budget_candidates: int | None = 200
-    budget_seconds: float | None = None
-    fitness_windows: int = 8
-    zeroshot_rows: int = 200  # zeroshot:TASKS fitness: rows per task, seeded (dsa_core.zeroshot.tasks.holdout_rows)
+    sampler: str = option("ga", "how functions are drawn: the GA, NSGA-II or at random", choices=SAMPLERS)
+    population: int = option(24, "GA: how many of the best functions breed")
+    mutation: float | None = option(None, "GA: per-gene mutation probability (default: 1 / number of genes)",
+                                    type=float)
+    initial: int | None = option(None, "GA: random functions before evolving (default: one population)", type=int)
+    preselect: int = option(16, "GA: children bred per trial, the most promising evaluated (1: no pre-selection)")
+    # The command line has no default budget (it asks for one); a form or a script starts from 200 candidates.
+    budget_candidates: int | None = option(200, "stop after this many candidates", type=int)
+    budget_seconds: float | None = option(None, "stop after this long", type=float)
+    fitness_windows: int = option(8, "WikiText-2 validation windows of the proxy")
+    zeroshot_rows: int = option(200, "--fitness zeroshot:TASKS: rows per task, a fixed seeded subset held out of "
+                                "what final tables report (evaluate them with exclude=this)")
     lam_range: tuple[float, float] = (0.02, 0.3)
-    top_k: int = 3
-    final_eval_windows: int | None = None
-    study: str | None = None
+    top_k: int = option(3, "candidates re-evaluated faithfully at the end")
+    final_eval_windows: int | None = option(None, "cap on test windows (quick runs)", type=int)
+    study: str | None = option(None, "name; an existing study of that name is resumed", type=str)
 
     def validate(self) -> SearchConfig:
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
+        validate_declared(self)
+        if self.sparsity == 0:
+            raise ConfigError("A search at sparsity 0 has nothing to allocate; give a target above 0.")
         if check_kind(self.fitness) is not None:
             if self.fidelity:
                 raise ConfigError(ZEROSHOT_ONE_STAGE)
             if self.zeroshot_rows < 1:
                 raise ConfigError("The zero-shot fitness needs at least one row per task (--zeroshot-rows).")
-        for name in ("space", "granularity", "last_stage"):
-            choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"Unknown {name} '{getattr(self, name)}'; choose one of {', '.join(choices)}.")
-        if not 0 < self.sparsity < 0.99:
-            raise ConfigError(f"Sparsity {self.sparsity} is outside (0, 0.99).")
         if self.budget_candidates is None and self.budget_seconds is None:
             raise ConfigError("A search needs a budget: --budget-candidates, --budget-seconds, or both.")
         if (self.budget_candidates is not None and self.budget_candidates < 1) or (

@@ -242,7 +242,7 @@ def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_seque
     check = search.search_fitness(session, cfg)  # its dense logits first
     session.prune_sequential(np.asarray(result.best.ratios), "wanda")
     assert result.best.fitness == check.stages[1]()
-    with pytest.raises(ConfigError, match="last_stage"):
+    with pytest.raises(ConfigError, match="Unknown last stage"):
         search.SearchConfig(**QUICK, last_stage="faithful").validate()
     session.restore()
 

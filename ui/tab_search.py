@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import Field, fields, replace
+from dataclasses import Field, replace
 
 import gradio as gr
 
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
 from dsa_core.search_record import search_protocol, search_results
+from dsa_core.settings import setting
 from ui import escape, experiments, figures
 from ui.context import (
     AppContext,
@@ -35,10 +36,12 @@ from ui.jobs import Job
 from ui.tab_builder import controls_update
 from ui.tab_evaluate import parse_tags, saved_markdown
 
-# Declared settings shown beside the budget; the others (allocation and hybrid details) sit in an accordion.
+# Declared settings shown beside the budget, and the allocation and hybrid details in an accordion. The set-up comes
+# from the loaded model, the sampler, population and budgets have controls of their own, and the app ranks by the
+# fitness (re-ranking and the faithful table are the command line's final steps).
 MAIN = ("space", "granularity", "fitness", "fidelity", "promote")
-NOT_SHOWN = ("rerank_tokens",)  # the app ranks by the fitness; re-ranking is the command line's final step
-DECLARED: tuple[Field, ...] = tuple(f for f in fields(SearchConfig) if "help" in f.metadata and f.name not in NOT_SHOWN)
+DETAILS = ("last_stage", "level_step", "parents", "start", "hybrid_split")
+DECLARED: tuple[Field, ...] = tuple(setting(SearchConfig, name) for name in MAIN + DETAILS)
 NOT_A_FUNCTION = ("ⓘ The best candidate is a direct allocation (one sparsity per block or linear layer), not a "
                   "function: only functions load into the builder. Its profile is shown above, and the History "
                   "keeps it.")

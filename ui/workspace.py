@@ -26,6 +26,7 @@ from dsa_core.scores import parse_pattern
 from dsa_core.search import SearchConfig, SearchResult, create_study, run_search, search_fitness
 from dsa_core.search_record import study_events
 from dsa_core.session import PruningSession
+from dsa_core.settings import SETUP
 from dsa_core.stats import BlockStats
 from ui.jobs import Busy, DeviceQueue, Job, Ticket, duration
 from ui.limits import Limits
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 # What the builder and evaluations compare every function with: label -> allocation spec.
 REFERENCES = {"uniform": "uniform", "owl": "owl", "dsa preset": "dsa"}
 OWN_LABEL = "this function"
-# The settings that decide whether a loaded session can be reused (the metric and pattern only add scores).
-_SESSION_KEYS = ("model", "calib", "nsamples", "seqlen", "seed", "data_source", "device", "dtype", "batch_size")
-
-
 @dataclass
 class Profiles:
     """Per-block sparsity of the function being built and of the references, at one target."""
@@ -144,7 +141,8 @@ class Workspace:
         cfg = replace(cfg, device=self.device, allocation="uniform",
                       sparsity=_pattern_sparsity(cfg.pattern, cfg.sparsity)).validate()
         self.check_sources(cfg)
-        if self.session is None or any(getattr(self.config, k) != getattr(cfg, k) for k in _SESSION_KEYS):
+        # The set-up decides whether a loaded session can be reused (the metric and pattern only add scores).
+        if self.session is None or any(getattr(self.config, k) != getattr(cfg, k) for k in SETUP):
             self._unload()
             job.stage = f"loading {cfg.model or DEFAULT_MODEL}"
             self.session = open_session(cfg, progress=self._progress)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from dsa_core.data import SOURCES, check_text_source
 from dsa_core.errors import ConfigError, ModelError
 from dsa_core.models import LoadedModel, pick_device
+from dsa_core.settings import option, shared, validate_declared
 from dsa_core.structural.families import family_of
 from dsa_core.structural.layouts import Independent
 from dsa_core.structural.masking import MaskedBlocks
@@ -48,28 +48,32 @@ class StructuralConfig:
     """A structural-pruning run: what to prune, to which share of the blocks' linear-layer parameters, how
     the hypernetwork trains, and how the result is measured."""
 
-    model: str | None = None
-    target_ratio: float = 0.7
-    steps: int = 200
-    batch_size: int = 4
-    seqlen: int = 512
-    lr: float = 1e-3
+    model: str | None = shared("model", help="a LLaMA, Mistral, Qwen2/3, Gemma 2/3 or pre-norm OPT model: hub "
+                               "id, local directory, .gguf file, gemma3-270m, random:<shape>; default: "
+                               "SmolLM2-135M-Instruct")
+    target_ratio: float = option(0.7, "share of the blocks' linear-layer parameters to keep")
+    steps: int = option(200, "hypernetwork training steps", minimum=1)
+    batch_size: int = shared("batch_size", default=4, help="windows per training step")
+    seqlen: int = shared("seqlen", default=512, help="tokens per training window")
+    lr: float = option(1e-3, "learning rate")
     weight_decay: float = 0.05
-    lam: float = 16.0
-    temperature: float = 0.4
-    offset: float = 3.0
-    calib: str = "wikitext2"
-    data_source: str = "auto"
-    eval_seqlen: int = 2048
-    eval_windows: int | None = None
+    lam: float = option(16.0, "weight λ of |log(ratio / target)|")
+    temperature: float = option(0.4, "temperature of the hypernetwork's Gumbel-sigmoid")
+    offset: float = option(3.0, "offset added to the hypernetwork's logits in its Gumbel-sigmoid")
+    calib: str = shared("calib")
+    data_source: str = shared("data_source")
+    eval_seqlen: int = option(2048, "tokens per test window", minimum=16)
+    eval_windows: int | None = option(None, "cap on WikiText-2 test windows (0 on the command line: the whole test "
+                                      "split)", type=int, minimum=1)
     baseline: bool = True  # the uniform-width baseline by activation norms, untrained
     extra_baselines: list[str] = field(default_factory=list)  # names of EXTRA_BASELINES, measured the same way
-    baseline_samples: int = 32
-    max_train_seconds: float | None = None  # stop training early after this long (the curve shows where)
-    align: int = 8  # kept widths are multiples of this (GPU matrix kernels want 8); 1 keeps exact widths
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
+    baseline_samples: int = option(32, "calibration windows for the baseline's activation norms", minimum=1)
+    max_train_seconds: float | None = option(None, "stop training after this long, whatever --steps says", type=float)
+    # GPU matrix kernels want widths in multiples of 8.
+    align: int = option(8, "round kept widths to multiples of this (1: exact widths)", minimum=1)
+    seed: int = shared("seed")
+    device: str | None = shared("device")
+    dtype: str | None = shared("dtype")
 
     @classmethod
     def defaults_for(cls, device: str | None, **settings) -> StructuralConfig:
@@ -79,31 +83,19 @@ class StructuralConfig:
         return cls(**{**sized, "device": device, **settings})
 
     def validate(self) -> StructuralConfig:
+        validate_declared(self)
         if not 0.0 < self.target_ratio < 1.0:
             raise ConfigError(f"Target ratio {self.target_ratio} is outside (0, 1); give the share of "
                               "parameters to keep, such as 0.7.")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("Training needs --steps ≥ 1 and --batch-size ≥ 1.")
-        if self.seqlen < 16 or self.eval_seqlen < 16:
-            raise ConfigError("Sequence lengths must be at least 16 tokens.")
         if self.lr <= 0 or self.weight_decay < 0 or self.lam < 0:
             raise ConfigError("The learning rate must be positive; weight decay and λ cannot be negative.")
         if self.temperature <= 0:
             raise ConfigError("The Gumbel-sigmoid temperature must be positive.")
-        if self.eval_windows is not None and self.eval_windows < 1:
-            raise ConfigError("--eval-windows must be at least 1.")
-        if self.align < 1:
-            raise ConfigError("Channel alignment must be at least 1.")
-        if self.baseline_samples < 1:
-            raise ConfigError("The baseline needs at least one calibration window.")
         unknown = [name for name in self.extra_baselines if name not in EXTRA_BASELINES]
         if unknown:
             raise ConfigError(f"Unknown baseline '{unknown[0]}'; choose among uniform, {', '.join(EXTRA_BASELINES)}.")
         if self.max_train_seconds is not None and self.max_train_seconds <= 0:
             raise ConfigError("The training time limit must be positive.")
-        if self.data_source not in SOURCES:
-            raise ConfigError(f"Unknown data source '{self.data_source}'; choose one of {', '.join(SOURCES)}.")
-        check_text_source(self.calib)
         return self
 
     def to_dict(self) -> dict:
