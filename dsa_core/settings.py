@@ -90,7 +90,9 @@ def check_value(f: Field, value: Any) -> None:
 
 def check_shared(name: str, value: Any) -> None:
     """`check_value` for a shared setting outside a configuration (a stored profile's metric or target)."""
-    check_value(shared(name), value)
+    f = shared(name)
+    f.name = name  # a field outside a dataclass has none
+    check_value(f, value)
 
 
 def validate_declared(cfg: Any) -> None:

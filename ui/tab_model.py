@@ -6,11 +6,9 @@ from __future__ import annotations
 import gradio as gr
 
 from dsa_core.config import EvalConfig
-from dsa_core.data import SOURCES
 from dsa_core.errors import DSAError
-from dsa_core.metrics import METRICS
 from dsa_core.models import DEFAULT_MODEL
-from dsa_core.scores import PATTERNS
+from dsa_core.settings import setting
 from ui import escape
 from ui.context import AppContext, cancel_handler, error_text, stream_job, target_slider, wait_for_device
 
@@ -37,6 +35,12 @@ def block_rows(d: dict) -> list[list]:
             for b in d["blocks"]]
 
 
+def choice(name: str) -> dict:
+    """A dropdown's choices and default, from EvalConfig's declaration of the setting `name` (as the CLI's)."""
+    f = setting(EvalConfig, name)
+    return {"choices": list(f.metadata["choices"]), "value": f.default}
+
+
 def build(ctx: AppContext) -> None:
     ws = ctx.workspace
     where = ("smollm2 (SmolLM2-135M-Instruct, the default), gemma3-270m (Gemma 3 270M), random:tiny, a Hugging Face "
@@ -45,8 +49,8 @@ def build(ctx: AppContext) -> None:
         model = gr.Dropdown(MODELS if ws.limits is None else list(ws.limits.models), value=DEFAULT_MODEL,
                             allow_custom_value=ws.limits is None, label="Model", info=where,
                             elem_id="model", scale=3)
-        metric = gr.Dropdown(list(METRICS), value="wanda", label="Metric", elem_id="metric")
-        pattern = gr.Dropdown(list(PATTERNS), value="unstructured", label="Pattern", elem_id="pattern")
+        metric = gr.Dropdown(**choice("metric"), label="Metric", elem_id="metric")
+        pattern = gr.Dropdown(**choice("pattern"), label="Pattern", elem_id="pattern")
     target = target_slider(ctx, "target")
     with gr.Row():
         calib = gr.Dropdown(["wikitext2", "c4"], value="wikitext2", allow_custom_value=ws.allow_local_paths,
@@ -55,7 +59,7 @@ def build(ctx: AppContext) -> None:
         nsamples = gr.Number(32, precision=0, minimum=1, label="Calibration samples", elem_id="nsamples")
         seqlen = gr.Number(512, precision=0, minimum=16, label="Sequence length", elem_id="seqlen")
         seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-        source = gr.Dropdown(list(SOURCES), value="auto", label="Data source")
+        source = gr.Dropdown(**choice("data_source"), label="Data source")
     with gr.Row():
         load = gr.Button("Load & score", variant="primary", elem_id="load")
         cancel = gr.Button("Cancel", variant="stop", elem_id="load-cancel")
