@@ -27,6 +27,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.options import add_options  # noqa: E402
 from dsa_core import (
     comparison,  # noqa: E402
     search,  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--variants", default="ga,nsga2",
                     help="samplers to compare with random, each with optional settings, e.g. "
                          "'ga,ga:population=12:initial=60,nsga2:population=64:mutation=0.3'")
-    ap.add_argument("--dtype", default=None)
+    add_options(ap, EvalConfig, ("dtype",))
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

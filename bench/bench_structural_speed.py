@@ -36,9 +36,11 @@ from transformers import StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.options import add_options  # noqa: E402
 from dsa_core.models import load_model  # noqa: E402
 from dsa_core.structural.compressed import compress  # noqa: E402
 from dsa_core.structural.selection import BlockShape, Selection, fit_budget  # noqa: E402
+from dsa_core.structural.training import StructuralConfig  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -149,8 +151,7 @@ def main() -> None:
     ap.add_argument("--decode", default="graph", choices=("graph", "eager"),
                     help="decode steps replayed from a CUDA graph (GPU only) or run eagerly")
     ap.add_argument("--align", type=int, default=8)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None, help="default: bf16 on GPU, fp32 on CPU")
+    add_options(ap, StructuralConfig, ("device", "dtype"))
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]

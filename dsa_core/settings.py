@@ -1,4 +1,4 @@
-"""Settings declared once: what a configuration's field means, its default, the choices or bounds it obeys.
+"""Settings declared once: what a configuration's field means, its default, the rule its value obeys.
 
 A declared setting is a dataclass field made by `option` (a section's own) or `shared` (the set-up every run has:
 model, device, dtype, data source, calibration, seed, batch size; and the metric and target sparsity pruning runs
@@ -44,7 +44,8 @@ SHARED: dict[str, dict] = {
     "nsamples": dict(default=128, minimum=1, help="calibration windows"),
     "seqlen": dict(default=2048, minimum=16, help="tokens per window"),
     "seed": dict(default=0, help="seed of the calibration windows (and of what a run draws at random)"),
-    "batch_size": dict(default=None, type=int, minimum=1, help="windows per forward pass (default: all at once)"),
+    "batch_size": dict(default=None, type=int, minimum=1, help="calibration windows per forward pass (default: 8 "
+                       "on a GPU, 2 on a CPU)"),
     "metric": dict(default="wanda", choices=METRICS, help="the pruning score"),
     "sparsity": dict(default=0.5, check=check_target, help="target sparsity: the share of the blocks' "
                      "linear-layer weights pruned"),

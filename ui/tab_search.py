@@ -5,8 +5,8 @@ chart of how far its refinement moved each unit. Stop keeps what was found; the 
 builder in one click. The search is recorded in the history as it goes, and its Optuna study lives in the history's
 database: workers can join it, and it can be resumed (after a restart too) from its experiment id.
 
-The controls of the search's declared settings (SearchConfig fields with help in their metadata, as the command
-line's options) are generated from those declarations: labels, choices, help and defaults are written once, there.
+The controls of the search's own settings (SearchConfig's declared fields, dsa_core.settings, from which the command
+line's options come too) are generated from those declarations: labels, choices, help and defaults are written once.
 """
 
 from __future__ import annotations
