@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import Field, replace
+from dataclasses import Field, fields, replace
 
 import gradio as gr
 
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
 from dsa_core.search_record import search_protocol, search_results
-from dsa_core.settings import setting
 from ui import escape, experiments, figures
 from ui.context import (
     AppContext,
@@ -41,7 +40,7 @@ from ui.tab_evaluate import parse_tags, saved_markdown
 # fitness (re-ranking and the faithful table are the command line's final steps).
 MAIN = ("space", "granularity", "fitness", "fidelity", "promote")
 DETAILS = ("last_stage", "level_step", "parents", "start", "hybrid_split")
-DECLARED: tuple[Field, ...] = tuple(setting(SearchConfig, name) for name in MAIN + DETAILS)
+DECLARED: tuple[Field, ...] = tuple(f for f in fields(SearchConfig) if f.name in MAIN + DETAILS)  # the API's order
 NOT_A_FUNCTION = ("ⓘ The best candidate is a direct allocation (one sparsity per block or linear layer), not a "
                   "function: only functions load into the builder. Its profile is shown above, and the History "
                   "keeps it.")
