@@ -21,7 +21,7 @@ perplexity, optionally the zero-shot mean (--zeroshot), and greedy generation sp
         --baseline-samples 2 --new-tokens 4 --repeats 1 --batches 1 --device cpu --model random:tiny  # CPU smoke
 
 Prints a table; --json writes the full result (loss curves, widths) to a file, --save the compressed model.
-SliceGPT-style orthogonal slicing is not a row: see the README's structural section for why.
+SliceGPT-style orthogonal slicing is not a row: docs/structural.md says why.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the budget. Returns a Selection, so the baseline is compressed and measured exac
 
 ShortGPT (Men et al., 2024) removes the blocks whose output is most like their input (Block Influence, the
 mean 1 - cos(input, output) on calibration windows), as many as the budget says; the result is the family's
-own model with fewer blocks. (SliceGPT-style orthogonal slicing is not offered: see the README.)
+own model with fewer blocks. (SliceGPT-style orthogonal slicing is not offered: see docs/structural.md.)
 """
 
 from __future__ import annotations
