@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
-from dsa_core.settings import SETUP, declared, flag
+from dsa_core.settings import SETUP, declared, flag, help_of
 
 # What every command that loads a model for pruning takes (evaluate, search, export).
 MODEL_OPTIONS = (*SETUP, "metric")
@@ -25,10 +25,10 @@ def add_options(parser: argparse.ArgumentParser, config: type, names: Iterable[s
             continue
         rules = f.metadata
         if isinstance(f.default, bool):
-            kw = {"action": "store_true", "help": rules["help"]}
+            kw = {"action": "store_true", "help": help_of(f)}
         else:
             kind = rules.get("type", str if f.default is None else type(f.default))
-            kw = {"type": kind, "default": f.default, "help": rules["help"],
+            kw = {"type": kind, "default": f.default, "help": help_of(f),
                   "choices": None if rules.get("open") else rules.get("choices")}
         parser.add_argument(flag(f.name), **{**kw, **changes.get(f.name, {})})
         added.append(f.name)

@@ -23,8 +23,8 @@ class EvalConfig:
 
     model: str | None = shared("model")
     metric: str = shared("metric")
-    allocation: str = option("uniform", f"dense, a baseline ({', '.join(BASELINES)}; options as owl:M=5,lambda=0.08), "
-                             "a DSA preset or a function text form")
+    allocation: str = option("uniform", lambda: f"dense, a baseline ({', '.join(BASELINES)}; options as "
+                             "owl:M=5,lambda=0.08), a DSA preset or a function text form")
     sparsity: float = shared("sparsity")
     pattern: str = option("unstructured", "unstructured, or N:M (N of every M consecutive weights pruned)",
                           choices=PATTERNS)

@@ -11,6 +11,7 @@ fields into argparse options and the web app reads their defaults and choices. N
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import Field, field, fields
 from typing import Any
 
@@ -21,11 +22,18 @@ from dsa_core.metrics import METRICS
 from dsa_core.models import DTYPES
 
 
-def option(default: Any, help: str, **rules: Any) -> Field:
-    """A declared setting. `rules`: choices (an `open` setting's choices are what a form offers, its configuration's
-    validate() checks what else it takes), type (for a default of None), minimum, and check (a function that raises
-    for a bad value)."""
+def option(default: Any, help: str | Callable[[], str], **rules: Any) -> Field:
+    """A declared setting. `help` may be a function, for text that names what a registry holds when it is read (the
+    baselines, which a plug-in may add after this module is imported). `rules`: choices (an `open` setting's choices
+    are what a form offers, its configuration's validate() checks what else it takes), type (for a default of None),
+    minimum, and check (a function that raises for a bad value)."""
     return field(default=default, metadata={"help": help, **rules})
+
+
+def help_of(f: Field) -> str:
+    """A declared setting's help text, as of now."""
+    text = f.metadata["help"]
+    return text() if callable(text) else text
 
 
 # The shared settings, by field name: a configuration takes one with `shared(name)`, changing its default or help

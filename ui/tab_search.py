@@ -20,6 +20,7 @@ import gradio as gr
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
 from dsa_core.search_record import search_protocol, search_results
+from dsa_core.settings import help_of
 from ui import escape, experiments, figures
 from ui.context import (
     AppContext,
@@ -57,7 +58,7 @@ def _help(text: str) -> str:
 
 def declared_control(f: Field) -> gr.components.Component:
     """The form field of one declared SearchConfig setting: its label, choices, help and default."""
-    kw = {"label": _label(f.name), "info": _help(f.metadata["help"]), "elem_id": "search-" + f.name.replace("_", "-")}
+    kw = {"label": _label(f.name), "info": _help(help_of(f)), "elem_id": "search-" + f.name.replace("_", "-")}
     if f.metadata.get("choices"):
         return gr.Radio(list(f.metadata["choices"]), value=f.default, **kw)
     if isinstance(f.default, int):
