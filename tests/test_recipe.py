@@ -43,7 +43,10 @@ def test_ratios_per_linear_layer_target_each_layer_by_its_name(lm):
     assert name == "SparseGPTModifier" and len(m["targets"]) == len(m["sparsity"]) == 28
     assert all(isinstance(modules[t], nn.Linear) for t in m["targets"]) and _in_module_order(lm, m["targets"])
     assert m["targets"][:2] == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"]
-    assert m["sparsity"] == pytest.approx(ratios, abs=1e-6)
+    assert m["sparsity"] == [float(r) for r in ratios]  # exact, as SparseGPT's per-block counts need
+    (_, read), = yaml.safe_load(recipe_yaml(llmcompressor_recipe(lm, ratios, "sparsegpt")))["sparsity_stage"][
+        "sparsity_modifiers"].items()
+    assert read["sparsity"] == m["sparsity"]  # and so does the YAML file llm-compressor reads
 
 
 def test_n_m_patterns_and_unsupported_metrics(lm):
