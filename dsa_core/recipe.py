@@ -32,8 +32,7 @@ def llmcompressor_recipe(lm: LoadedModel, ratios, metric: str, pattern: str = "u
         targets = [f"{prefix}.{i}.{name}" for i in blocks for name in lm.linear_layers(i)]
         sparsity = [x for r in per_layer for x in r]
     # Exact ratios (YAML keeps a float's every digit): SparseGPT prunes ⌊rows · 128 · ratio⌋ weights of each block of
-    # columns, so a ratio rounded to 6 decimals moved a count by one somewhere and, through the weight updates after
-    # it, 11% of the masks (SmolLM2, fp64, bench/bench_llmcompressor.py --recipe owl).
+    # columns, a count that a ratio rounded to 6 decimals can move by one.
     modifier = {"sparsity": [float(s) for s in sparsity],
                 "mask_structure": "0:0" if nm is None else f"{nm[0]}:{nm[1]}", "targets": targets}
     return {"sparsity_stage": {"sparsity_modifiers": {MODIFIERS[metric]: modifier}}}
