@@ -9,13 +9,13 @@ purpose print as one sentence with exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from cli.export import add_export_parser, export_command
 from cli.options import add_options, values
+from cli.output import print_result
 from cli.progress import tqdm_progress
 from cli.search import add_search_parsers, search_command, worker_command
 from cli.structural import add_structural_parser, structural_command
@@ -87,12 +87,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     with recorder_from_args(args).run("evaluation", cfg.to_dict()) as run:
         result = run_evaluation(cfg, progress=None if args.json else tqdm_progress())
         run.done(**recorded_evaluation(result))
-    if run.stored:
-        result["history_id"] = run.id
-    if args.json:
-        print(json.dumps(result))
-    else:
-        _print_table(result)
+    print_result(result, run, args.json, _print_table)
     return 0
 
 

@@ -17,6 +17,7 @@ import time
 from contextlib import ExitStack
 
 from cli.options import add_options, values
+from cli.output import print_result
 from dsa_core.errors import ConfigError
 from dsa_core.search import SearchConfig
 from storage.recorder import add_history_options, recorder_from_args
@@ -185,11 +186,8 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     run.done({**search_results(study_events(study), result, model), **link,
               **{k: out[k] for k in ("table", "test_ppl", "baselines") if k in out}},
              environment=environment(session.lm) if session is not None else {})
-    if run.stored:
-        out["history_id"] = run.id
-    if args.json:
-        print(json.dumps(out))
-    else:
+
+    def print_table(out: dict) -> None:
         print(f"best {result.best.text}  fitness ({cfg.fitness}) {result.best.fitness:.4g}  ({result.evaluated} "
               f"evaluated, {out['candidates_per_second']:.2f}/s)")
         for name, t in ((out["fitness_protocol"] or {}).get("tasks") or {}).items():
@@ -198,6 +196,8 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
             print(f"{r['label']:<14}{r['ppl']:>12.3f}  {r['allocation'][:100]}")
         if "history_id" in out:
             print(f"history id    {out['history_id']}")
+
+    print_result(out, run, args.json, print_table)
     return 0
 
 

@@ -10,12 +10,12 @@ over dsa_core.structural.runner.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
 from cli.options import add_options, values
+from cli.output import print_result
 from cli.progress import tqdm_progress
 from dsa_core.errors import ConfigError
 from dsa_core.settings import setting
@@ -126,10 +126,5 @@ def structural_command(args: argparse.Namespace) -> int:
             raise
         result = run.result
         recorded.done(stored_results(result), protocol=result["protocol"], environment=result["environment"])
-    if recorded.stored:
-        result["history_id"] = recorded.id
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_table(result)
+    print_result(result, recorded, args.json, print_table)
     return 0
