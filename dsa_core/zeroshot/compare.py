@@ -65,10 +65,10 @@ def read_allocation(text: str, stats: BlockStats, target: float, level_step: flo
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"Cannot read the allocation file {path}: {e}.") from None
-        rows = saved.get("rows") if isinstance(saved, dict) else None
+        saved = saved if isinstance(saved, dict) else {}
+        rows = saved.get("rows")
         first = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else {}
-        ratios = (saved.get("best_ratios") or saved.get("ratios") or first.get("ratios")) if isinstance(saved, dict) \
-            else None
+        ratios = saved.get("best_ratios") or saved.get("ratios") or first.get("ratios")
         if not ratios:
             raise ConfigError(f"{path} holds neither best_ratios (search --json), ratios, nor a bench search's rows.")
         sparsity = (saved.get("config") or {}).get("sparsity")

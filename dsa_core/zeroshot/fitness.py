@@ -50,8 +50,7 @@ class ZeroShotFitness:
         if rows < 1:
             raise ConfigError("The zero-shot fitness needs at least one row per task (--zeroshot-rows).")
         sources = resolve_sources(tasks, data_root, source)
-        self.model = _SessionLM(lm, batch_size or (64 if lm.device.type == "cuda" else 8),
-                                lambda phase, done, total: None, "zero-shot fitness")
+        self.model = _SessionLM(lm, batch_size, lambda phase, done, total: None, "zero-shot fitness")
         manager = TaskManager(include_defaults=False)
         self.requests: list = []
         self.tasks: list[_Task] = []

@@ -54,11 +54,13 @@ LOGITS_MEMORY_SHARE = 0.25  # of the device's free memory one batch's logits may
 
 
 class _SessionLM(HFLM):
-    """lm-eval's HFLM with its progress sent to our callback instead of a tqdm bar."""
+    """lm-eval's HFLM with its progress sent to our callback instead of a tqdm bar. Its batch is `batch_size`, by
+    default 64 rows on a GPU and 8 on a CPU, fewer where they would not fit (rows_that_fit)."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int, progress: Progress, phase: str):
+    def __init__(self, lm: LoadedModel, batch_size: int | None, progress: Progress, phase: str):
         # float32 log-softmax: a bf16 one rounds log-probabilities of long choices enough to flip close calls.
-        super().__init__(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size,
+        super().__init__(pretrained=lm.model, tokenizer=lm.tokenizer,
+                         batch_size=batch_size or (64 if lm.device.type == "cuda" else 8),
                          softmax_dtype=torch.float32)
         self.progress, self.phase = progress, phase
         self._done = self._total = 0
@@ -145,9 +147,8 @@ def evaluate_tasks(
     sources = resolve_sources(tasks, data_root, source)
     # All files read and checked before any scoring.
     configs = {n: task_config(TASKS[n], None if sources.hub else f) for n, f in sources.files.items()}
-    bs = batch_size or (64 if lm.device.type == "cuda" else 8)
     progress = progress or (lambda phase, done, total: None)
-    model = _SessionLM(lm, bs, progress, "zero-shot")
+    model = _SessionLM(lm, batch_size, progress, "zero-shot")
     manager = TaskManager(include_defaults=False)  # our configs are complete: skip indexing lm-eval's 10k YAMLs
     out: dict = {"tasks": {}}
     start = time.perf_counter()
@@ -177,7 +178,7 @@ def evaluate_tasks(
         "limit": limit,
         "scoring": SCORING,
         "softmax_dtype": "float32",
-        "batch_size": bs,
+        "batch_size": model.batch_size_per_gpu,
         "source": "hub" if sources.hub else f"local:{sources.root}",
         "data": {n: ({"hub": configs[n][1]} if sources.hub else
                      {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in files]})
