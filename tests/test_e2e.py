@@ -42,11 +42,14 @@ def browser():
         browser.close()
 
 
-def new_page(browser, url: str, query: str = "", viewport: tuple[int, int] = (1400, 1000)):
+def new_page(
+    browser, url: str, query: str = "", viewport: tuple[int, int] = (1400, 1000), ready: str = "#model input"
+):
+    """A page on `url + query`, returned once `ready` is visible (a permalink opens History, hiding #model)."""
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url + query)
-    page.wait_for_selector("#model input")
+    page.wait_for_selector(ready)
     return page
 
 
@@ -401,7 +404,7 @@ def test_history_rows_open_on_click_imports_are_marked_and_messages_sit_by_their
 
 
 def test_a_bad_permalink_says_why(url, browser, request):
-    page = new_page(browser, url, "?experiment=abc", viewport=(1280, 800))
+    page = new_page(browser, url, "?experiment=abc", viewport=(1280, 800), ready="#history-details")
     with closed_after(request.node.name, page):
         assert "not an experiment id" in wait_text(page, "#history-details", "This link opens no experiment")
         page.goto(f"{url}?experiment={'e' * 32}")
