@@ -35,6 +35,7 @@ from dsa_core import (
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.fitness import Fitness  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
+from dsa_core.reporter import EventLog  # noqa: E402
 
 
 def search_once(session, base: dict, target: float, sampler: str, seed: int, seconds: float | None,
@@ -44,14 +45,14 @@ def search_once(session, base: dict, target: float, sampler: str, seed: int, sec
     beat_owl: list[float] = []
     evaluated_at: list[float] = []  # seconds into the search at which each new candidate's fitness came
 
-    def on_event(e: search.SearchEvent) -> None:
+    log = EventLog()
+    start = time.perf_counter()
+    result = search.run_search(session, cfg, search.create_study(cfg), log)
+    for e in log.events:
         if not e.cached:
             evaluated_at.append(e.elapsed)
         if not beat_owl and e.best_fitness < owl_proxy:
             beat_owl.append(e.elapsed)
-
-    start = time.perf_counter()
-    result = search.run_search(session, cfg, search.create_study(cfg), on_event=on_event)
     seconds = time.perf_counter() - start
     # Candidates/s in each quarter of the search: breeding is slowest early, while (pre-process, reduction) pairs
     # are new to the memo, so one overall rate hides where the time went.

@@ -44,6 +44,7 @@ from dsa_core.errors import DSAError  # noqa: E402
 from dsa_core.fitness import LAST_STAGES, Fitness  # noqa: E402
 from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
 from dsa_core.pipeline import environment, open_session  # noqa: E402
+from dsa_core.reporter import EventLog  # noqa: E402
 from dsa_core.spaces import function_text  # noqa: E402
 
 FITNESS_KINDS = ("ppl", "kl")
@@ -89,6 +90,14 @@ def measure_other(session, args, kind: str, windows: int, candidates: list[dict]
 def write(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=1))
     print(f"wrote {path}", flush=True)
+
+
+def _variant(a: dict) -> str:
+    """How a run's settings differ from the defaults the equal-budget comparison uses ("" when they do not)."""
+    default = search.SearchConfig
+    named = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"))
+    return ("/proj" if a["granularity"] == "projection" else "") + "".join(
+        f"/{name} {a[key]:g}" for key, name in named if a.get(key, getattr(default, key)) != getattr(default, key))
 
 
 def cmd_refs(args) -> None:
@@ -147,16 +156,15 @@ def cmd_run(args) -> None:
     session = open_job(args)
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
-                        hybrid_split=args.hybrid_split)
+                        hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote)
     fit = search.search_fitness(session, cfg)
-    curve: list[tuple[float, float]] = []
-
-    def on_event(e: search.SearchEvent) -> None:
+    log = EventLog()
+    started = time.perf_counter()
+    found = search.run_search(session, cfg, search.create_study(cfg), log, fit)
+    curve: list[tuple[float, float]] = []  # (seconds, best fitness) each time the best improved
+    for e in log.events:
         if not curve or e.best_fitness < curve[-1][1]:
             curve.append((e.elapsed, e.best_fitness))
-
-    started = time.perf_counter()
-    found = search.run_search(session, cfg, search.create_study(cfg), on_event=on_event, fitness=fit)
     result = comparison.rerank(session, cfg, found)
     search_s = time.perf_counter() - started
     print(f"{cfg.space} {args.metric} {args.target:.0%} seed {args.seed}: {result.evaluated} candidates in "
@@ -171,6 +179,10 @@ def cmd_run(args) -> None:
     kind = args.space + ("_proj" if args.granularity == "projection" else "")
     if args.space == "hybrid" and args.hybrid_split != 0.5:
         kind += f"_split{round(100 * args.hybrid_split)}"
+    if args.level_step != search.SearchConfig.level_step:
+        kind += f"_step{args.level_step:g}"
+    if args.promote != search.SearchConfig.promote:
+        kind += f"_promote{args.promote}"
     write(job_path(args, kind, f"_s{args.seed}"), {
         "args": vars(args), "config": cfg.to_dict(), "rows": rows, "evaluated": result.evaluated,
         "search_seconds": search_s, "throughput": result.throughput, "phases": result.phases,
@@ -228,9 +240,7 @@ def cmd_report(args) -> None:
         mine = [r for r in runs if _setting(r["args"]) == _setting(a)]
         for r in sorted(mine, key=lambda r: (r["args"]["space"], r["args"]["seed"])):
             first = r["rows"][0]
-            grain = "/proj" if r["args"]["granularity"] == "projection" else ""
-            grain += f"/split {r['args']['hybrid_split']:g}" if r["args"].get("hybrid_split", 0.5) != 0.5 else ""
-            label = f"{r['args']['space']}{grain} s{r['args']['seed']} #1"
+            label = f"{r['args']['space']}{_variant(r['args'])} s{r['args']['seed']} #1"
             print(f"{label:<26}{first['ppl']:>10.2f}{100 * (first['ppl'] / best - 1):>12.1f}%"
                   f"{first['search_fitness']:>11.4g}  {r['evaluated']:>10}  {r['search_seconds']:.0f} s")
         for k, v in ref["spearman"].items():
@@ -249,7 +259,7 @@ def cmd_report(args) -> None:
     seeds: dict[tuple, dict[str, dict[int, float]]] = {}
     for r in runs:
         a = r["args"]
-        if a["granularity"] == "block" and a.get("hybrid_split", 0.5) == 0.5:
+        if not _variant(a):
             seeds.setdefault(_setting(a), {}).setdefault(a["space"], {})[a["seed"]] = r["rows"][0]["ppl"]
     for (model, metric, target, *_), spaces in seeds.items():
         if {"hybrid", "function", "allocation"} <= set(spaces) and len(spaces["hybrid"]) > 1:
@@ -288,6 +298,10 @@ def main() -> None:
     run.add_argument("--seconds", type=float, default=120.0)
     run.add_argument("--rerank-tokens", type=int, default=0)
     run.add_argument("--hybrid-split", type=float, default=0.5, help="hybrid: share of the time spent on functions")
+    run.add_argument("--level-step", type=float, default=search.SearchConfig.level_step,
+                     help="allocation and hybrid: a level switch moves this fraction of the smallest unit's weights")
+    run.add_argument("--promote", type=int, default=search.SearchConfig.promote,
+                     help="staged selection: 1 in this many candidates goes on to the next fidelity")
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
     sub.add_parser("report").add_argument("folder")

@@ -42,6 +42,7 @@ from cli.options import add_options, values  # noqa: E402
 from dsa_core import data  # noqa: E402
 from dsa_core.evaluate import default_batch_size, perplexity  # noqa: E402
 from dsa_core.models import LoadedModel, load_model  # noqa: E402
+from dsa_core.reporter import Reporter  # noqa: E402
 from dsa_core.structural.baseline import block_influence, blocks_to_remove, remove_blocks  # noqa: E402
 from dsa_core.structural.compressed import compress  # noqa: E402
 from dsa_core.structural.layouts import Shared  # noqa: E402
@@ -101,11 +102,13 @@ def main() -> None:
     lm = load_model(args.model, args.device, args.dtype)
     cfg = StructuralConfig(**values(args, StructuralConfig)).validate()
 
-    def progress(phase: str, done: int, total: int) -> None:
-        if done == total or done % 100 == 0:
-            print(f"  {phase} {done}/{total}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    class Progress(Reporter):
+        def on_progress(self, phase: str, done: int, total: int) -> None:
+            if done == total or done % 100 == 0:
+                print(f"  {phase} {done}/{total}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
-    run = run_structural(cfg, progress=progress, lm=lm, save_dir=args.save)
+    progress = Progress()
+    run = run_structural(cfg, progress, lm=lm, save_dir=args.save)
     result, p = run.result, run.result["params"]
     shape = BlockShape.from_config(lm.model.config)
     bos = lm.window_bos

@@ -35,6 +35,7 @@ from cli.options import add_options  # noqa: E402
 from dsa_core import functions  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.pipeline import environment, oom_as_error, open_session  # noqa: E402
+from dsa_core.reporter import Reporter  # noqa: E402
 from dsa_core.zeroshot.compare import compare_allocations, read_allocation  # noqa: E402
 from dsa_core.zeroshot.harness import evaluate_tasks  # noqa: E402
 from dsa_core.zeroshot.report import mean_label, missing_tasks, paper_table  # noqa: E402
@@ -195,6 +196,16 @@ def main(argv=None) -> None:
         for name in result["missing"]:
             print(f"{target:8.0%} {label:<12} {name:<14} {'missing':>6}", flush=True)
 
+    class Rows(Reporter):
+        """Prints each allocation's scores as they come."""
+
+        def __init__(self, target: float):
+            super().__init__()
+            self.target = target
+
+        def on_event(self, measured) -> None:
+            row(self.target, measured.label, measured.zeroshot)
+
     everything: dict[str, dict] = {}
     dense = None
     if "dense" in args.wanted or args.lm_eval_cli:
@@ -212,8 +223,7 @@ def main(argv=None) -> None:
                  for label in REFERENCES if label in args.wanted]
         specs += searched_specs(args, session, tcfg, target)
         results = compare_allocations(session, tcfg, references=specs, batch_size=args.batch_size,
-                                      on_result=lambda label, r, t=target: row(t, label, r),
-                                      exclude=args.exclude_fitness_rows)
+                                      exclude=args.exclude_fitness_rows, reporter=Rows(target))
         everything |= {f"{label} {target:g}": r for label, r in results.items()}
         print_tables(({"dense": dense} if dense and "dense" in args.wanted else {}) | results, target)
     if dense and not args.targets:

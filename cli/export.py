@@ -36,8 +36,8 @@ def export_command(args: argparse.Namespace) -> int:
         extra = {}
     else:
         result = run_evaluation(cfg, session=session)
-        ratios, warnings, protocol = result["ratios"], result["warnings"], result["protocol"]
-        extra = {"perplexity": result["ppl"]}
+        ratios, warnings, protocol = result.ratios, result.warnings, result.protocol
+        extra = {"perplexity": result.ppl}
     profile = SparsityProfile(allocation=cfg.allocation, ratios=[float(r) for r in ratios], metric=cfg.metric,
                               pattern=cfg.pattern, target=0.0 if cfg.allocation == "dense" else cfg.sparsity,
                               protocol=protocol)

@@ -12,16 +12,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.export import add_export_parser, export_command
 from cli.options import add_options, values
 from cli.output import print_result
-from cli.progress import tqdm_progress
+from cli.progress import TerminalReporter
 from cli.search import add_search_parsers, search_command, worker_command
 from cli.structural import add_structural_parser, structural_command
 from dsa_core.config import EvalConfig
 from dsa_core.errors import DSAError
 from storage.recorder import add_history_options, recorder_from_args
+
+if TYPE_CHECKING:  # imported when the command runs: `--help` answers without loading torch
+    from dsa_core.pipeline import Evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,17 +71,17 @@ def _print_table(result: dict) -> None:
         print(format_table(columns))
 
 
-def recorded_evaluation(result: dict) -> dict:
+def recorded_evaluation(result: Evaluation) -> dict:
     """What an evaluation of one allocation keeps in the history, in the shape the web app's evaluations have (one
     row, labelled by its allocation): results, protocol and environment, for Run.done."""
-    cfg = result["config"]
-    row = {"label": cfg["allocation"], "allocation": cfg["allocation"], "ppl": result["ppl"],
-           "ratios": result["ratios"], "achieved_sparsity": result["achieved_sparsity"], "warnings": result["warnings"],
-           **({"zeroshot": result["zeroshot"]} if "zeroshot" in result else {})}
-    kept = {k: result[k] for k in ("dense_ppl", "dense_zeroshot") if k in result}
+    cfg = result.config
+    row = {"label": cfg["allocation"], "allocation": cfg["allocation"], "ppl": result.ppl, "ratios": result.ratios,
+           "achieved_sparsity": result.achieved_sparsity, "warnings": result.warnings,
+           **({"zeroshot": result.zeroshot} if result.zeroshot else {})}
+    kept = {k: v for k, v in (("dense_ppl", result.dense_ppl), ("dense_zeroshot", result.dense_zeroshot)) if v}
     return {"results": {"target": cfg["sparsity"], "mode": cfg["mode"], "rows": [row], **kept,
-                        "timings": result["timings"]},
-            "protocol": result["protocol"], "environment": result["environment"]}
+                        "timings": result.timings},
+            "protocol": result.protocol, "environment": result.environment}
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -85,9 +89,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(**values(args, EvalConfig)).validate()
     with recorder_from_args(args).run("evaluation", cfg.to_dict()) as run:
-        result = run_evaluation(cfg, progress=None if args.json else tqdm_progress())
+        result = run_evaluation(cfg, None if args.json else TerminalReporter())
         run.done(**recorded_evaluation(result))
-    print_result(result, run, args.json, _print_table)
+    print_result(result.to_dict(), run, args.json, _print_table)
     return 0
 
 

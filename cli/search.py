@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from contextlib import ExitStack
 
 from cli.options import add_options, values
 from cli.output import print_result
+from cli.progress import TerminalReporter
 from dsa_core.errors import ConfigError
 from dsa_core.search import SearchConfig
 from storage.recorder import add_history_options, recorder_from_args
@@ -54,33 +54,29 @@ def _session(cfg: SearchConfig):
     return open_session(EvalConfig(**setup_of(cfg), metric=cfg.metric))
 
 
-def _progress_printer(quiet: bool):
-    def on_event(e) -> None:
-        if not quiet:
-            best = e.best_text if len(e.best_text) <= 80 else e.best_text[:77] + "..."
-            print(f"{e.phase:<10} candidate {e.candidate:4d} gen {e.generation:3d} stage {e.stage + 1}/{e.stages} "
-                  f"fitness {e.fitness:10.4g}  best {e.best_fitness:10.4g}  {best}", file=sys.stderr)
-    return on_event
+def _print_candidate(e) -> None:
+    best = e.best_text if len(e.best_text) <= 80 else e.best_text[:77] + "..."
+    print(f"{e.phase:<10} candidate {e.candidate:4d} gen {e.generation:3d} stage {e.stage + 1}/{e.stages} "
+          f"fitness {e.fitness:10.4g}  best {e.best_fitness:10.4g}  {best}", file=sys.stderr)
 
 
 INTERRUPTED = 130  # the shell's exit code for Ctrl-C
 
 
-def _interruptible(search):
-    """`search(stop)` with Ctrl-C asking it to stop (dsa_core.workers.ctrl_c_stops); None, with one line said,
-    when it was: what it found stays in its study, to resume."""
+def _interruptible(reporter: TerminalReporter, search):
+    """`search()` with Ctrl-C cancelling its reporter (dsa_core.workers.ctrl_c_stops); None, with one line said,
+    when it did: what it found stays in its study, to resume."""
     from dsa_core.errors import DSAError
     from dsa_core.workers import ctrl_c_stops
 
-    stop = threading.Event()
     try:
-        with ctrl_c_stops(stop):
-            result = search(stop)
+        with ctrl_c_stops(reporter.stop):
+            result = search()
     except DSAError:
-        if not stop.is_set():
+        if not reporter.cancelled:
             raise
         result = None  # stopped before its first candidate was measured
-    if not stop.is_set():
+    if not reporter.cancelled:
         return result
     print("interrupted: the study keeps every candidate measured; run the same command to resume", file=sys.stderr)
     return None
@@ -93,16 +89,18 @@ def search_command(args: argparse.Namespace) -> int:
         return _search(args, recording)
 
 
-def _recording(run, study, link: dict, on_event):
-    """`on_event` that also writes the record's partial results, rebuilt from the study (the workers' candidates and
-    a resumed study's earlier ones too), once per generation."""
+def _recording(run, study, link: dict, quiet: bool):
+    """What the search's reporter does with each candidate: print it (unless `quiet`), and write the record's partial
+    results, rebuilt from the study (the workers' candidates and a resumed study's earlier ones too), once per
+    generation."""
     from dsa_core.search_record import search_results, study_events
 
     generation = None
 
     def record(event) -> None:
         nonlocal generation
-        on_event(event)
+        if not quiet:
+            _print_candidate(event)
         if event.generation != generation:
             generation = event.generation
             run.progress({**search_results(study_events(study)), **link})
@@ -146,8 +144,8 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
         session = _session(cfg)
         started = time.perf_counter()
         fitness = search_fitness(session, cfg)
-        on_event = _recording(run, study, link, _progress_printer(args.json))
-        result = _interruptible(lambda stop: run_search(session, cfg, study, on_event, stop, fitness))
+        reporter = TerminalReporter(bars=False, on_event=_recording(run, study, link, args.json))
+        result = _interruptible(reporter, lambda: run_search(session, cfg, study, reporter, fitness))
         if result is None:
             run.fail(Cancelled("Interrupted (Ctrl-C): the study keeps every candidate measured; run the same command "
                                "to resume."), {**search_results(study_events(study)), **link})
@@ -216,7 +214,8 @@ def worker_command(args: argparse.Namespace) -> int:
         cfg.device = args.device
     study.sampler.reseed_rng()  # workers started alike would otherwise all propose the same candidates
     session = _session(cfg)
-    result = _interruptible(lambda stop: run_search(session, cfg, study, _progress_printer(False), stop))
+    reporter = TerminalReporter(bars=False, on_event=_print_candidate)
+    result = _interruptible(reporter, lambda: run_search(session, cfg, study, reporter))
     if result is None:
         return INTERRUPTED
     print(json.dumps({"study": result.study, "evaluated": result.evaluated, "best": result.best.text,

@@ -16,10 +16,9 @@ import numpy as np
 
 from cli.options import add_options, values
 from cli.output import print_result
-from cli.progress import tqdm_progress
+from cli.progress import TerminalReporter
 from dsa_core.errors import ConfigError
 from dsa_core.settings import setting
-from dsa_core.structural.estimate import RunEstimate
 from dsa_core.structural.training import CPU_DEFAULTS, EXTRA_BASELINES, StructuralConfig
 from storage.recorder import add_history_options, recorder_from_args
 
@@ -105,24 +104,33 @@ def print_table(result: dict) -> None:
         print(f"warning: {warning}")
 
 
+class TrainingReporter(TerminalReporter):
+    """Bars per phase (unless `quiet`), the first estimate of the time left said once (after the second step,
+    before the bulk of the training), and the training curve kept for the history if the run fails."""
+
+    def __init__(self, quiet: bool):
+        super().__init__(bars=not quiet)
+        self.quiet, self.told, self.curve = quiet, False, []
+
+    def on_time_left(self, seconds: float, how: str) -> None:
+        if not self.told and not self.quiet:
+            print(f"estimated: {how}", file=sys.stderr)
+        self.told = True
+
+    def on_event(self, point: dict) -> None:
+        self.curve.append(point)
+
+
 def structural_command(args: argparse.Namespace) -> int:
     from dsa_core.structural.runner import default_name, run_structural, stored_results
 
     cfg = config_from_args(args)
-    told: list[RunEstimate] = []
-
-    def estimate(e: RunEstimate) -> None:  # once, after the second step: before the bulk of the training
-        if not told and not args.json:
-            print(f"estimated: {e.describe()}", file=sys.stderr)
-        told.append(e)
-
-    curve: list[dict] = []  # kept in the history if the run fails or is interrupted
+    reporter = TrainingReporter(quiet=args.json)
     with recorder_from_args(args).run("structural", cfg.to_dict(), name=default_name(cfg.to_dict())) as recorded:
         try:
-            run = run_structural(cfg, progress=None if args.json else tqdm_progress(), save_dir=args.save,
-                                 on_step=curve.append, on_estimate=estimate)
+            run = run_structural(cfg, reporter, save_dir=args.save)
         except BaseException as e:
-            recorded.fail(e, {"curve": curve})
+            recorded.fail(e, {"curve": reporter.curve})  # the training curve so far is kept
             raise
         result = run.result
         recorded.done(stored_results(result), protocol=result["protocol"], environment=result["environment"])

@@ -13,9 +13,8 @@ Nothing here searches; dsa_core.search calls `atp_beta` to pick a hybrid's start
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -25,6 +24,7 @@ from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, stage_windows
 from dsa_core.pipeline import Spec, oom_as_error, protocol, prune_with, spec_text, zeroshot
+from dsa_core.reporter import Reporter, reporter_or_silent
 from dsa_core.session import PruningSession
 from dsa_core.settings import setup_of
 from dsa_core.zeroshot.tasks import check_sources
@@ -79,13 +79,14 @@ class Comparison:
 
 def compare(session: PruningSession, cfg: EvalConfig, allocations: Sequence[tuple[str, Spec]],
             targets: Sequence[float] | None = None, *, perplexity: bool = True, batch_size: int | None = None,
-            exclude: int = 0, on_start: Callable[[str, float, int, int], None] | None = None,
-            on_row: Callable[[ComparedAllocation], None] | None = None) -> Comparison:
+            exclude: int = 0, reporter: Reporter | None = None) -> Comparison:
     """Prune each (label, allocation) at each target (default: cfg.sparsity) with cfg's metric, pattern and mode, and
     measure it: perplexity on cfg.eval's test split (cfg.eval_windows) unless `perplexity` is False, zero-shot
     accuracy on cfg.tasks when it names any (`batch_size`; `exclude`: see pipeline.zeroshot). With cfg.dense the
-    unpruned model is measured first. `on_start(label, target, step, steps)` runs before each allocation is pruned,
-    `on_row(row)` once it is measured. Every allocation is checked before anything runs; the session ends dense."""
+    unpruned model is measured first. The reporter hears which allocation begins (`begin`, "owl at 50% (2 of 8)")
+    and each row once it is measured (`event`), and the session's progress meanwhile (so that cancelling it stops
+    the comparison). Every allocation is checked before anything runs; the session ends dense."""
+    given, reporter = reporter, reporter_or_silent(reporter)
     cfg.validate()
     at = [replace(cfg, sparsity=t).validate() for t in ((cfg.sparsity,) if targets is None else targets)]
     for _, spec in allocations:
@@ -96,28 +97,28 @@ def compare(session: PruningSession, cfg: EvalConfig, allocations: Sequence[tupl
     out = Comparison(cfg.mode, [])
     steps = len(at) * len(allocations)
     try:
-        if cfg.dense:
-            session.restore()
-            if perplexity:
-                with oom_as_error("measuring perplexity"):
-                    out.dense_ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
-            if cfg.tasks:
-                out.dense_zeroshot = zeroshot(session, cfg, batch_size, exclude)
-        for target_cfg in at:
-            for label, spec in allocations:
-                if on_start:
-                    on_start(label, target_cfg.sparsity, len(out.rows), steps)
-                ratios, warnings = prune_with(session, target_cfg, spec)
-                row = ComparedAllocation(label, spec_text(spec), target_cfg.sparsity, [float(r) for r in ratios],
-                                         list(warnings), session.achieved_sparsity()[0])
+        with session.reporting(given):
+            if cfg.dense:
+                session.restore()
                 if perplexity:
                     with oom_as_error("measuring perplexity"):
-                        row.ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+                        out.dense_ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
                 if cfg.tasks:
-                    row.zeroshot = zeroshot(session, target_cfg, batch_size, exclude)
-                out.rows.append(row)
-                if on_row:
-                    on_row(row)
+                    out.dense_zeroshot = zeroshot(session, cfg, batch_size, exclude)
+            for target_cfg in at:
+                for label, spec in allocations:
+                    at_target = f" at {target_cfg.sparsity:.0%}" if len(at) > 1 else ""
+                    reporter.begin(f"{label}{at_target} ({len(out.rows) + 1} of {steps})", len(out.rows), steps)
+                    ratios, warnings = prune_with(session, target_cfg, spec)
+                    row = ComparedAllocation(label, spec_text(spec), target_cfg.sparsity, [float(r) for r in ratios],
+                                             list(warnings), session.achieved_sparsity()[0])
+                    if perplexity:
+                        with oom_as_error("measuring perplexity"):
+                            row.ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+                    if cfg.tasks:
+                        row.zeroshot = zeroshot(session, target_cfg, batch_size, exclude)
+                    out.rows.append(row)
+                    reporter.event(row)
     finally:
         session.restore()
     if perplexity:
@@ -167,8 +168,7 @@ def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | No
 
 
 def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[Candidate | str],
-                   progress: Callable[[str, int, int], None] | None = None,
-                   refs: list[tuple[str, str]] | None = None) -> list[dict]:
+                   reporter: Reporter | None = None, refs: list[tuple[str, str]] | None = None) -> list[dict]:
     """Re-evaluate candidates with the faithful protocol (sequential pruning, WikiText-2 test) next to the
     references (default: `references` without a fitness), all in this one run and on the same calibration windows.
     A candidate is a function's text or a searched Candidate (its ratios, per block or per layer, are pruned as
@@ -181,8 +181,6 @@ def faithful_table(session: PruningSession, cfg: SearchConfig, candidates: list[
         texts[label] = c if isinstance(c, str) else c.text
     faithful = EvalConfig(**setup_of(cfg), metric=cfg.metric, sparsity=cfg.sparsity,
                           eval_windows=cfg.final_eval_windows, mode="sequential")
-    done = itertools.count(1)
-    report = (lambda _: progress("final evaluation", next(done), len(allocations))) if progress else None
-    table = compare(session, faithful, allocations, on_row=report)
+    table = compare(session, faithful, allocations, reporter=reporter)
     return [{"label": r.label, "allocation": texts.get(r.label, r.allocation), "ppl": r.ppl, "ratios": r.ratios,
              "warnings": r.warnings} for r in table.rows]

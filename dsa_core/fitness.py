@@ -41,6 +41,7 @@ FITNESSES = {"ppl": "perplexity on WikiText-2 validation windows",
              "kl": "KL divergence from the dense model on calibration tokens",
              "zeroshot:TASKS": "zero-shot tasks (e.g. zeroshot:piqa,boolq): cross-entropy of the correct choice on "
                                "--zeroshot-rows rows per task held out of the final tables' rows"}
+FITNESS_NAMES = {"ppl": "proxy perplexity", "kl": "KL"}  # what status lines, charts and headlines call them
 LAST_STAGES = {"masked": "re-masked from the dense model's scores, like the stages before it",
                "sequential": "after pruning sequentially, as the result is applied (seconds a candidate with "
                              "Wanda on a GPU, resumed from the blocks it shares with the best one so far)"}

@@ -1,6 +1,6 @@
-"""One evaluation run end to end: load → calibrate → score → allocate → prune → perplexity, as a result
-dictionary that carries its protocol, timings and environment. The CLI prints it, the web app plots it,
-storage keeps it. Orchestration only: each step is a call into the modules of its stage.
+"""One evaluation run end to end: load → calibrate → score → allocate → prune → perplexity, as a typed `Evaluation`
+that carries its protocol, timings and environment (and a stable dict form). The CLI prints it, storage keeps it.
+Orchestration only: each step is a call into the modules of its stage.
 """
 
 from __future__ import annotations
@@ -10,15 +10,18 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from dsa_core.allocation import allocate, required_stats
 from dsa_core.config import EvalConfig
-from dsa_core.errors import ResourceError
+from dsa_core.errors import ConfigError, ResourceError
 from dsa_core.functions import AllocationFunction, to_text
 from dsa_core.models import LoadedModel, load_model
+from dsa_core.reporter import Reporter
 from dsa_core.session import PruningSession
 from dsa_core.zeroshot.tasks import check_sources
 
@@ -137,34 +140,67 @@ def zeroshot(session: PruningSession, cfg: EvalConfig, batch_size: int | None = 
     return result
 
 
-def run_evaluation(cfg: EvalConfig, progress: Callable[[str, int, int], None] | None = None,
-                   session: PruningSession | None = None) -> dict:
-    """Evaluate one configuration; with cfg.dense also the unpruned model, in the same run."""
+@dataclass
+class Evaluation:
+    """What `run_evaluation` returns: one allocation pruned and measured (with the dense model when asked)."""
+
+    kind: ClassVar[str] = "evaluation"
+    config: dict
+    ppl: float
+    ratios: list[float]
+    achieved_sparsity: float
+    achieved_per_block: list[float]
+    warnings: list[str]
+    protocol: dict
+    timings: dict[str, float]
+    peak_memory_gb: float
+    environment: dict
+    dense_ppl: float | None = None
+    zeroshot: dict | None = None  # harness.evaluate_tasks' result, when cfg.tasks names any
+    dense_zeroshot: dict | None = None
+
+    def to_dict(self) -> dict:
+        """The stable serialised form: its fields, those not measured left out, and its kind."""
+        return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Evaluation:
+        if d.get("kind", cls.kind) != cls.kind:
+            raise ConfigError(f"Not an evaluation: its kind is {d.get('kind')!r}.")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def run_evaluation(cfg: EvalConfig, reporter: Reporter | None = None,
+                   session: PruningSession | None = None) -> Evaluation:
+    """Evaluate one configuration; with cfg.dense also the unpruned model, in the same run. The reporter hears the
+    progress of every phase (loading, calibration, scoring, pruning, perplexity) and can cancel it."""
     cfg.validate()
     if cfg.tasks:
         check_sources(cfg.tasks, cfg.tasks_data, cfg.data_source)
-    session = session or open_session(cfg, progress)
+    session = session or open_session(cfg, reporter)
+    with session.reporting(reporter):
+        return _evaluate(session, cfg)
+
+
+def _evaluate(session: PruningSession, cfg: EvalConfig) -> Evaluation:
     windows, origin = session.eval_windows(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
-    result: dict = {"config": cfg.to_dict()}
+    dense_ppl = dense_zeroshot = scores = None
     with oom_as_error("measuring perplexity"):
         if cfg.dense:
             session.restore()
-            result["dense_ppl"] = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+            dense_ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
             if cfg.tasks:
-                result["dense_zeroshot"] = zeroshot(session, cfg)
+                dense_zeroshot = zeroshot(session, cfg)
         ratios, warnings = prune_with(session, cfg)
-        result["ppl"] = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
+        ppl = session.perplexity(cfg.eval, "test", cfg.seqlen, cfg.eval_windows)
     if cfg.tasks:
-        result["zeroshot"] = zeroshot(session, cfg)
+        scores = zeroshot(session, cfg)
     overall, per_block = session.achieved_sparsity()
-    result.update(
-        ratios=[float(r) for r in ratios],
-        achieved_sparsity=overall,
-        achieved_per_block=per_block,
-        warnings=warnings,
-        protocol=protocol(cfg, session, int(windows.shape[0]), origin),
-        timings=dict(session.timings),
-        peak_memory_gb=peak_memory_gb(session.lm.device),
-        environment=environment(session.lm),
+    return Evaluation(
+        config=cfg.to_dict(), ppl=ppl, ratios=[float(r) for r in ratios], achieved_sparsity=overall,
+        achieved_per_block=per_block, warnings=list(warnings),
+        protocol=protocol(cfg, session, int(windows.shape[0]), origin), timings=dict(session.timings),
+        peak_memory_gb=peak_memory_gb(session.lm.device), environment=environment(session.lm),
+        dense_ppl=dense_ppl, zeroshot=scores, dense_zeroshot=dense_zeroshot,
     )
-    return result

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import ClassVar
 
 import numpy as np
 import optuna
@@ -34,6 +33,7 @@ from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.fitness import (
     FAILED_FITNESS,
+    FITNESS_NAMES,
     FITNESSES,
     LAST_STAGES,
     ZEROSHOT_ONE_STAGE,
@@ -43,6 +43,7 @@ from dsa_core.fitness import (
     stage_windows,
 )
 from dsa_core.levels import LevelSwitchSampler, expand_to_units
+from dsa_core.reporter import Reporter, reporter_or_silent
 from dsa_core.selection import RecentHalvingPruner
 from dsa_core.session import PruningSession
 from dsa_core.settings import option, shared, validate_declared
@@ -295,6 +296,19 @@ class SearchResult:
     phases: list[dict] = field(default_factory=list)  # a hybrid's two searches: space, evaluated, seconds, best
     start_ratios: list[float] = field(default_factory=list)  # hybrid: the best function's allocation, refined since
     stop_reason: str = ""  # why a search stopped before its budget when no one asked it to (the GPU's memory ran out)
+    kind: ClassVar[str] = "search"
+
+    def to_dict(self) -> dict:
+        """The stable serialised form: every field (candidates as dicts) and the kind."""
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchResult:
+        if d.get("kind", cls.kind) != cls.kind:
+            raise ConfigError(f"Not a search result: its kind is {d.get('kind')!r}.")
+        known = {f.name for f in fields(cls)}
+        body = {k: v for k, v in d.items() if k in known}
+        return cls(**{**body, "best": Candidate(**d["best"]), "top": [Candidate(**c) for c in d.get("top", [])]})
 
 
 def _generations(study: optuna.Study, population: int) -> list[dict]:
@@ -327,22 +341,38 @@ def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
+@dataclass(frozen=True)
+class BudgetShare:
+    """Where one search sits in a hybrid's budget, for the progress it reports: candidates counted before it, and
+    candidates and seconds of budget after it."""
+
+    before: int = 0
+    candidates_after: int = 0
+    seconds_after: float = 0.0
+    hybrid: bool = False
+
+
 def run_search(
     session: PruningSession,
     cfg: SearchConfig,
     study: optuna.Study,
-    on_event: Callable[[SearchEvent], None] | None = None,
-    stop: threading.Event | None = None,
+    reporter: Reporter | None = None,
     fitness: Fitness | None = None,
+    share: BudgetShare = BudgetShare(),
 ) -> SearchResult:
-    """Ask/tell until the budget is spent or `stop` is set; what was found is kept in the study either way.
-    Budgets count distinct candidates evaluated across all workers of the study (a candidate stopped at a low
-    fidelity counts). Each candidate is evaluated once in the study: a trial proposing one already evaluated or in
-    flight (or beyond the budget) is told PRUNED with a `skipped` user attribute (dsa_core.workers.claim). A hybrid
-    search runs its two phases here (see `run_hybrid`). `fitness` may be passed in to share its cached windows."""
+    """Ask/tell until the budget is spent or the reporter is cancelled; what was found is kept in the study either
+    way (a cancelled search returns it, `stopped`). The reporter hears a `SearchEvent` per candidate, the candidates
+    done of the budget and, with a budget in seconds, the time left. Budgets count distinct candidates evaluated
+    across all workers of the study (a candidate stopped at a low fidelity counts). Each candidate is evaluated once
+    in the study: a trial proposing one already evaluated or in flight (or beyond the budget) is told PRUNED with a
+    `skipped` user attribute (dsa_core.workers.claim). A hybrid search runs its two phases here (see `run_hybrid`).
+    `fitness` may be passed in to share its cached windows."""
+    reporter = reporter_or_silent(reporter)
     if cfg.space == "hybrid":
-        return run_hybrid(session, cfg, study, on_event, stop, fitness)
+        return run_hybrid(session, cfg, study, reporter, fitness)
     fitness = fitness or search_fitness(session, cfg)
+    name = FITNESS_NAMES.get(cfg.fitness, "fitness")
+    budget = None if cfg.budget_candidates is None else share.before + cfg.budget_candidates + share.candidates_after
     space = make_space(cfg, fitness.stats)
     space.bind(study.sampler)
     distributions = space.distributions()
@@ -362,7 +392,7 @@ def run_search(
                 break
             if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds and evaluated:
                 break  # a search given seconds evaluates at least one candidate (a hybrid's refinement, its start)
-            if stop is not None and stop.is_set():
+            if reporter.cancelled:
                 stopped = True
                 break
             if trials >= 20 * (cfg.budget_candidates or 10_000):  # the space is exhausted: only repeats remain
@@ -419,9 +449,9 @@ def run_search(
                 else:  # a repeat, or a candidate beyond the budget: recorded, never evaluated twice
                     trial.set_user_attr("skipped", verdict)
                     W.tell(study, trial, state=TrialState.PRUNED)
-            if on_event is not None and (verdict is None or cached):
+            if verdict is None or cached:
                 best = _best(study)
-                on_event(SearchEvent(
+                reporter.event(SearchEvent(
                     candidate=trial.number, generation=trial.number // cfg.population, text=text,
                     fitness=cand.fitness, best_text=best.user_attrs["text"] if best else "",
                     best_fitness=best.value if best else math.inf,
@@ -429,6 +459,13 @@ def run_search(
                     elapsed=time.perf_counter() - start, cached=cached, stage=stage, stages=len(fitness.stages),
                     phase=space.kind, start=cfg.start if space.kind == "allocation" else "",
                 ))
+                phase = f"{space.kind} phase, " if share.hybrid else ""
+                found = f"best {name} {best.value:.4g}" if best else "none measured at every stage yet"
+                reporter.update(f"{phase}generation {trial.number // cfg.population}, {found}, candidates",
+                                share.before + len(progress.done) + 1, budget or 0)
+                if cfg.budget_seconds is not None:
+                    left = cfg.budget_seconds - (time.perf_counter() - start)
+                    reporter.time_left(max(0.0, left) + share.seconds_after)
     session.restore()
     if reason:
         torch.cuda.empty_cache()
@@ -445,8 +482,7 @@ def refine_config(cfg: SearchConfig, start: str, candidates: int | None, seconds
                    study=(cfg.study or "") + REFINE_SUFFIX).validate()
 
 
-def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
-               on_event: Callable[[SearchEvent], None] | None = None, stop: threading.Event | None = None,
+def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, reporter: Reporter | None = None,
                fitness: Fitness | None = None) -> SearchResult:
     """Functions first (`study`, `hybrid_split` of the budget), then the best allocation so far refined by level
     switches for the rest, in a second study beside the first (its name + ':refine'). The refinement starts from the
@@ -459,7 +495,9 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
                     budget_candidates=None if cfg.budget_candidates is None else max(1, round(cfg.budget_candidates
                                                                                                * split)),
                     budget_seconds=None if cfg.budget_seconds is None else cfg.budget_seconds * split)
-    found = run_search(session, first, study, on_event, stop, fitness)
+    rest = 0 if cfg.budget_candidates is None else cfg.budget_candidates - first.budget_candidates
+    seconds_rest = 0.0 if cfg.budget_seconds is None else cfg.budget_seconds * (1 - split)
+    found = run_search(session, first, study, reporter, fitness, BudgetShare(0, rest, seconds_rest, hybrid=True))
     phases = [{"space": "function", "evaluated": found.evaluated, "seconds": found.elapsed,
                "best": found.best.text, "best_fitness": found.best.fitness}]
     if found.stopped:
@@ -475,7 +513,8 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study,
     left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - found.elapsed)
     second = refine_config(replace(cfg, study=study.study_name), start, left_candidates, left_seconds)
     # The refinement's study sits in the same storage as the first (Optuna names no public accessor for it).
-    refined = run_search(session, second, create_study(second, study._storage), on_event, stop, fitness)
+    refined = run_search(session, second, create_study(second, study._storage), reporter, fitness,
+                         BudgetShare(before=found.evaluated, hybrid=True))
     phases.append({"space": "allocation", "evaluated": refined.evaluated, "seconds": refined.elapsed,
                    "best": refined.best.text, "best_fitness": refined.best.fitness, "start": start})
     stats = fitness.stats

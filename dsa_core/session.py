@@ -164,6 +164,19 @@ class PruningSession:
             return prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
                                     progress=self.progress, inputs=inputs, resume=resume, record=record)
 
+    @contextmanager
+    def reporting(self, reporter: Callable[[str, int, int], None] | None):
+        """Send the session's progress to `reporter` (a dsa_core.reporter.Reporter) within the block, so that a run
+        given one hears the session's work and its cancellation stops it; None leaves the progress as it is."""
+        if reporter is None:
+            yield
+            return
+        before, self.progress = self.progress, reporter
+        try:
+            yield
+        finally:
+            self.progress = before
+
     def restore(self) -> None:
         self.dense.restore()
         self.weights_version += 1

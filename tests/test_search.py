@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ from optuna.trial import TrialState
 from dsa_core import comparison, functions, search
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
+from dsa_core.reporter import EventLog, Reporter
 from dsa_core.search_record import study_reader
 from dsa_core.session import PruningSession
 from storage import History, open_database
@@ -66,15 +66,32 @@ def test_bad_configuration_is_refused(change, message):
 
 def test_budget_counts_distinct_functions_and_events_track_the_best(session):
     cfg = search.SearchConfig(**QUICK, budget_candidates=10, seed=1).validate()
-    events, study = [], search.create_study(cfg)
-    result = search.run_search(session, cfg, study, on_event=events.append)
+    log, study = EventLog(), search.create_study(cfg)
+    result = search.run_search(session, cfg, study, log)
+    events = log.events
     assert len(set(texts(study))) == 10 == result.evaluated
     assert {e.text for e in events} == set(texts(study))
     assert result.best.fitness == min(e.fitness for e in events)
     assert [e.best_fitness for e in events] == sorted((e.best_fitness for e in events), reverse=True)
     assert len(events[-1].best_ratios) == 4 and events[-1].best_text == result.best.text
     assert result.generations and result.generations[0]["best"] >= result.best.fitness
+    assert (log.done, log.total) == (10, 10) and "candidates" in log.phase  # the reporter's count of the budget
+    stored = json.loads(json.dumps(result.to_dict()))
+    assert stored["kind"] == "search" and search.SearchResult.from_dict(stored) == result
     assert session.achieved_sparsity()[0] < 0.01  # the session is dense again afterwards
+
+
+def test_a_budget_in_seconds_reports_the_time_left(session):
+    cfg = search.SearchConfig(**QUICK, budget_candidates=None, budget_seconds=30.0, seed=1).validate()
+
+    class Stop(Reporter):
+        def on_event(self, e):
+            if e.candidate >= 1:
+                self.cancel()
+
+    reporter = Stop()
+    search.run_search(session, cfg, search.create_study(cfg), reporter)
+    assert 0 < reporter.eta() < 30
 
 
 def test_memo_scores_a_repeated_function_once(session):
@@ -87,14 +104,14 @@ def test_memo_scores_a_repeated_function_once(session):
 
 def test_stop_keeps_what_was_found(session):
     cfg = search.SearchConfig(**QUICK, budget_candidates=50).validate()
-    stop = threading.Event()
     study = search.create_study(cfg)
 
-    def on_event(e):
-        if e.candidate >= 2:
-            stop.set()
+    class StopAfterTwo(Reporter):
+        def on_event(self, e):
+            if e.candidate >= 2:
+                self.cancel()
 
-    result = search.run_search(session, cfg, study, on_event=on_event, stop=stop)
+    result = search.run_search(session, cfg, study, StopAfterTwo())
     assert result.stopped and 1 <= result.evaluated < 50
     assert result.best.text in texts(study)
 
@@ -264,8 +281,9 @@ def test_fidelities_read_as_tokens():
 def test_every_space_meets_the_target_and_counts_its_budget(session, space, granularity, units):
     cfg = search.SearchConfig(**{**QUICK, "nsamples": 2}, space=space, granularity=granularity, fitness="kl",
                               fidelity="64,128", promote=2, budget_candidates=12, seed=4, sparsity=0.6).validate()
-    events, study = [], search.create_study(cfg)
-    result = search.run_search(session, cfg, study, on_event=events.append)
+    log, study = EventLog(), search.create_study(cfg)
+    result = search.run_search(session, cfg, study, log)
+    events = log.events
     assert result.evaluated == 12 and len({e.text for e in events}) == 12
     sizes = session.stats("wanda").params if units == 4 else _layer_sizes(session)
     for c in result.top:
@@ -285,9 +303,11 @@ def _layer_sizes(session) -> list[int]:
 def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
     cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=10, seed=2, study="hy").validate()
     study = search.create_study(cfg)
-    events = []
-    result = search.run_search(session, cfg, study, on_event=events.append)
+    log = EventLog()
+    result = search.run_search(session, cfg, study, log)
+    events = log.events
     assert [p["space"] for p in result.phases] == ["function", "allocation"]
+    assert log.done == log.total == 10 and log.phase.startswith("allocation phase, ")  # counted over both phases
     assert [p["evaluated"] for p in result.phases] == [5, 5] and result.evaluated == 10
     assert {e.phase for e in events} == {"function", "allocation"}
     function_best, refine = result.phases
@@ -304,10 +324,11 @@ def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
 def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_allocation(session):
     cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=None, budget_seconds=0.2, seed=1).validate()
 
-    def slow(e):  # the first function outlasts the whole budget: no time is left to refine it
-        time.sleep(0.3)
+    class Slow(Reporter):
+        def on_event(self, e):  # the first function outlasts the whole budget: no time is left to refine it
+            time.sleep(0.3)
 
-    result = search.run_search(session, cfg, search.create_study(cfg), on_event=slow)
+    result = search.run_search(session, cfg, search.create_study(cfg), Slow())
     assert [(p["space"], p["evaluated"]) for p in result.phases] == [("function", 1), ("allocation", 1)]
     assert result.best.fitness <= result.phases[0]["best_fitness"]  # the best of both phases
 

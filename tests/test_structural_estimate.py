@@ -5,6 +5,7 @@ import pytest
 
 from cli.main import build_parser
 from cli.structural import config_from_args
+from dsa_core.reporter import Reporter
 from dsa_core.structural.estimate import RunEstimate, convergence_warnings
 from dsa_core.structural.runner import run_structural
 from dsa_core.structural.training import CPU_DEFAULTS, StructuralConfig
@@ -53,10 +54,24 @@ def test_cpu_runs_get_cpu_sized_defaults_and_explicit_options_win():
 def test_a_run_reports_its_estimate_and_its_warnings(tiny):
     cfg = StructuralConfig(model="random:tiny", steps=3, batch_size=1, seqlen=32, eval_seqlen=64, eval_windows=2,
                            baseline_samples=2, data_source="local", device="cpu", target_ratio=0.6)
-    heard: list[RunEstimate] = []
-    result = run_structural(cfg, lm=tiny, on_estimate=heard.append).result
-    assert [e.steps_left for e in heard] == [1, 0]  # from the second step: the first one warms up
-    assert all(e.step_seconds > 0 and e.evaluation_seconds > 0 for e in heard)
-    assert result["estimate"]["seconds_left"] == pytest.approx(heard[0].seconds_left)
+    heard: list[tuple[float, str]] = []
+    points: list[dict] = []
+
+    class Heard(Reporter):
+        def on_time_left(self, seconds, how):
+            heard.append((seconds, how))
+
+        def on_event(self, point):
+            points.append(point)
+
+    reporter = Heard()
+    run = run_structural(cfg, reporter, lm=tiny)
+    result = run.result
+    assert run.to_dict() == {"kind": "structural", **result}
+    assert len(heard) == 2  # after the second and the third step: the first one warms up
+    assert all(seconds > 0 and "s a step, evaluation" in how for seconds, how in heard)
+    assert result["estimate"]["seconds_left"] == pytest.approx(heard[0][0])
+    assert [p["step"] for p in points] == [1, 2, 3] and points == result["curve"]
+    assert reporter.eta() is None or reporter.eta() >= 0
     # Three steps at lr 1e-3 cannot move the hypernetwork: the run says so.
     assert any("never left 1.0" in w for w in result["warnings"])

@@ -17,7 +17,7 @@ ID = "0123456789abcdef0123456789abcdef"
 def endless(job: Job) -> None:
     while True:
         job("perplexity", 1, 2)
-        job.cancel_requested.wait(0.01)
+        job.stop.wait(0.01)
 
 
 def test_a_closed_page_cancels_the_job_and_says_so():

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from dsa_core.errors import ConfigError
-from ui.jobs import Cancelled, DeviceQueue, Job, duration
+from dsa_core.errors import Cancelled, ConfigError
+from ui.jobs import DeviceQueue, Job, duration
 
 
 def test_result_progress_and_status():
@@ -35,7 +35,7 @@ def test_cancel_unwinds_at_the_next_progress_call():
         for i in range(1000):
             job("perplexity", i, 1000)  # what the engine calls per window
             calls.append(i)
-            job.cancel_requested.wait(0.01)
+            job.stop.wait(0.01)
 
     job = Job("evaluation").start(work)
     started.wait(5)
@@ -59,7 +59,7 @@ def test_stop_and_wait_leaves_the_device_free():
     def work(job: Job) -> None:
         while True:
             job("search", 0, 0)
-            job.cancel_requested.wait(0.01)
+            job.stop.wait(0.01)
 
     job = Job("search").start(work)
     job.stop_and_wait()
@@ -69,7 +69,7 @@ def test_stop_and_wait_leaves_the_device_free():
 
 
 def test_published_items_are_kept_in_order():
-    job = Job("search").start(lambda job: [job.publish(i) for i in range(5)])
+    job = Job("search").start(lambda job: [job.event(i) for i in range(5)])
     job.result()
     assert job.events == [0, 1, 2, 3, 4]
 

@@ -15,13 +15,13 @@ import torch
 
 from dsa_core import functions
 from dsa_core.config import EvalConfig
-from dsa_core.errors import ConfigError
+from dsa_core.errors import Cancelled, ConfigError
 from dsa_core.search import SearchConfig
 from dsa_core.search_record import search_results, study_reader
 from dsa_core.structural.training import StructuralConfig
 from storage import History, Recorder, open_database
 from ui import experiments
-from ui.jobs import Busy, Cancelled, Job
+from ui.jobs import Busy, Job
 from ui.limits import Limits
 from ui.workspace import OWN_LABEL, REFERENCES, Workspace, is_local_path
 

@@ -234,17 +234,18 @@ def test_config_round_trip_and_checks():
 
 
 def test_run_evaluation_carries_zero_shot_sections_that_history_can_store():
-    from dsa_core.pipeline import run_evaluation
+    from dsa_core.pipeline import Evaluation, run_evaluation
     from storage.records import to_json_object
 
     result = run_evaluation(tiny_config(dense=True, tasks_limit=2, mode="fast"))
-    for key in ("zeroshot", "dense_zeroshot"):
-        section = result[key]
+    for section in (result.zeroshot, result.dense_zeroshot):
         assert list(section["tasks"]) == ["rte", "arc_easy"]
         assert all(t["n"] == 2 for t in section["tasks"].values())
         assert section["protocol"]["limit"] == 2
-    assert result["timings"]["zeroshot"] >= result["zeroshot"]["seconds"] > 0
-    assert to_json_object(result, "results")["zeroshot"]["tasks"]["rte"]["acc_norm"] is None
+    assert result.timings["zeroshot"] >= result.zeroshot["seconds"] > 0
+    stored = to_json_object(result.to_dict(), "results")
+    assert stored["kind"] == "evaluation" and stored["zeroshot"]["tasks"]["rte"]["acc_norm"] is None
+    assert to_json_object(Evaluation.from_dict(stored).to_dict(), "results") == stored  # the form is stable
 
 
 def test_run_evaluation_refuses_missing_task_files_before_loading(tmp_path, monkeypatch):
@@ -278,6 +279,7 @@ def test_cli_refuses_unknown_task(capsys):
 
 
 def test_compare_allocations_prunes_each_from_dense(fresh_tiny):
+    from dsa_core.reporter import Reporter
     from dsa_core.session import PruningSession
     from dsa_core.zeroshot.compare import compare_allocations
 
@@ -285,8 +287,12 @@ def test_compare_allocations_prunes_each_from_dense(fresh_tiny):
     dense = {k: v.clone() for k, v in fresh_tiny.model.state_dict().items()}
     cfg = tiny_config(tasks="winogrande", mode="fast")
     seen = []
-    results = compare_allocations(session, cfg, extra=[("current", "owl:M=3,lambda=0.05")],
-                                  on_result=lambda label, r: seen.append(label))
+
+    class Labels(Reporter):
+        def on_event(self, row):
+            seen.append(row.label)
+
+    results = compare_allocations(session, cfg, extra=[("current", "owl:M=3,lambda=0.05")], reporter=Labels())
     assert list(results) == seen == ["dense", "uniform", "owl", "dsa preset", "current"]
     assert results["dense"]["achieved_sparsity"] == 0.0
     for label in ("uniform", "owl", "dsa preset", "current"):

@@ -14,10 +14,10 @@ from typing import Any
 
 import gradio as gr
 
-from dsa_core.errors import DSAError
+from dsa_core.errors import Cancelled, DSAError
 from storage import History, Recorder
 from ui import escape
-from ui.jobs import Cancelled, Job
+from ui.jobs import Job
 from ui.workspace import Workspace
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from dsa_core.fitness import FITNESS_NAMES
 from dsa_core.levels import expand_to_units
 from dsa_core.search_record import study_results
 from storage import KINDS, ExperimentRecord, shape_problem
@@ -213,7 +214,7 @@ def _search_charts(parts: ChartParts, rec: ExperimentRecord, name: str) -> None:
 def _search_headline(record: ExperimentRecord) -> str | None:
     if record.results.get("best_fitness") is None:
         return None
-    kind = figures.FITNESS_LABELS.get(record.config.get("fitness", "ppl"), "fitness")
+    kind = FITNESS_NAMES.get(record.config.get("fitness", "ppl"), "fitness")
     return f"best {kind} {record.results['best_fitness']:.4g}"
 
 
@@ -281,7 +282,7 @@ def _search_lines(record: ExperimentRecord) -> list[str]:
     unit = "" if space == "function" else f" per {per}"
     stages = ", ".join(str(s["tokens"]) for s in record.protocol.get("stages", []))
     return [_pruning_line(cfg), f"search: {escape.markdown(space)}{unit} · fitness "
-            f"{figures.FITNESS_LABELS.get(cfg.get('fitness', 'ppl'), '?')}"
+            f"{FITNESS_NAMES.get(cfg.get('fitness', 'ppl'), '?')}"
             + (f" · stages of {escape.markdown(stages)} tokens" if stages else "")]
 
 

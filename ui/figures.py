@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from dsa_core.fitness import FITNESS_NAMES
 from ui import escape
 
 # One colour per allocation on every chart (profiles, perplexity, sweeps, zero-shot bars, searches): the function
@@ -28,11 +29,6 @@ BEST = ALLOCATION_COLOURS["best function"]  # a search's best, on its progress a
 OTHER_COLOURS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39")
 HEIGHT = 360
 WHOLE_TICKS = 12  # up to this many blocks, one x tick each
-# What a search's fitness is called on axes, status lines and headlines (dsa_core.fitness.FITNESSES says how each is
-# measured).
-FITNESS_LABELS = {"ppl": "proxy perplexity", "kl": "KL"}
-
-
 # Legends go under the plot, anchored to the figure's bottom edge: placed in plot units (y=-0.2), a legend that
 # wraps onto several rows on a narrow screen shrinks the plot and climbs over the x axis's title.
 LEGEND = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0}
@@ -163,7 +159,7 @@ def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
     A candidate is (generation, fitness) or (generation, fitness, stage): with several fidelity `stages` (their
     legend labels, few tokens first) the points are coloured by the stage they reached, since a fitness measured on
     fewer tokens is not comparable with one measured on more. `allocation_from` marks the generation where a hybrid
-    search's allocation phase begins. `fitness` is the kind (FITNESS_LABELS; "" when compared searches differ);
+    search's allocation phase begins. `fitness` is the kind (FITNESS_NAMES; "" when compared searches differ);
     lower is better either way."""
     named = len(curves) > 1 if named is None else named
     fig = go.Figure()
@@ -192,7 +188,7 @@ def search_figure(curves: Mapping[str, Sequence[Mapping[str, float]]],
                       annotation_text="allocation phase →", annotation_position="top right")
     last = max([g["generation"] for gens in curves.values() for g in gens] + [c[0] for c in candidates], default=0)
     fig.update_xaxes(rangemode="tozero", tick0=0, dtick=1 if last <= 20 else None)  # generations are whole
-    kind = FITNESS_LABELS.get(fitness, fitness)
+    kind = FITNESS_NAMES.get(fitness, fitness)
     return _layout(fig, title, "generation", f"fitness ({kind})" if kind else "fitness", log_y=True)
 
 

@@ -1,10 +1,9 @@
 """Long device work (loading, scoring, evaluating, searching) run in a worker thread, so that a Gradio generator
 handler can stream its progress while a button in another event cancels it.
 
-A `Job` is also the progress callback that dsa_core takes, `(phase, done, total)`: once cancelled, the next call
-raises `Cancelled` inside the engine, which unwinds the work at the next block or window. Searches instead watch
-`cancel_requested` as their stop event and return what they found. A job estimates its time left from its progress
-(or from what the work says, `time_left`). Work that waits for the device holds a `Ticket` in the `DeviceQueue`, so
+A `Job` is the run's `dsa_core.reporter.Reporter`: the progress callback dsa_core takes (once cancelled, the next
+call raises `Cancelled` inside the engine), the stop event a search watches, the events it publishes and its time
+left. Work that waits for the device holds a `Ticket` in the `DeviceQueue`, so
 that its page can say where it stands. No Gradio and no model code here.
 """
 
@@ -12,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsa_core.errors import Cancelled, DSAError
+from dsa_core.errors import DSAError
+from dsa_core.reporter import Reporter
 from ui import escape
 
 log = logging.getLogger(__name__)
@@ -36,59 +35,20 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
 
 
-class Job:
-    """One call of `fn(job)` in a daemon thread: its progress, its published items, its outcome."""
+class Job(Reporter):
+    """One call of `fn(job)` in a daemon thread: the run's reporter (progress, cancellation, time left), what it
+    published, its outcome."""
 
     def __init__(self, name: str, owner: str = ""):
-        self.name = name
+        super().__init__(name)
         self.owner = owner  # the page (session) that started it
-        self.cancel_requested = threading.Event()
-        self.stage = ""  # which part of a multi-part job runs (e.g. "uniform, 2 of 4")
-        self.part: tuple[int, int] | None = None  # (index, count) when the job is made of similar parts
-        self.phase, self.done, self.total = "starting", 0, 0
         self.events: list[Any] = []  # what the job publishes as it goes (search events); appended by one thread
-        self.started = time.perf_counter()
-        self._counting_since = self.started  # when the current count (done of total) began
-        self._told: tuple[float, float] | None = None  # (seconds left, when) as the work said
         self._thread: threading.Thread | None = None
         self._result: Any = None
         self._error: BaseException | None = None
 
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        """The progress callback: records where the work is, and stops it once cancelled."""
-        if self.cancel_requested.is_set():
-            raise Cancelled(f"{self.name.capitalize()} was cancelled.")
-        if done < self.done or total != self.total:  # a new count begins (the next phase, the next part)
-            self._counting_since = time.perf_counter()
-        self.phase, self.done, self.total = phase, done, total
-
-    def time_left(self, seconds: float) -> None:
-        """What the work itself estimates is left (a structural run after each training step)."""
-        self._told = (seconds, time.perf_counter())
-
-    def eta(self) -> float | None:
-        """Seconds left, as the work said or from its progress: the share done of its parts (or of its current
-        count) against the time spent on it; None until there is enough to go by."""
-        now = time.perf_counter()
-        if self._told is not None and self._told[0] - (now - self._told[1]) > 0:
-            return self._told[0] - (now - self._told[1])
-        if not self.total or not self.done:
-            return None
-        share = min(1.0, self.done / self.total)
-        if self.part is not None:
-            index, count = self.part
-            share, spent = (index + share) / count, now - self.started
-        else:
-            spent = now - self._counting_since
-        if share <= 0 or spent < 1:
-            return None
-        return spent * (1 - share) / share
-
-    def publish(self, item: Any) -> None:
+    def on_event(self, item: Any) -> None:
         self.events.append(item)
-
-    def cancel(self) -> None:
-        self.cancel_requested.set()
 
     def start(self, fn: Callable[[Job], Any]) -> Job:
         def run() -> None:
@@ -127,9 +87,6 @@ class Job:
             self.cancel()
             self._thread.join()
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
     def status(self) -> str:
         """One line of Markdown: what runs, how far it is, for how long."""
         where = f"{escape.markdown(self.stage)} · " if self.stage else ""  # it may name the model typed
@@ -138,7 +95,7 @@ class Job:
         if self.total:
             filled = round(20 * self.done / self.total)
             bar = f" `{'█' * filled}{'░' * (20 - filled)}`"
-        stopping = " · stopping…" if self.cancel_requested.is_set() else ""
+        stopping = " · stopping…" if self.cancelled else ""
         eta = self.eta()
         left = f" · ≈ {duration(eta)} left" if eta is not None and not stopping else ""
         return f"Running **{self.name}** · {where}{self.phase}{count}{bar} · {self.elapsed():.1f} s{left}{stopping}"

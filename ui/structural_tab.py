@@ -79,8 +79,8 @@ def build_structural_tab(ctx: AppContext) -> None:
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)
             return
         try:
-            job = ws.start("structural pruning", lambda job: run_structural(  # the status line shows the time left
-                cfg, progress=job, on_step=job.publish, on_estimate=lambda e: job.time_left(e.seconds_left)), ticket)
+            # The job is the run's reporter: the training points are its events, the status line shows the time left.
+            job = ws.start("structural pruning", lambda job: run_structural(cfg, job), ticket)
         except DSAError as e:
             run.fail(e)
             yield error_text(e), *(gr.skip(),) * (len(outputs) - 1)

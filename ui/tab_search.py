@@ -18,6 +18,7 @@ from dataclasses import Field, fields, replace
 import gradio as gr
 
 from dsa_core.errors import ConfigError, DSAError
+from dsa_core.fitness import FITNESS_NAMES
 from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
 from dsa_core.search_record import search_protocol, search_results
 from dsa_core.settings import help_of
@@ -85,7 +86,7 @@ def finished_text(result: SearchResult, fitness: str) -> str:
     stages = f" — {'per stage, ' if len(result.throughput) > 1 else ''}{rates}" if rates else ""
     warning = f" ⚠ {result.stop_reason}" if result.stop_reason else ""
     return (f"✓ Search {'stopped' if result.stopped else 'done'}: {result.evaluated} {noun}{split} evaluated in "
-            f"{result.elapsed:.1f} s{stages}; best {figures.FITNESS_LABELS[fitness]} {result.best.fitness:.4g}."
+            f"{result.elapsed:.1f} s{stages}; best {FITNESS_NAMES[fitness]} {result.best.fitness:.4g}."
             + warning)
 
 

@@ -218,11 +218,7 @@ class Workspace:
         specs = {OWN_LABEL: functions.to_text(fn), **REFERENCES}
         cfg = replace(self.eval_config(specs[OWN_LABEL], target, mode, windows), dense=dense, tasks=tasks,
                       tasks_limit=tasks_limit).validate()
-
-        def starting(label: str, _target: float, step: int, steps: int) -> None:
-            job.stage, job.part = f"{label} ({step + 1} of {steps})", (step, steps)
-
-        result = compare(session, cfg, list(specs.items()), on_start=starting)
+        result = compare(session, cfg, list(specs.items()), reporter=job)
         rows = [{"label": r.label, "allocation": r.allocation, "ppl": r.ppl, "ratios": r.ratios,
                  "achieved_sparsity": r.achieved_sparsity, "warnings": r.warnings,
                  **({"zeroshot": r.zeroshot} if r.zeroshot else {})} for r in result.rows]
@@ -241,11 +237,7 @@ class Workspace:
         specs = {OWN_LABEL: functions.to_text(fn), **REFERENCES}
         targets = sorted(targets)
         cfg = replace(self.eval_config(specs[OWN_LABEL], targets[0], mode, windows), tasks=())
-
-        def starting(label: str, target: float, step: int, steps: int) -> None:
-            job.stage, job.part = f"{label} at {target:.0%} ({step + 1} of {steps})", (step, steps)
-
-        result = compare(session, cfg, list(specs.items()), targets, on_start=starting)
+        result = compare(session, cfg, list(specs.items()), targets, reporter=job)
         series = {label: {"label": label, "allocation": spec, "points": []} for label, spec in specs.items()}
         for r in result.rows:
             series[r.label]["points"].append({"sparsity": r.target, "ppl": r.ppl, "ratios": r.ratios,
@@ -269,12 +261,10 @@ class Workspace:
 
     def search(self, cfg: SearchConfig, job: Job, storage: str | None = None) -> SearchResult:
         """Run a search in its study at `storage` (a database URL, where workers can join it and a restarted app
-        resume it; None: in memory); each evaluated candidate is published to the job, after those the study already
-        holds when it is resumed, and cancelling the job stops the search with what it found. The fitness is prepared
-        first (its text tokenised, and for KL the dense model's logits computed), so that the status says so rather
-        than sitting on the first candidate."""
-        from ui.figures import FITNESS_LABELS  # the name the charts give the fitness
-
+        resume it; None: in memory), with the job as its reporter: each evaluated candidate is published to the job,
+        after those the study already holds when it is resumed, and cancelling the job stops the search with what it
+        found. The fitness is prepared first (its text tokenised, and for KL the dense model's logits computed), so
+        that the status says so rather than sitting on the first candidate."""
         session, _, _ = self.require()
         cfg = self.search_config(cfg)
         windows = cfg.stage_windows()
@@ -286,20 +276,8 @@ class Workspace:
         job.stage = f"{cfg.space} search" + (f" ({cfg.sampler})" if cfg.space != "allocation" else "")
         study = create_study(cfg, storage)
         for event in study_events(study):  # a resumed search: what it found before
-            job.publish(event)
-        name = FITNESS_LABELS[cfg.fitness]
-
-        def on_event(event) -> None:
-            job.publish(event)
-            phase = f"{event.phase} phase, " if cfg.space == "hybrid" else ""
-            measured = event.best_fitness < float("inf")  # inf until a candidate has passed every stage
-            best = f"best {name} {event.best_fitness:.4g}" if measured else "none measured at every stage yet"
-            job.phase = f"{phase}generation {event.generation}, {best}, candidates"
-            job.done, job.total = len(job.events), cfg.budget_candidates or 0
-            if cfg.budget_seconds and not cfg.budget_candidates:  # a budget of time alone says when it ends
-                job.time_left(max(0.0, cfg.budget_seconds - event.elapsed))
-
-        return run_search(session, cfg, study, on_event=on_event, stop=job.cancel_requested, fitness=fitness)
+            job.event(event)
+        return run_search(session, cfg, study, job, fitness)
 
 
 def _pattern_sparsity(pattern: str, sparsity: float) -> float:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from dsa_core import data
 from dsa_core.evaluate import default_batch_size, perplexity
 from dsa_core.models import LoadedModel, load_model
 from dsa_core.pipeline import environment, oom_as_error, peak_memory_gb
+from dsa_core.reporter import Reporter
 from dsa_core.structural.baseline import block_influence, blocks_to_remove, remove_blocks, uniform_selection
 from dsa_core.structural.compressed import as_loaded, compress
 from dsa_core.structural.estimate import RunEstimate, convergence_warnings
@@ -32,14 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StructuralRun:
-    """The result dictionary and the models behind it (for saving and speed measurements)."""
+    """The result dictionary (its stable serialised form) and the models behind it (for saving and speed
+    measurements)."""
 
+    kind: ClassVar[str] = "structural"
     result: dict
     dense: LoadedModel
     compressed: nn.Module
     selection: Selection
     baseline: nn.Module | None = None
     hypernetwork: nn.Module | None = None  # the trained generator: its scores give other fits of the budget
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **self.result}
 
 
 def _params(model: nn.Module) -> int:
@@ -91,14 +97,15 @@ BUILDERS = {"hypernet": _uniform_hypernetwork, "shortgpt": _shortgpt}
 TITLES = {"hypernet": "uniform hypernet", "shortgpt": "ShortGPT"}  # short names for tables
 
 
-def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
-                   on_step: Callable[[dict], None] | None = None, lm: LoadedModel | None = None,
-                   save_dir: str | Path | None = None,
-                   on_estimate: Callable[[RunEstimate], None] | None = None) -> StructuralRun:
+def run_structural(cfg: StructuralConfig, reporter: Reporter | None = None, lm: LoadedModel | None = None,
+                   save_dir: str | Path | None = None) -> StructuralRun:
     """Run cfg; reuse `lm` when given (it must be the model cfg names). Saves the compressed model (and
-    the tokenizer) to `save_dir` when given. `on_estimate` hears the time left after every training step from the
-    second (before the bulk of the training); warnings say when training did not converge."""
+    the tokenizer) to `save_dir` when given. The reporter hears the progress of every phase, each training step's
+    point (`event`: step, seconds, loss, kept ratio) and, from the second step (before the bulk of the training), the
+    time left with what it is made of (`time_left`); cancelling it stops the run. Warnings say when training did not
+    converge."""
     cfg.validate()
+    progress = reporter
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -140,10 +147,10 @@ def run_structural(cfg: StructuralConfig, progress: Progress | None = None,
             if not estimates:
                 log.info("structural pruning: %s", estimate.describe())
                 estimates.append(estimate)
-            if on_estimate:
-                on_estimate(estimate)
-        if on_step:
-            on_step(point)
+            if reporter is not None:
+                reporter.time_left(estimate.seconds_left, estimate.describe())
+        if reporter is not None:
+            reporter.event(point)
 
     with oom_as_error("training the hypernetwork"):
         trained = train_selection(lm, ids, cfg, progress, step_done)

@@ -7,17 +7,18 @@ an allocation a user passes to the bench or the CLI.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dsa_core.allocation import MAX_SPARSITY, describe
-from dsa_core.comparison import ComparedAllocation, compare
+from dsa_core.comparison import compare
 from dsa_core.config import EvalConfig
 from dsa_core.errors import ConfigError
 from dsa_core.levels import LevelGrid, unit_sizes
 from dsa_core.pipeline import Spec
+from dsa_core.reporter import Reporter
 from dsa_core.session import PruningSession
 from dsa_core.stats import BlockStats
 
@@ -32,24 +33,18 @@ def compare_allocations(
     extra: Sequence[tuple[str, Spec]] = (),
     references: Sequence[tuple[str, Spec]] = REFERENCES,
     batch_size: int | None = None,
-    on_result: Callable[[str, dict], None] | None = None,
     exclude: int = 0,
+    reporter: Reporter | None = None,
 ) -> dict[str, dict]:
     """{label: zero-shot result} for the references then `extra` (e.g. ("current", the builder's function)),
     each at cfg.sparsity with cfg's metric, pattern and mode, on cfg.tasks. Each result also holds its
     allocation spec, ratios, achieved sparsity and allocation warnings. The session ends dense again. `exclude`: leave
-    out the rows a zero-shot search fitness of that many rows per task measured (harness.evaluate_tasks)."""
-    out: dict[str, dict] = {}
-
-    def measured(row: ComparedAllocation) -> None:
-        out[row.label] = {**(row.zeroshot or {}), "allocation": row.allocation, "ratios": row.ratios,
-                          "achieved_sparsity": row.achieved_sparsity, "warnings": row.warnings}
-        if on_result:
-            on_result(row.label, out[row.label])
-
-    compare(session, cfg, [*references, *extra], perplexity=False, batch_size=batch_size, exclude=exclude,
-            on_row=measured)
-    return out
+    out the rows a zero-shot search fitness of that many rows per task measured (harness.evaluate_tasks). The
+    reporter hears each measured row (a `ComparedAllocation`) as it comes."""
+    table = compare(session, cfg, [*references, *extra], perplexity=False, batch_size=batch_size, exclude=exclude,
+                    reporter=reporter)
+    return {row.label: {**(row.zeroshot or {}), "allocation": row.allocation, "ratios": row.ratios,
+                        "achieved_sparsity": row.achieved_sparsity, "warnings": row.warnings} for row in table.rows}
 
 
 def read_allocation(text: str, stats: BlockStats, target: float, level_step: float = 0.01) -> Spec:
