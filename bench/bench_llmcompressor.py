@@ -154,6 +154,13 @@ def same_mask(a: LoadedModel, b: LoadedModel) -> tuple[float, float]:
     return same / total, first
 
 
+def first_block_gap(a: LoadedModel, b: LoadedModel) -> float:
+    """The largest difference between the two models' block-0 weights, relative to the largest weight: masks alike
+    and weights alike are two things for SparseGPT, which updates the weights it keeps."""
+    pairs = zip(a.linear_layers(0).values(), b.linear_layers(0).values())
+    return max(float((m.weight - n.weight).abs().max() / m.weight.abs().max()) for m, n in pairs)
+
+
 def layer_sparsity(lm: LoadedModel) -> np.ndarray:
     return np.array([float((m.weight == 0).double().mean()) for i in range(len(lm.blocks))
                      for m in lm.linear_layers(i).values()])
@@ -162,14 +169,15 @@ def layer_sparsity(lm: LoadedModel) -> np.ndarray:
 def check_recipe(api, s, calib: torch.Tensor, method: str, allocation: str, target: float, offload: str) -> None:
     """Our llm-compressor recipe of `allocation` (dsa_core.recipe) run by llm-compressor, against dsa_core pruning to
     the same ratios: each tool's largest distance from the asked per-layer sparsity, and how many weights both
-    prune alike. Once with one ratio per block (the blocks are the recipe's targets), once with ratios spread over
-    each block's linear layers (the layers are)."""
+    prune alike (over all blocks, and in block 0, whose inputs are the same for both). Once with one ratio per block
+    (the blocks are the recipe's targets), once with ratios spread over each block's linear layers (the layers are)."""
     lm = s.lm
     block = allocate(s.stats(method), allocation, target).ratios
     counts = [len(lm.linear_layers(i)) for i in range(len(lm.blocks))]
     spread = np.clip([r + d for r, n in zip(block, counts) for d in np.linspace(-0.1, 0.1, n)], 0.0, 0.95)
     print(f"\n{method}, {allocation} at {target:.0%}: the recipe run by llm-compressor against dsa_core")
-    print(f"{'targets':<16}{'targets #':>10}{'ours: max |s - asked|':>24}{'theirs':>10}{'same mask':>11}")
+    print(f"{'targets':<16}{'targets #':>10}{'ours: max |s - asked|':>24}{'theirs':>10}{'same mask':>11}"
+          f"{'block 0':>10}{'block 0 max |dW|/max |W|':>26}")
     for grain, ratios in (("blocks", np.asarray(block)), ("linear layers", spread)):
         recipe = llmcompressor_recipe(lm, ratios, method)
         asked = np.concatenate(layer_ratios(ratios, counts))
@@ -178,8 +186,10 @@ def check_recipe(api, s, calib: torch.Tensor, method: str, allocation: str, targ
         s.restore()
         prune_sequential(lm, calib, method, ratios, "unstructured", s.batch_size)
         n_targets = len(recipe["sparsity_stage"]["sparsity_modifiers"][MODIFIERS[method]]["targets"])
+        same, first = same_mask(lm, theirs)
         print(f"{grain:<16}{n_targets:>10}{np.abs(layer_sparsity(lm) - asked).max():>24.4f}"
-              f"{np.abs(layer_sparsity(theirs) - asked).max():>10.4f}{100 * same_mask(lm, theirs)[0]:>10.3f}%",
+              f"{np.abs(layer_sparsity(theirs) - asked).max():>10.4f}{100 * same:>10.3f}%{100 * first:>9.3f}%"
+              f"{first_block_gap(lm, theirs):>26.2e}",
               flush=True)
         del theirs
         free(lm.device)

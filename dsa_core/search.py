@@ -362,7 +362,7 @@ def run_search(
 ) -> SearchResult:
     """Ask/tell until the budget is spent or the reporter is cancelled; what was found is kept in the study either
     way (a cancelled search returns it, `stopped`). The reporter hears a `SearchEvent` per candidate, the candidates
-    done of the budget and, with a budget in seconds, the time left. Budgets count distinct candidates evaluated
+    done of the budget and, with a budget in seconds alone, the time left. Budgets count distinct candidates evaluated
     across all workers of the study (a candidate stopped at a low fidelity counts). Each candidate is evaluated once
     in the study: a trial proposing one already evaluated or in flight (or beyond the budget) is told PRUNED with a
     `skipped` user attribute (dsa_core.workers.claim). A hybrid search runs its two phases here (see `run_hybrid`).
@@ -463,7 +463,7 @@ def run_search(
                 found = f"best {name} {best.value:.4g}" if best else "none measured at every stage yet"
                 reporter.update(f"{phase}generation {trial.number // cfg.population}, {found}, candidates",
                                 share.before + len(progress.done) + 1, budget or 0)
-                if cfg.budget_seconds is not None:
+                if cfg.budget_seconds is not None and budget is None:  # a budget of time alone says when it ends
                     left = cfg.budget_seconds - (time.perf_counter() - start)
                     reporter.time_left(max(0.0, left) + share.seconds_after)
     session.restore()
