@@ -18,7 +18,7 @@ from cli.export import add_export_parser, export_command
 from cli.options import add_options, values
 from cli.output import print_result
 from cli.progress import TerminalReporter
-from cli.search import add_search_parsers, search_command, worker_command
+from cli.search import INTERRUPTED, add_search_parsers, search_command, worker_command
 from cli.structural import add_structural_parser, structural_command
 from dsa_core.config import EvalConfig
 from dsa_core.errors import DSAError
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside a search (which stops itself: cli.search): one line, the shell's code
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED

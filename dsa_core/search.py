@@ -509,7 +509,7 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, 
     atp = f"atp:beta={atp_beta(fitness, cfg.sparsity, until):g}"
     start = atp if fitness(atp) < found.best.fitness else found.best.text
     found.elapsed += time.perf_counter() - started  # ATP's β search is the hybrid's time too
-    left_candidates = None if cfg.budget_candidates is None else max(1, cfg.budget_candidates - first.budget_candidates)
+    left_candidates = None if cfg.budget_candidates is None else max(1, rest)
     left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - found.elapsed)
     second = refine_config(replace(cfg, study=study.study_name), start, left_candidates, left_seconds)
     # The refinement's study sits in the same storage as the first (Optuna names no public accessor for it).

@@ -76,7 +76,6 @@ def wait_for_device(ctx: AppContext, name: str, n_outputs: int,
     return ticket
 
 
-
 def target_slider(ctx: AppContext, elem_id: str) -> gr.Slider:
     """The target sparsity as a tab shows it; every tab's copy moves with the others (`wire_targets`)."""
     slider = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Target sparsity", elem_id=elem_id,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsa_core.errors import DSAError
-from dsa_core.reporter import Reporter
+from dsa_core.reporter import EventLog
 from ui import escape
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,16 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
 
 
-class Job(Reporter):
+class Job(EventLog):
     """One call of `fn(job)` in a daemon thread: the run's reporter (progress, cancellation, time left), what it
-    published, its outcome."""
+    published (`events`, appended by the job's thread), its outcome."""
 
     def __init__(self, name: str, owner: str = ""):
         super().__init__(name)
         self.owner = owner  # the page (session) that started it
-        self.events: list[Any] = []  # what the job publishes as it goes (search events); appended by one thread
         self._thread: threading.Thread | None = None
         self._result: Any = None
         self._error: BaseException | None = None
-
-    def on_event(self, item: Any) -> None:
-        self.events.append(item)
 
     def start(self, fn: Callable[[Job], Any]) -> Job:
         def run() -> None:

@@ -20,7 +20,7 @@ from dsa_core import data
 from dsa_core.evaluate import default_batch_size, perplexity
 from dsa_core.models import LoadedModel, load_model
 from dsa_core.pipeline import environment, oom_as_error, peak_memory_gb
-from dsa_core.reporter import Reporter
+from dsa_core.reporter import Reporter, reporter_or_silent
 from dsa_core.structural.baseline import block_influence, blocks_to_remove, remove_blocks, uniform_selection
 from dsa_core.structural.compressed import as_loaded, compress
 from dsa_core.structural.estimate import RunEstimate, convergence_warnings
@@ -105,7 +105,7 @@ def run_structural(cfg: StructuralConfig, reporter: Reporter | None = None, lm: 
     time left with what it is made of (`time_left`); cancelling it stops the run. Warnings say when training did not
     converge."""
     cfg.validate()
-    progress = reporter
+    reporter = reporter_or_silent(reporter)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -147,13 +147,11 @@ def run_structural(cfg: StructuralConfig, reporter: Reporter | None = None, lm: 
             if not estimates:
                 log.info("structural pruning: %s", estimate.describe())
                 estimates.append(estimate)
-            if reporter is not None:
-                reporter.time_left(estimate.seconds_left, estimate.describe())
-        if reporter is not None:
-            reporter.event(point)
+            reporter.time_left(estimate.seconds_left, estimate.describe())
+        reporter.event(point)
 
     with oom_as_error("training the hypernetwork"):
-        trained = train_selection(lm, ids, cfg, progress, step_done)
+        trained = train_selection(lm, ids, cfg, reporter, step_done)
     lap("training")
     compressed = compress(lm, trained.selection)
     lap("compression")
@@ -162,7 +160,7 @@ def run_structural(cfg: StructuralConfig, reporter: Reporter | None = None, lm: 
 
     def ppl(model: LoadedModel, phase: str) -> float:
         with oom_as_error("measuring perplexity"):
-            return perplexity(model, windows, bs, (lambda d, t: progress(phase, d, t)) if progress else None)
+            return perplexity(model, windows, bs, lambda d, t: reporter(phase, d, t))
 
     result: dict = {"config": cfg.to_dict(), "structures": list(STRUCTURES),
                     "structure_labels": [LABELS[s] for s in STRUCTURES],
@@ -182,7 +180,7 @@ def run_structural(cfg: StructuralConfig, reporter: Reporter | None = None, lm: 
     dense_params = trained.selection.shape.dense_params
     for name in extra:
         with oom_as_error(f"building the {TITLES[name]} baseline"):
-            model, kept, info = BUILDERS[name](lm, ids, calib_windows, cfg, bs, progress)
+            model, kept, info = BUILDERS[name](lm, ids, calib_windows, cfg, bs, reporter)
         result.setdefault("baselines", {})[name] = {
             "label": EXTRA_BASELINES[name], "params": kept, "ratio": kept / dense_params,
             "ppl": ppl(as_loaded(model, lm, name), f"perplexity ({TITLES[name]})"), **info}
