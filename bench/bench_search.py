@@ -92,12 +92,19 @@ def write(path: Path, record: dict) -> None:
     print(f"wrote {path}", flush=True)
 
 
+# Run settings a variant may change from the defaults, and what its file name and report call each.
+VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
+            ("sequential_windows", "seqwin"))
+
+
+def _changed(a: dict) -> list[tuple[str, float]]:
+    default = search.SearchConfig
+    return [(name, a[key]) for key, name in VARIANTS if a.get(key, getattr(default, key)) != getattr(default, key)]
+
+
 def _variant(a: dict) -> str:
     """How a run's settings differ from the defaults the equal-budget comparison uses ("" when they do not)."""
-    default = search.SearchConfig
-    named = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"))
-    return ("/proj" if a["granularity"] == "projection" else "") + "".join(
-        f"/{name} {a[key]:g}" for key, name in named if a.get(key, getattr(default, key)) != getattr(default, key))
+    return ("/proj" if a["granularity"] == "projection" else "") + "".join(f"/{n} {v:g}" for n, v in _changed(a))
 
 
 def cmd_refs(args) -> None:
@@ -156,7 +163,8 @@ def cmd_run(args) -> None:
     session = open_job(args)
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
-                        hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote)
+                        hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
+                        sequential_windows=args.sequential_windows)
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
@@ -177,12 +185,7 @@ def cmd_run(args) -> None:
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
     measure_other(session, args, cfg.fitness, cfg.stage_windows()[-1], rows)
     kind = args.space + ("_proj" if args.granularity == "projection" else "")
-    if args.space == "hybrid" and args.hybrid_split != 0.5:
-        kind += f"_split{round(100 * args.hybrid_split)}"
-    if args.level_step != search.SearchConfig.level_step:
-        kind += f"_step{args.level_step:g}"
-    if args.promote != search.SearchConfig.promote:
-        kind += f"_promote{args.promote}"
+    kind += "".join(f"_{name}{value:g}" for name, value in _changed(vars(args)))
     write(job_path(args, kind, f"_s{args.seed}"), {
         "args": vars(args), "config": cfg.to_dict(), "rows": rows, "evaluated": result.evaluated,
         "search_seconds": search_s, "throughput": result.throughput, "phases": result.phases,
@@ -297,7 +300,10 @@ def main() -> None:
     run.add_argument("--granularity", default="block", choices=search.GRANULARITIES)
     run.add_argument("--seconds", type=float, default=120.0)
     run.add_argument("--rerank-tokens", type=int, default=0)
-    run.add_argument("--hybrid-split", type=float, default=0.5, help="hybrid: share of the time spent on functions")
+    run.add_argument("--hybrid-split", type=float, default=search.SearchConfig.hybrid_split,
+                     help="hybrid: share of the time spent on functions")
+    run.add_argument("--sequential-windows", type=int, default=search.SearchConfig.sequential_windows,
+                     help="a sequential last stage calibrates on the first this many windows (0: all)")
     run.add_argument("--level-step", type=float, default=search.SearchConfig.level_step,
                      help="allocation and hybrid: a level switch moves this fraction of the smallest unit's weights")
     run.add_argument("--promote", type=int, default=search.SearchConfig.promote,

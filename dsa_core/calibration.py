@@ -32,6 +32,16 @@ class BlockInputs:
     def tokens(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
+    def first(self, windows: int) -> BlockInputs:
+        """The inputs of the first calibration windows, in whole batches: at least `windows` of them (a batch's
+        keyword arguments, such as its attention masks, are shaped for the whole batch)."""
+        count = 0
+        for n, h in enumerate(self.hidden, 1):
+            count += h.shape[0]
+            if count >= windows:
+                return BlockInputs(self.hidden[:n], self.kwargs[:n])
+        return self
+
 
 @torch.no_grad()
 def capture_block_inputs(lm: LoadedModel, windows: torch.Tensor, batch_size: int) -> BlockInputs:

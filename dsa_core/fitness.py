@@ -65,6 +65,12 @@ def check_kind(kind: str) -> tuple[str, ...] | None:
     return None
 
 
+def check_sequential_windows(windows: int, nsamples: int) -> None:
+    if not 0 <= windows <= nsamples:
+        raise ConfigError(f"The sequential last stage calibrates on 1 to {nsamples} windows (--nsamples), or on all "
+                          f"of them with 0; not on {windows}.")
+
+
 def parse_fidelity(text: str | None) -> tuple[int, ...]:
     """'2k,16k,64k' or '2048,16384' → token counts, strictly increasing; '' or None → () (one stage: the
     configured number of windows)."""
@@ -124,12 +130,17 @@ class Fitness:
     stage. Memoised by key for whole evaluations, so a function the GA proposes again costs nothing."""
 
     def __init__(self, session: PruningSession, metric: str, sparsity: float, kind: str = "ppl",
-                 windows: list[int] | None = None, last_stage: str = "masked", zeroshot_rows: int = 200):
+                 windows: list[int] | None = None, last_stage: str = "masked", zeroshot_rows: int = 200,
+                 sequential_windows: int = 0):
+        """`sequential_windows`: a sequential last stage calibrates on only the first this many calibration
+        windows (0: all of them)."""
         tasks = check_kind(kind)
         if last_stage not in LAST_STAGES:
             raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
+        check_sequential_windows(sequential_windows, session.nsamples)
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
         self.sequential_last = last_stage == "sequential"
+        self.sequential_windows = sequential_windows
         self.kept = KeptRuns(int(KEPT_RUNS_SHARE * free_memory(session.lm.device)))
         self.stats = session.stats(metric)
         if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
@@ -191,11 +202,12 @@ class Fitness:
 
     def _prune_sequential(self, ratios: np.ndarray) -> SequentialRun | None:
         """Prune sequentially, from the kept run that shares the most leading blocks with `ratios`."""
+        windows = self.sequential_windows
         if not self.kept.enabled:
-            return self.session.prune_sequential(ratios, self.metric)
+            return self.session.prune_sequential(ratios, self.metric, windows=windows)
         per_layer = layer_ratios(ratios, [len(block) for block in self.session.dense.layers])
         return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
-                                             record=True)
+                                             record=True, windows=windows)
 
     def __call__(self, spec: str | functions.AllocationFunction) -> float:
         """The fitness at the last stage of any allocation `allocate` accepts (a baseline, a function)."""

@@ -39,6 +39,7 @@ from dsa_core.fitness import (
     ZEROSHOT_ONE_STAGE,
     Fitness,
     check_kind,
+    check_sequential_windows,
     parse_fidelity,
     stage_windows,
 )
@@ -87,6 +88,9 @@ class SearchConfig:
                             "--fitness-windows windows)")
     last_stage: str = option("masked", "how the last fidelity stage measures a candidate: "
                               + "; ".join(f"{k}: {v}" for k, v in LAST_STAGES.items()), choices=tuple(LAST_STAGES))
+    sequential_windows: int = option(0, "a sequential last stage calibrates on only the first this many "
+                                      "calibration windows, whole batches (0: all --nsamples), so more candidates "
+                                      "reach it; the result is still pruned with all")
     promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
     level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
     parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
@@ -142,6 +146,7 @@ class SearchConfig:
         if any(b <= a for a, b in zip(windows, windows[1:])):
             raise ConfigError(f"Fidelities {self.fidelity} round to {windows} windows of {self.seqlen} tokens: each "
                               "stage must measure more windows than the one before.")
+        check_sequential_windows(self.sequential_windows, self.nsamples)
         if self.promote < 2:
             raise ConfigError("--promote must be at least 2: one in that many candidates goes on to more tokens.")
         if not 0 < self.level_step <= 0.1:
@@ -199,7 +204,7 @@ def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
 def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
     """The fitness a search's configuration asks for, at every fidelity stage."""
     return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows(), cfg.last_stage,
-                   cfg.zeroshot_rows)
+                   cfg.zeroshot_rows, cfg.sequential_windows)
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:

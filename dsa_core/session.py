@@ -155,10 +155,14 @@ class PruningSession:
             self._sparsegpt_levels.apply(np.asarray(ratios, dtype=np.float64))
 
     def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured",
-                         resume: SequentialRun | None = None, record: bool = False) -> SequentialRun | None:
+                         resume: SequentialRun | None = None, record: bool = False,
+                         windows: int | None = None) -> SequentialRun | None:
         """Faithful mode, starting from the dense weights (or, for the leading blocks it shares with `resume`, an
-        earlier run's of this session: see prune.SequentialRun); with `record`, returns this run to resume from."""
+        earlier run's of this session: see prune.SequentialRun); with `record`, returns this run to resume from.
+        `windows`: calibrate on only the first calibration windows (whole batches; a search's quick measure)."""
         inputs = self._inputs_for(metric)
+        if inputs is not None and windows:
+            inputs = inputs.first(windows)
         self.restore()
         with self._timed("pruning"):
             return prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from dsa_core import comparison, functions, search
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
+from dsa_core.models import load_model
 from dsa_core.reporter import EventLog, Reporter
 from dsa_core.search_record import study_reader
 from dsa_core.session import PruningSession
@@ -30,8 +31,6 @@ QUICK = dict(model="random:tiny", nsamples=2, seqlen=64, data_source="local", de
 
 @pytest.fixture(scope="module")
 def session():
-    from dsa_core.models import load_model
-
     return PruningSession(load_model("random:tiny", device="cpu"), nsamples=2, seqlen=64, data_source="local")
 
 
@@ -262,6 +261,26 @@ def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_seque
     with pytest.raises(ConfigError, match="Unknown last stage"):
         search.SearchConfig(**QUICK, last_stage="faithful").validate()
     session.restore()
+
+
+def test_a_sequential_last_stage_on_fewer_windows_prunes_on_the_first_ones():
+    four = PruningSession(load_model("random:tiny", device="cpu"), nsamples=4, seqlen=64, data_source="local",
+                          batch_size=1)
+    ratios = np.array([0.3, 0.5, 0.7, 0.9])
+    fewer = Fitness(four, "wanda", 0.6, "kl", [1], last_stage="sequential", sequential_windows=2)
+    value = fewer.measure("a", ratios, 0)
+    four.prune_sequential(ratios, "wanda", windows=2)
+    assert value == fewer.stages[0]()
+    two = PruningSession(four.lm, nsamples=2, seqlen=64, data_source="local", batch_size=1)
+    two.prune_sequential(ratios, "wanda")  # the same seed draws the same first windows
+    assert value == fewer.stages[0]()
+    four.prune_sequential(ratios, "wanda")  # on all four: other masks
+    assert value != fewer.stages[0]()
+    four.restore()
+    with pytest.raises(ConfigError, match="1 to 4 windows"):
+        Fitness(four, "wanda", 0.6, "kl", [1], last_stage="sequential", sequential_windows=5)
+    with pytest.raises(ConfigError, match="1 to 2 windows"):
+        search.SearchConfig(**QUICK, last_stage="sequential", sequential_windows=3).validate()
 
 
 def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
