@@ -9,12 +9,13 @@ peak memory of a model of a given shape with random weights (speed does not depe
 
 Prefill: one forward pass over batch × prompt tokens that fills a static KV cache and keeps the last position's
 logits (as generation does). Decode: `--new-tokens` greedy steps of one token per sequence with that cache (the
-model's own forward, no generate() overhead); on a GPU each step is replayed from one CUDA graph, checked first to
-decode the same tokens as the eager steps, so that decode time is the GPU's work on the weights rather than Python
-launching every layer's kernels (eagerly, the 7B shape decoded 39 tokens/s at batch 1: 500 GB/s of the H200's 4.8
-TB/s). `--decode eager` measures the eager steps instead. Median of `--repeats` after one warm-up. Peak memory: the
-most the CUDA allocator held while the model prefilled and decoded, counting its weights, activations and cache,
-not other models resident at the time.
+model's own forward, no generate() overhead); on a GPU each step is replayed from one CUDA graph, so that decode
+time is the GPU's work on the weights rather than Python launching every layer's kernels (eagerly, the 7B shape
+decoded 39 tokens/s at batch 1: 500 GB/s of the H200's 4.8 TB/s). The graph's first step must give the eager step's
+logits (within GRAPH_GAP of their largest), else that batch decodes eagerly and the table says so. `--decode eager`
+measures the eager steps instead. Median of `--repeats` after one warm-up. Peak memory: the most the CUDA allocator
+held while the model prefilled and decoded, counting its weights, activations and cache, not other models resident
+at the time.
 
     python bench/bench_structural_speed.py --model random:llama-2-7b                      # GPU: the 7B shape, bf16
     python bench/bench_structural_speed.py --model random:tiny --device cpu --prompt-len 32 --new-tokens 4 \\
@@ -57,6 +58,7 @@ class Decoder:
         self.model, self.new_tokens = model, new_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=prompts.shape[1] + new_tokens)
         self.token = torch.zeros(prompts.shape[0], 1, dtype=torch.long, device=prompts.device)
+        self.logits: torch.Tensor | None = None  # the last step's, kept where a graph recorded it
         self.position = torch.zeros(1, dtype=torch.long, device=prompts.device)
         self.graph = None
         if graph:
@@ -80,24 +82,29 @@ class Decoder:
     def _step(self) -> None:
         logits = self.model(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
                             use_cache=True).logits
+        if self.logits is None:
+            self.logits = torch.empty_like(logits[:, -1])
+        self.logits.copy_(logits[:, -1])
         self.token.copy_(logits[:, -1:].argmax(-1))
         self.position.add_(1)
+
+    @torch.no_grad()
+    def step_gap(self, prompts: torch.Tensor) -> float:
+        """How far the replayed step's logits lie from the eager step's after the same prefill, relative to their
+        largest: rounding apart (kernels chosen differently), they must be the same computation. Tokens are no test
+        here: random weights give near-flat logits whose argmax rounding flips."""
+        self._prefill(prompts)
+        self._step()
+        eager = self.logits.float().clone()
+        self._prefill(prompts)
+        self._run_step()
+        return float((self.logits.float() - eager).abs().max() / eager.abs().max())
 
     def _run_step(self) -> None:
         if self.graph is not None:
             self.graph.replay()
         else:
             self._step()
-
-    @torch.no_grad()
-    def tokens(self, prompts: torch.Tensor, replay: bool) -> torch.Tensor:
-        """The tokens decoded after the prompts: the first from the prefill, then one per step (replayed or eager)."""
-        self._prefill(prompts)
-        out = [self.token.clone()]
-        for _ in range(self.new_tokens - 1):
-            self._run_step() if replay else self._step()
-            out.append(self.token.clone())
-        return torch.cat(out, dim=1)
 
     @torch.no_grad()
     def time(self, prompts: torch.Tensor) -> tuple[float, float]:
@@ -115,6 +122,9 @@ class Decoder:
         return prefill, time.perf_counter() - start
 
 
+GRAPH_GAP = 0.02  # the most a replayed step's logits may differ from the eager step's (rounding), of their largest
+
+
 def measure(model, vocab: int, batches: list[int], args, device: torch.device, resident: int) -> dict:
     """Throughput and peak memory of one model at each batch size; `resident` bytes belong to other models."""
     out = {}
@@ -123,8 +133,11 @@ def measure(model, vocab: int, batches: list[int], args, device: torch.device, r
     for b in batches:
         prompts = torch.randint(0, vocab, (b, args.prompt_len), generator=g).to(device)
         decoder = Decoder(model, prompts, args.new_tokens, graph)
-        if graph and not torch.equal(decoder.tokens(prompts, replay=True), decoder.tokens(prompts, replay=False)):
-            raise RuntimeError("The CUDA graph's decoding differs from the eager steps': its timing would not count.")
+        gap = decoder.step_gap(prompts) if graph else 0.0
+        if gap > GRAPH_GAP:  # its timing would not count: time the eager steps, and say so in the table
+            print(f"  the CUDA graph's step gives logits {gap:.1%} (of their largest) from the eager step's at batch "
+                  f"{b}: decoding eagerly instead", file=sys.stderr)
+            decoder.graph = None
         decoder.time(prompts)  # warm-up: kernels chosen, allocator grown
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -133,7 +146,7 @@ def measure(model, vocab: int, batches: list[int], args, device: torch.device, r
         peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
         out[str(b)] = {"prefill_tokens_per_s": b * args.prompt_len / prefill,
                        "decode_tokens_per_s": b * args.new_tokens / decode, "peak_gb": peak,
-                       "decode": "cuda graph" if graph else "eager"}
+                       "decode": "cuda graph" if decoder.graph is not None else "eager", "graph_logit_gap": gap}
         del decoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -185,7 +198,9 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     title = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    decoded = "from a CUDA graph" if args.decode == "graph" and device.type == "cuda" else "eager"
+    modes = {v["decode"] for r in rows.values() for v in r["batches"].values()}
+    decoded = ("from a CUDA graph" if modes == {"cuda graph"} else "eager" if modes == {"eager"} else
+               "from a CUDA graph, eagerly where its check failed: see the JSON's 'decode'")
     print(f"\n{args.model} ({lm.arch}), {title}, {lm.dtype}; prompt {args.prompt_len}, {args.new_tokens} decode steps "
           f"({decoded}), median of {args.repeats}; widths multiples of {args.align}")
     cols = [(f"prefill b={b}", "prefill_tokens_per_s", b) for b in batches]
