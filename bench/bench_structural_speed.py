@@ -122,7 +122,10 @@ class Decoder:
         return prefill, time.perf_counter() - start
 
 
-GRAPH_GAP = 0.02  # the most a replayed step's logits may differ from the eager step's (rounding), of their largest
+# The most a replayed step's logits may differ from the eager step's, of their largest. Captured matmuls may take
+# other cuBLAS kernels (another summation order); in bf16 each rounds at 2^-8 and 32 random blocks compound it: the
+# 7B shape's stock class came out 3.6% apart. A real fault (a stale cache position or mask) moves them far more.
+GRAPH_GAP = 0.1
 
 
 def measure(model, vocab: int, batches: list[int], args, device: torch.device, resident: int) -> dict:
