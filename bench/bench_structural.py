@@ -140,20 +140,26 @@ def main() -> None:
     measured = {"dense": result["ppl"]["dense"], "DISP-LLM": result["ppl"]["compressed"],
                 "uniform, activation norms": result["ppl"]["baseline"]}
     rows: dict[str, dict] = {}
-    for name, (model, block) in models.items():
-        loaded = lm if name == "dense" else LoadedModel(model, lm.tokenizer, name, model.config.model_type,
-                                                        lm.device, lm.dtype)
-        row = {"block_params": int(block), "share": block / p["dense_block_linear"],
-               "all_params": rest + int(block)}
+    loaded = {name: lm if name == "dense" else LoadedModel(model, lm.tokenizer, name, model.config.model_type,
+                                                           lm.device, lm.dtype) for name, (model, _) in models.items()}
+    # Every perplexity before any zero-shot score, each printed as it comes: a run cut short keeps them.
+    for name, (_, block) in models.items():
+        row = rows[name] = {"block_params": int(block), "share": block / p["dense_block_linear"],
+                            "all_params": rest + int(block)}
         if name in measured:
             row["ppl"] = measured[name]
         elif name != "DISP class, full widths":  # computes what the dense model does
-            row["ppl"] = perplexity(loaded, test_windows, bs)
-        if args.zeroshot and name != "DISP class, full widths":
-            from dsa_core.zeroshot.harness import evaluate_tasks
+            row["ppl"] = perplexity(loaded[name], test_windows, bs)
+        if "ppl" in row:
+            print(f"  {name}: perplexity {row['ppl']:.2f}", file=sys.stderr)
+    if args.zeroshot:
+        from dsa_core.zeroshot.harness import evaluate_tasks
 
-            row["zeroshot"] = evaluate_tasks(loaded, args.zeroshot, args.zeroshot_limit, source=args.data_source)
-        rows[name] = row
+        for name in models:
+            if name != "DISP class, full widths":
+                rows[name]["zeroshot"] = evaluate_tasks(loaded[name], args.zeroshot, args.zeroshot_limit,
+                                                        source=args.data_source)
+                print(f"  {name}: zero-shot mean {rows[name]['zeroshot']['mean_acc']:.3f}", file=sys.stderr)
 
     batches = [int(b) for b in args.batches.split(",")]
     for b in batches:
