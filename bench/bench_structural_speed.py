@@ -12,12 +12,16 @@ logits (as generation does). Decode: `--new-tokens` greedy steps of one token pe
 model's own forward, no generate() overhead); on a GPU each step is replayed from one CUDA graph, so that decode
 time is the GPU's work on the weights rather than Python launching every layer's kernels (eagerly, the 7B shape
 decoded 39 tokens/s at batch 1: 500 GB/s of the H200's 4.8 TB/s). The graph's first step must give the eager step's
-logits (within GRAPH_GAP of their largest), else that batch decodes eagerly and the table says so. `--decode eager`
-measures the eager steps instead. Median of `--repeats` after one warm-up. Peak memory: the most the CUDA allocator
-held while the model prefilled and decoded, counting its weights, activations and cache, not other models resident
-at the time.
+logits (within GRAPH_GAP of their largest), else that batch decodes eagerly and the table says so. `--decode compile`
+captures the step with the model's forward compiled by torch.compile: inductor fuses the small kernels (norms,
+rotary, the pruned model's index_select/index_add) that kept a replayed 7B step at 6.4-7.0 ms (batch 1) where its
+weights need 2.7 ms, and lifted the 50% model's decode from ×1.26 to ×1.89 at batch 16 (bench/results/
+h200_round6.log); the prefill stays eager. `--decode eager` measures the eager steps instead. Median of `--repeats`
+after one warm-up. Peak memory: the most the CUDA allocator held while the model prefilled and decoded, counting its
+weights, activations and cache, not other models resident at the time.
 
     python bench/bench_structural_speed.py --model random:llama-2-7b                      # GPU: the 7B shape, bf16
+    python bench/bench_structural_speed.py --model random:llama-2-7b --decode compile     # GPU: fused, then graphed
     python bench/bench_structural_speed.py --model random:tiny --device cpu --prompt-len 32 --new-tokens 4 \\
         --repeats 1                                                                          # CPU smoke run
 """
@@ -52,10 +56,14 @@ def sync(device: torch.device) -> None:
 class Decoder:
     """Greedy decoding of one model at one prompt shape with a static KV cache. With `graph` (a GPU), the one-token
     step (forward, argmax, position + 1) is captured once in a CUDA graph and replayed: a step's kernels then run
-    back to back, as a serving engine's do, and the static cache keeps every address the graph recorded."""
+    back to back, as a serving engine's do, and the static cache keeps every address the graph recorded. With
+    `compiled` too, the captured step runs the forward compiled by torch.compile (fewer, fused kernels)."""
 
-    def __init__(self, model, prompts: torch.Tensor, new_tokens: int, graph: bool):
+    def __init__(self, model, prompts: torch.Tensor, new_tokens: int, graph: bool, compiled: bool = False):
         self.model, self.new_tokens = model, new_tokens
+        # The default mode: fused kernels without autotuning (minutes per shape on a 7B) or inductor's own CUDA
+        # graphs (which would nest in ours: we capture the compiled step ourselves).
+        self.forward = torch.compile(model.forward, dynamic=False) if compiled else model
         self.cache = StaticCache(config=model.config, max_cache_len=prompts.shape[1] + new_tokens)
         self.token = torch.zeros(prompts.shape[0], 1, dtype=torch.long, device=prompts.device)
         self.logits: torch.Tensor | None = None  # the last step's, kept where a graph recorded it
@@ -65,13 +73,14 @@ class Decoder:
             self._prefill(prompts)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the capture: cuBLAS workspaces, kernel choice
-                self._step()
+            with torch.cuda.stream(side):  # warm-up outside the capture: cuBLAS workspaces, kernel choice, compiling
+                for _ in range(2 if compiled else 1):  # should a guard fail on the second, it recompiles here
+                    self._step(self.forward)
             torch.cuda.current_stream().wait_stream(side)
             self._prefill(prompts)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self._step()
+                self._step(self.forward)
 
     def _prefill(self, prompts: torch.Tensor) -> None:
         self.cache.reset()
@@ -79,9 +88,10 @@ class Decoder:
         self.token.copy_(logits[:, -1:].argmax(-1))
         self.position.fill_(prompts.shape[1])
 
-    def _step(self) -> None:
-        logits = self.model(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
-                            use_cache=True).logits
+    def _step(self, forward) -> None:
+        """One token with `forward`: the model itself (eager) or its compiled forward."""
+        logits = forward(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
+                         use_cache=True).logits
         if self.logits is None:
             self.logits = torch.empty_like(logits[:, -1])
         self.logits.copy_(logits[:, -1])
@@ -94,7 +104,7 @@ class Decoder:
         largest: rounding apart (kernels chosen differently), they must be the same computation. Tokens are no test
         here: random weights give near-flat logits whose argmax rounding flips."""
         self._prefill(prompts)
-        self._step()
+        self._step(self.model)  # uncompiled: the reference for the compiled graph too
         eager = self.logits.float().clone()
         self._prefill(prompts)
         self._run_step()
@@ -104,7 +114,7 @@ class Decoder:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._step()
+            self._step(self.model)
 
     @torch.no_grad()
     def time(self, prompts: torch.Tensor) -> tuple[float, float]:
@@ -132,10 +142,11 @@ def measure(model, vocab: int, batches: list[int], args, device: torch.device, r
     """Throughput and peak memory of one model at each batch size; `resident` bytes belong to other models."""
     out = {}
     g = torch.Generator().manual_seed(0)
-    graph = args.decode == "graph" and device.type == "cuda"
+    graph = args.decode in ("graph", "compile") and device.type == "cuda"
+    compiled = graph and args.decode == "compile"
     for b in batches:
         prompts = torch.randint(0, vocab, (b, args.prompt_len), generator=g).to(device)
-        decoder = Decoder(model, prompts, args.new_tokens, graph)
+        decoder = Decoder(model, prompts, args.new_tokens, graph, compiled)
         gap = decoder.step_gap(prompts) if graph else 0.0
         if gap > GRAPH_GAP:  # its timing would not count: time the eager steps, and say so in the table
             print(f"  the CUDA graph's step gives logits {gap:.1%} (of their largest) from the eager step's at batch "
@@ -149,7 +160,8 @@ def measure(model, vocab: int, batches: list[int], args, device: torch.device, r
         peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
         out[str(b)] = {"prefill_tokens_per_s": b * args.prompt_len / prefill,
                        "decode_tokens_per_s": b * args.new_tokens / decode, "peak_gb": peak,
-                       "decode": "cuda graph" if decoder.graph is not None else "eager", "graph_logit_gap": gap}
+                       "decode": "eager" if decoder.graph is None else
+                                 "compiled cuda graph" if compiled else "cuda graph", "graph_logit_gap": gap}
         del decoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -164,13 +176,16 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--decode", default="graph", choices=("graph", "eager"),
-                    help="decode steps replayed from a CUDA graph (GPU only) or run eagerly")
+    ap.add_argument("--decode", default="graph", choices=("graph", "compile", "eager"),
+                    help="decode steps replayed from a CUDA graph (GPU only), from one of the step compiled by "
+                         "torch.compile (GPU only), or run eagerly")
     ap.add_argument("--align", type=int, default=8)
     add_options(ap, StructuralConfig, ("device", "dtype"))
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    if args.decode == "compile":  # one compilation per model and batch shape, all of the same forward's code
+        torch._dynamo.config.cache_size_limit = 64
     ratios = [float(r) for r in args.ratios.split(",")]
 
     lm = load_model(args.model, args.device, args.dtype)
@@ -202,8 +217,9 @@ def main() -> None:
 
     title = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     modes = {v["decode"] for r in rows.values() for v in r["batches"].values()}
-    decoded = ("from a CUDA graph" if modes == {"cuda graph"} else "eager" if modes == {"eager"} else
-               "from a CUDA graph, eagerly where its check failed: see the JSON's 'decode'")
+    graphed = "compiled by torch.compile, from a CUDA graph" if "compiled cuda graph" in modes else "from a CUDA graph"
+    decoded = ("eager" if modes == {"eager"} else
+               f"{graphed}, eagerly where its check failed: see the JSON's 'decode'" if "eager" in modes else graphed)
     print(f"\n{args.model} ({lm.arch}), {title}, {lm.dtype}; prompt {args.prompt_len}, {args.new_tokens} decode steps "
           f"({decoded}), median of {args.repeats}; widths multiples of {args.align}")
     cols = [(f"prefill b={b}", "prefill_tokens_per_s", b) for b in batches]
