@@ -15,8 +15,8 @@ decoded 39 tokens/s at batch 1: 500 GB/s of the H200's 4.8 TB/s). The graph's fi
 logits (within GRAPH_GAP of their largest), else that batch decodes eagerly and the table says so. `--decode compile`
 captures the step with the model's forward compiled by torch.compile: inductor fuses the small kernels (norms,
 rotary, the pruned model's index_select/index_add) that kept a replayed 7B step at 6.4-7.0 ms (batch 1) where its
-weights need 2.7 ms, and lifted the 50% model's decode from ×1.26 to ×1.89 at batch 16 (bench/results/
-h200_round6.log); the prefill stays eager. `--decode eager` measures the eager steps instead. Median of `--repeats`
+weights need 2.7 ms (the 50% model's decode at batch 16: 2,573 -> 3,537 tokens/s, bench/results/h200_round6.log);
+the prefill stays eager. `--decode eager` measures the eager steps instead. Median of `--repeats`
 after one warm-up. Peak memory: the most the CUDA allocator held while the model prefilled and decoded, counting its
 weights, activations and cache, not other models resident at the time.
 
