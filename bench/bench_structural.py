@@ -45,9 +45,9 @@ from dsa_core.models import LoadedModel, load_model  # noqa: E402
 from dsa_core.reporter import Reporter  # noqa: E402
 from dsa_core.structural.baseline import block_influence, blocks_to_remove, remove_blocks  # noqa: E402
 from dsa_core.structural.compressed import compress  # noqa: E402
-from dsa_core.structural.layouts import Shared  # noqa: E402
+from dsa_core.structural.layouts import Independent, Shared  # noqa: E402
 from dsa_core.structural.runner import run_structural  # noqa: E402
-from dsa_core.structural.selection import BlockShape, Selection, fit_budget  # noqa: E402
+from dsa_core.structural.selection import BlockShape, Selection  # noqa: E402
 from dsa_core.structural.training import StructuralConfig, train_selection  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="1,16", help="generation batch sizes")
     ap.add_argument("--repeats", type=int, default=3)
-    add_options(ap, StructuralConfig, ("device", "dtype", "data_source", "align", "seed"),
+    add_options(ap, StructuralConfig, ("device", "dtype", "data_source", "align", "prune_heads", "seed"),
                 data_source={"default": "local"})
     ap.add_argument("--save", default=None, help="save the compressed model here")
     ap.add_argument("--json", default=None, help="write the full result to this file")
@@ -120,7 +120,7 @@ def main() -> None:
     rest = p["dense_total"] - p["dense_block_linear"]  # embeddings, norms, head: never pruned
 
     # The same hypernetwork fitted to exact widths, and the same one constrained to uniform widths.
-    exact_sel = fit_budget(shape, run.hypernetwork.scores(), args.target_ratio, align=1)
+    exact_sel = Independent(shape, cfg.prune_heads).fit(run.hypernetwork.scores(), args.target_ratio, align=1)
     clock = time.perf_counter()
     shared = train_selection(lm, calib_ids, cfg, progress, layout=Shared)
     shared_seconds = time.perf_counter() - clock

@@ -5,7 +5,8 @@ peak memory of a model of a given shape with random weights (speed does not depe
     DISP class, full widths   the compressed model's class with nothing pruned (fused q/k/v and gate/up)
     DISP-LLM 70% / 50%        the compressed class keeping 70% / 50% of the blocks' linear parameters, widths from
                               one global threshold on random channel scores (they differ block by block, as a
-                              trained hypernetwork's do), multiples of 8
+                              trained hypernetwork's do), multiples of 8; with `--prune-heads` ("heads too") random
+                              head scores on the same threshold drop whole key/value heads, and their KV cache
 
 Prefill: one forward pass over batch × prompt tokens that fills a static KV cache and keeps the last position's
 logits (as generation does). Decode: `--new-tokens` greedy steps of one token per sequence with that cache (the
@@ -22,6 +23,7 @@ weights, activations and cache, not other models resident at the time.
 
     python bench/bench_structural_speed.py --model random:llama-2-7b                      # GPU: the 7B shape, bf16
     python bench/bench_structural_speed.py --model random:llama-2-7b --decode compile     # GPU: fused, then graphed
+    python bench/bench_structural_speed.py --model random:llama-2-7b --prune-heads        # GPU: heads selected too
     python bench/bench_structural_speed.py --model random:tiny --device cpu --prompt-len 32 --new-tokens 4 \\
         --repeats 1                                                                          # CPU smoke run
 """
@@ -44,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli.options import add_options  # noqa: E402
 from dsa_core.models import load_model  # noqa: E402
 from dsa_core.structural.compressed import compress  # noqa: E402
-from dsa_core.structural.selection import BlockShape, Selection, fit_budget  # noqa: E402
+from dsa_core.structural.layouts import Independent  # noqa: E402
+from dsa_core.structural.selection import BlockShape, Selection  # noqa: E402
 from dsa_core.structural.training import StructuralConfig  # noqa: E402
 
 
@@ -168,6 +171,10 @@ def measure(model, vocab: int, batches: list[int], args, device: torch.device, r
     return out
 
 
+def pruned_name(ratio: float, args) -> str:
+    return f"DISP-LLM {ratio:.0%}" + (", heads too" if args.prune_heads else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="random:llama-2-7b", help="a random:<shape> (or any supported model)")
@@ -180,7 +187,7 @@ def main() -> None:
                     help="decode steps replayed from a CUDA graph (GPU only), from one of the step compiled by "
                          "torch.compile (GPU only), or run eagerly")
     ap.add_argument("--align", type=int, default=8)
-    add_options(ap, StructuralConfig, ("device", "dtype"))
+    add_options(ap, StructuralConfig, ("device", "dtype", "prune_heads"))
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -192,9 +199,10 @@ def main() -> None:
     device, vocab = lm.device, lm.model.config.vocab_size
     shape = BlockShape.from_config(lm.model.config)
     g = torch.Generator().manual_seed(0)
-    scores = [torch.randn(w, generator=g) for _ in range(shape.n_blocks) for w in shape.full_widths]
+    layout = Independent(shape, args.prune_heads)
+    scores = [torch.randn(w, generator=g) for w in layout.widths()]
     selections = {"DISP class, full widths": Selection.full(shape),
-                  **{f"DISP-LLM {r:.0%}": fit_budget(shape, scores, r, args.align) for r in ratios}}
+                  **{pruned_name(r, args): layout.fit(scores, r, args.align) for r in ratios}}
     rows: dict[str, dict] = {}
 
     def row(name: str, model, block_params: int, resident: int) -> None:
@@ -234,14 +242,14 @@ def main() -> None:
         print(line)
     full = rows["DISP class, full widths"]["batches"]
     for r in ratios:
-        pruned = rows[f"DISP-LLM {r:.0%}"]["batches"]
+        pruned = rows[pruned_name(r, args)]["batches"]
         parts = []
         for b in map(str, batches):
             parts.append(f"b={b}: prefill ×{pruned[b]['prefill_tokens_per_s'] / full[b]['prefill_tokens_per_s']:.2f}, "
                          f"decode ×{pruned[b]['decode_tokens_per_s'] / full[b]['decode_tokens_per_s']:.2f}"
                          + (f", peak memory ×{pruned[b]['peak_gb'] / full[b]['peak_gb']:.2f}"
                             if pruned[b]["peak_gb"] is not None else ""))
-        print(f"DISP-LLM {r:.0%} vs full widths: " + "; ".join(parts))
+        print(f"{pruned_name(r, args)} vs full widths: " + "; ".join(parts))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

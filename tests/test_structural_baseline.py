@@ -21,7 +21,8 @@ def windows(tiny):
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7, 0.9])
 def test_uniform_widths_meet_the_budget(target):
     hidden, mid = uniform_widths(SMOLLM2, target)
-    kept = SMOLLM2.block_params(torch.tensor([hidden, hidden, hidden, mid, hidden])) * SMOLLM2.n_blocks
+    widths = torch.tensor([hidden, hidden, hidden, mid, hidden, SMOLLM2.kv_heads])
+    kept = SMOLLM2.block_params(widths) * SMOLLM2.n_blocks
     assert int(kept) / SMOLLM2.dense_params == pytest.approx(target, abs=0.001)
     # Both dimensions shrink by about the same factor.
     assert hidden / SMOLLM2.hidden == pytest.approx(mid / SMOLLM2.intermediate, abs=0.02)
@@ -33,7 +34,8 @@ def test_uniform_widths_meet_the_budget(target):
 def test_aligned_uniform_widths_are_multiples_of_eight_near_the_budget(target):
     hidden, mid = uniform_widths(SMOLLM2, target, align=8)
     assert hidden % 8 == 0 and mid % 8 == 0
-    kept = SMOLLM2.block_params(torch.tensor([hidden, hidden, hidden, mid, hidden])) * SMOLLM2.n_blocks
+    widths = torch.tensor([hidden, hidden, hidden, mid, hidden, SMOLLM2.kv_heads])
+    kept = SMOLLM2.block_params(widths) * SMOLLM2.n_blocks
     assert int(kept) / SMOLLM2.dense_params == pytest.approx(target, abs=0.005)
 
 

@@ -15,8 +15,9 @@ from dsa_core.models import LoadedModel
 from dsa_core.structural.baseline import block_influence, remove_blocks, uniform_selection
 from dsa_core.structural.compressed import compress, load_compressed
 from dsa_core.structural.families import FAMILIES, family_of
+from dsa_core.structural.layouts import Independent
 from dsa_core.structural.masking import MaskedBlocks
-from dsa_core.structural.selection import BlockShape, HyperNetwork, Selection, fit_budget
+from dsa_core.structural.selection import CHANNELS, BlockShape, HyperNetwork, Selection, fit_budget
 from dsa_core.structural.training import StructuralConfig, _random_windows, train_selection
 
 COMMON = dict(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -64,10 +65,11 @@ def dense_model(case: str) -> LoadedModel:
 
 
 def hypernetwork_selection(shape: BlockShape, target: float, seed: int) -> Selection:
-    """The budget fit of an untrained hypernetwork's scores plus noise: widths that differ block by block."""
-    hn = HyperNetwork(shape.full_widths * shape.n_blocks, seed=seed)
+    """The budget fit of an untrained hypernetwork's scores plus noise: widths that differ block by block; every
+    head kept, as DISP-LLM keeps them."""
+    hn = HyperNetwork(shape.full_widths[:CHANNELS] * shape.n_blocks, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    return fit_budget(shape, [s + torch.randn(s.shape, generator=g) for s in hn.scores()], target)
+    return Independent(shape).fit([s + torch.randn(s.shape, generator=g) for s in hn.scores()], target)
 
 
 def masked_logits(lm: LoadedModel, sel: Selection, ids: torch.Tensor) -> torch.Tensor:
@@ -121,6 +123,53 @@ def test_generation_with_a_cache_and_save_and_reload(arch, ids, tmp_path):
         assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
 
 
+def with_heads_dropped(sel: Selection) -> Selection:
+    """The selection with each even block's first key/value head (and its query heads) dropped."""
+    keep = [[*block[:-1], block[-1][1:] if i % 2 == 0 else block[-1]] for i, block in enumerate(sel.keep)]
+    return Selection(sel.shape, keep)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heads_dropped_compress_to_the_masked_model_and_a_smaller_kv_cache(arch, ids, tmp_path):
+    lm = dense_model(arch)
+    shape = BlockShape.from_config(lm.model.config)
+    sel = with_heads_dropped(hypernetwork_selection(shape, 0.7, seed=3))
+    assert sel.widths[0, -1] == shape.kv_heads - 1 and sel.widths[1, -1] == shape.kv_heads
+    expected = masked_logits(lm, sel, ids)
+    compressed = compress(lm, sel)
+    torch.testing.assert_close(compressed(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+    layers = compressed.model.decoder.layers if lm.arch == "opt" else compressed.model.layers
+    assert sum(m.weight.numel() for layer in layers for m in layer.modules()
+               if isinstance(m, torch.nn.Linear)) == sel.params
+    # The cache holds the kept key/value heads only; generation with it matches the masked model's.
+    prompt, args = ids[:1, :8], dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
+    out = compressed.generate(prompt, **args, return_dict_in_generate=True)
+    cached = out.past_key_values.layers
+    assert [c.keys.shape[1] for c in cached] == sel.widths[:, -1].tolist()
+    with MaskedBlocks(lm.blocks) as masked:
+        masked.masks = sel.masks()
+        assert torch.equal(out.sequences, lm.model.generate(prompt, **args))
+    compressed.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(input_ids=ids).logits, compressed(input_ids=ids).logits)
+
+
+def test_models_saved_with_five_widths_per_block_keep_every_head(tmp_path):
+    lm = dense_model("qwen3")
+    sel = hypernetwork_selection(BlockShape.from_config(lm.model.config), 0.7, seed=3)
+    sel = Selection(sel.shape, [block[:-1] for block in sel.keep])  # five per block: every head
+    compressed = compress(lm, sel)
+    compressed.config.disp_widths = [w[:5] for w in compressed.config.disp_widths]  # as saved before heads
+    compressed.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(input_ids=ids_of(lm)).logits, masked_logits(lm, sel, ids_of(lm)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def ids_of(lm: LoadedModel) -> torch.Tensor:
+    return torch.randint(0, lm.model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "gemma3_text", "opt"])
 def test_training_runs_on_the_masked_family_model(arch):
     lm = dense_model(arch)
@@ -129,6 +178,22 @@ def test_training_runs_on_the_masked_family_model(arch):
     result = train_selection(lm, text, cfg)
     assert len(result.curve) == 3 and result.selection.ratio == pytest.approx(0.6, abs=0.01)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "opt"])
+def test_training_selects_heads_when_asked(arch):
+    lm = dense_model(arch)
+    shape = BlockShape.from_config(lm.model.config)
+    text = torch.randint(0, COMMON["vocab_size"], (2000,), generator=torch.Generator().manual_seed(5))
+    cfg = StructuralConfig(steps=3, batch_size=1, seqlen=16, target_ratio=0.6, prune_heads=True)
+    result = train_selection(lm, text, cfg)
+    assert [z.numel() for z in result.hypernetwork.logits()] == shape.full_widths * shape.n_blocks
+    assert result.selection.ratio == pytest.approx(0.6, abs=0.01)
+    # Pushed hard enough, the heads go first where their scores say so.
+    scores = [s.clone() for s in result.hypernetwork.scores()]
+    scores[5] = torch.full_like(scores[5], -50.0)
+    scores[5][0] = 50.0
+    assert fit_budget(shape, scores, 0.6).widths[0, -1] == 1
 
 
 def test_gemma_windows_start_with_bos_and_others_do_not():

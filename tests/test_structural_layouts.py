@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 
 from dsa_core import data
 from dsa_core.structural.layouts import Independent, Shared
-from dsa_core.structural.selection import BlockShape, HyperNetwork
+from dsa_core.structural.selection import CHANNELS, BlockShape, HyperNetwork
 from dsa_core.structural.training import StructuralConfig, train_selection
 
-SMOLLM2 = BlockShape(n_blocks=30, hidden=576, intermediate=1536, q_dim=576, kv_dim=192)
+SMOLLM2 = BlockShape(n_blocks=30, hidden=576, intermediate=1536, q_dim=576, kv_dim=192, kv_heads=3)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +41,7 @@ def test_shared_fit_has_uniform_widths_shared_channels_and_meets_the_budget(targ
     assert (widths == widths[0]).all()  # uniform per layer type
     assert widths[0][0] == widths[0][1] == widths[0][2] == widths[0][4]
     assert all(torch.equal(block[s], sel.keep[0][0]) for block in sel.keep for s in (0, 1, 2, 4))
-    assert (widths % align == 0).all()
+    assert (widths[:, :CHANNELS] % align == 0).all() and (widths[:, CHANNELS] == SMOLLM2.kv_heads).all()
     # Within one intermediate step (every block, one aligned channel) of the target.
     step = SMOLLM2.n_blocks * 3 * int(widths[0][0]) * align
     assert abs(sel.params - target * SMOLLM2.dense_params) <= step / 2 + 1
@@ -49,6 +49,18 @@ def test_shared_fit_has_uniform_widths_shared_channels_and_meets_the_budget(targ
     for block, s in zip(sel.keep, scores[1:]):
         assert set(block[3].tolist()) == set(torch.topk(s, block[3].numel()).indices.tolist())
     assert set(sel.keep[0][0].tolist()) == set(torch.topk(scores[0], int(widths[0][0])).indices.tolist())
+
+
+def test_independent_layout_selects_heads_only_when_asked():
+    channels_only, with_heads = Independent(SMOLLM2), Independent(SMOLLM2, heads=True)
+    assert channels_only.widths() == [576, 576, 576, 1536, 576] * 30
+    assert with_heads.widths() == [576, 576, 576, 1536, 576, 3] * 30
+    masks = channels_only.expand([torch.ones(w) for w in channels_only.widths()])
+    assert len(masks) == 30 and all(len(b) == 6 and torch.equal(b[CHANNELS], torch.ones(3)) for b in masks)
+    # Fitted, every head stays when heads are not selected, whatever the budget; selected, low-scored ones go.
+    low_heads = [torch.full((w,), -9.0 if w == 3 else 1.0) for w in with_heads.widths()]
+    assert (channels_only.fit(random_scores(channels_only, 0), 0.3).widths[:, CHANNELS] == 3).all()
+    assert (with_heads.fit(low_heads, 0.3).widths[:, CHANNELS] < 3).any()
 
 
 def test_shared_fit_follows_the_hypernetworks_balance():

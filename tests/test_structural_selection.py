@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from dsa_core.errors import ConfigError
 from dsa_core.structural.compressed import compress
 from dsa_core.structural.selection import (
+    CHANNELS,
     BlockShape,
     HyperNetwork,
     Selection,
@@ -15,7 +16,18 @@ from dsa_core.structural.selection import (
     gumbel_sigmoid_ste,
 )
 
-SHAPE = BlockShape(n_blocks=3, hidden=24, intermediate=40, q_dim=24, kv_dim=12)
+SHAPE = BlockShape(n_blocks=3, hidden=24, intermediate=40, q_dim=24, kv_dim=12, kv_heads=2)
+
+
+def channel_scores(g: torch.Generator) -> list[torch.Tensor]:
+    """Random scores for every channel; heads not selected (infinite scores), as DISP-LLM by default."""
+    return [torch.randn(w, generator=g) if i < CHANNELS else torch.full((w,), float("inf"))
+            for _ in range(SHAPE.n_blocks) for i, w in enumerate(SHAPE.full_widths)]
+
+
+def lowest(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same scores with every channel's equal and low (heads as they were)."""
+    return [s if s.isinf().all() else torch.full_like(s, -1.0) for s in scores]
 
 
 def random_selection(shape: BlockShape, keep: float, seed: int = 0) -> Selection:
@@ -41,39 +53,40 @@ def test_kept_count_equals_the_compressed_models_sliced_weights(tiny):
 
 
 def test_block_params_is_differentiable_in_the_widths():
-    widths = torch.tensor([[10.0, 12.0, 8.0, 30.0, 20.0]], requires_grad=True)
+    widths = torch.tensor([[10.0, 12.0, 8.0, 30.0, 20.0, 2.0]], requires_grad=True)
     SHAPE.block_params(widths).sum().backward()
-    # d/d attn_in = q + 2 kv; d/d mlp_mid = 2 mlp_in + mlp_out
+    # d/d attn_in = q + 2 kv; d/d mlp_mid = 2 mlp_in + mlp_out; d/d heads = what one key/value head's share reads
     assert widths.grad[0, 0] == SHAPE.q_dim + 2 * SHAPE.kv_dim
     assert widths.grad[0, 3] == 2 * 8 + 20
+    assert widths.grad[0, 5] == (10 * (SHAPE.q_dim + 2 * SHAPE.kv_dim) + 12 * SHAPE.q_dim) / SHAPE.kv_heads
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.floats(0.05, 0.99), st.integers(0, 10_000))
 def test_fit_budget_lands_within_one_channel_of_the_target(target, seed):
-    g = torch.Generator().manual_seed(seed)
-    scores = [torch.randn(w, generator=g) for _ in range(SHAPE.n_blocks) for w in SHAPE.full_widths]
+    scores = channel_scores(torch.Generator().manual_seed(seed))
     sel = fit_budget(SHAPE, scores, target)
     # The largest step one channel makes: an intermediate channel (≤ 3 hidden) or an MLP-input channel.
     step = max(3 * SHAPE.hidden, 2 * SHAPE.intermediate, SHAPE.q_dim + 2 * SHAPE.kv_dim)
-    floor = fit_budget(SHAPE, [torch.full_like(s, -1.0) for s in scores], 0.001).params  # one channel each
+    floor = fit_budget(SHAPE, lowest(scores), 0.001).params  # one channel each
     assert abs(sel.params - target * SHAPE.dense_params) <= step or sel.params == floor
     assert all(k.numel() >= 1 for block in sel.keep for k in block)
+    assert (sel.widths[:, CHANNELS] == SHAPE.kv_heads).all()  # infinite scores: every head kept
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.floats(0.05, 0.99), st.integers(0, 10_000))
 def test_aligned_fit_budget_keeps_multiples_of_eight_near_the_target(target, seed):
-    g = torch.Generator().manual_seed(seed)
-    scores = [torch.randn(w, generator=g) for _ in range(SHAPE.n_blocks) for w in SHAPE.full_widths]
+    scores = channel_scores(torch.Generator().manual_seed(seed))
     sel = fit_budget(SHAPE, scores, target, align=8)
-    assert (sel.widths % 8 == 0).all() and (sel.widths >= 8).all()
+    channels = sel.widths[:, :CHANNELS]
+    assert (channels % 8 == 0).all() and (channels >= 8).all()
     # Each structure keeps its best-scored channels.
     for block, flat in zip(sel.keep, group_by_block(scores)):
         for keep, s in zip(block, flat):
             assert set(keep.tolist()) == set(torch.topk(s, keep.numel()).indices.tolist())
     step = 8 * max(3 * SHAPE.hidden, 2 * SHAPE.intermediate, SHAPE.q_dim + 2 * SHAPE.kv_dim)
-    floor = fit_budget(SHAPE, [torch.full_like(s, -1.0) for s in scores], 0.001, align=8).params
+    floor = fit_budget(SHAPE, lowest(scores), 0.001, align=8).params
     assert abs(sel.params - target * SHAPE.dense_params) <= step or sel.params == floor
 
 
@@ -85,6 +98,17 @@ def test_fit_budget_keeps_the_highest_scores():
             assert keep.tolist() == list(range(w - keep.numel(), w))  # a suffix: the largest scores
     with pytest.raises(ConfigError):
         fit_budget(SHAPE, scores, 0.0)
+
+
+def test_fit_budget_drops_the_heads_scored_lowest_and_counts_their_share():
+    scores = [torch.full((w,), 1.0) for _ in range(SHAPE.n_blocks) for w in SHAPE.full_widths]
+    scores[CHANNELS] = torch.tensor([-5.0, 2.0])  # block 0: its first key/value head scored far below the rest
+    sel = fit_budget(SHAPE, scores, 0.9)
+    assert sel.keep[0][CHANNELS].tolist() == [1]
+    assert all(block[CHANNELS].tolist() == [0, 1] for block in sel.keep[1:])
+    # Block 0 lost half of q/k/v's rows and of o_proj's columns, nothing else.
+    attention = 24 * (SHAPE.q_dim + 2 * SHAPE.kv_dim) + 24 * SHAPE.q_dim
+    assert sel.params == SHAPE.dense_params - attention // 2
 
 
 def test_hypernetwork_is_seeded_and_its_inputs_are_not_trained():

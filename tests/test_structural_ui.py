@@ -69,15 +69,17 @@ def app(tmp_path_factory):
 def test_a_run_streams_to_a_table_charts_and_the_history(app):
     client, history = app
     status, saved, table, loss, heatmap = client.predict(
-        "random:tiny", 0.6, 3, 1, 32, 16.0, 0.001, 2, True, "tiny run", "test, structural",
+        "random:tiny", 0.6, 3, 1, 32, 16.0, 0.001, 2, True, True, "tiny run", "test, structural",
         api_name="/structural")
     assert status.startswith("✓ Kept"), status
     assert [row[0] for row in table["data"]] == ["dense", "DISP-LLM", "uniform baseline"]
-    assert json.loads(heatmap["plot"])["data"][0]["type"] == "heatmap"
+    heat = json.loads(heatmap["plot"])["data"][0]
+    assert heat["type"] == "heatmap" and heat["y"][-1] == "attention heads (key/value)"
     assert [t["name"] for t in json.loads(loss["plot"])["data"]] == ["loss", "cross-entropy", "kept ratio"]
     (record,) = history.find(kind="structural")
     assert record.id in saved and record.status == "done" and record.name == "tiny run"
     assert record.tags == ["test", "structural"] and len(record.results["curve"]) == 3
+    assert record.config["prune_heads"] is True
     assert record.results["params"]["ratio"] == pytest.approx(0.6, abs=0.01)
     assert set(experiments.charts(record)) == {"widths", "training"}  # a real run's results have the shape read back
 
@@ -85,6 +87,7 @@ def test_a_run_streams_to_a_table_charts_and_the_history(app):
 def test_bad_settings_are_one_line_and_nothing_is_saved(app):
     client, history = app
     before = history.count(kind="structural")
-    status, *_ = client.predict("random:tiny", 0.6, 3, 1, 32, 16.0, 0.0, 2, True, "", "", api_name="/structural")
+    status, *_ = client.predict("random:tiny", 0.6, 3, 1, 32, 16.0, 0.0, 2, True, False, "", "",
+                                api_name="/structural")
     assert status.startswith("✗") and "learning rate" in status
     assert history.count(kind="structural") == before

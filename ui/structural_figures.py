@@ -1,4 +1,4 @@
-"""Plotly figure builders of structural pruning: the per-block widths of the five selection structures as a
+"""Plotly figure builders of structural pruning: the per-block widths of the six selection structures as a
 heat map, the hypernetwork's training curve, and the charts of a saved structural run.
 
 Each builder takes plain data (the lists and dicts of a structural result) and returns a
@@ -20,8 +20,8 @@ HEIGHT = 360
 
 def widths_heatmap(widths: Sequence[Sequence[int]], full_widths: Sequence[int], labels: Sequence[str],
                    title: str = "Kept width per block") -> go.Figure:
-    """Rows: the five structures; columns: blocks. Colour is the kept share of the structure's full width
-    (so hidden and intermediate rows compare); the hover shows the width itself."""
+    """Rows: the six structures (older runs: five); columns: blocks. Colour is the kept share of the structure's
+    full width (so hidden, intermediate and head rows compare); the hover shows the width itself."""
     rows = list(zip(*widths)) if widths else [[] for _ in labels]
     share = [[w / full for w in row] for row, full in zip(rows, full_widths)]
     text = [[f"{w} / {full}" for w in row] for row, full in zip(rows, full_widths)]

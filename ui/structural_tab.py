@@ -1,5 +1,5 @@
 """The "Structural pruning" tab: DISP-LLM's hypernetwork trained on the device with a live loss curve, then
-the per-block widths of the five selection structures as a heat map and the perplexity of the compressed
+the per-block widths of the six selection structures as a heat map and the perplexity of the compressed
 model against the dense model and the uniform-width baseline at the same parameter count. Each run is saved
 in the history (kind "structural") through the recorder as it starts, and updated when it ends.
 
@@ -40,6 +40,8 @@ def build_structural_tab(ctx: AppContext) -> None:
         windows = gr.Number(8, precision=0, minimum=0, label="Test windows (0 = the whole test split)",
                             elem_id="st-windows")
         baseline = gr.Checkbox(True, label="Uniform-width baseline", elem_id="st-baseline")
+        heads = gr.Checkbox(d.prune_heads, label="Prune attention heads too", elem_id="st-heads",
+                            info="shrinks the KV cache; DISP-LLM itself keeps every head")
     if ws.device.startswith("cpu"):
         gpu = StructuralConfig()
         times = (gpu.steps * gpu.batch_size * gpu.seqlen) / (d.steps * d.batch_size * d.seqlen)
@@ -62,7 +64,8 @@ def build_structural_tab(ctx: AppContext) -> None:
         heatmap = gr.Plot(label="Widths", elem_id="st-widths")
     outputs = [status, saved, table, loss, heatmap]
 
-    def train(model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags, request: gr.Request):
+    def train(model, target, steps, batch, seqlen, lam, lr, windows, baseline, heads, name, tags,
+              request: gr.Request):
         ticket = yield from wait_for_device(ctx, "structural pruning", len(outputs), request)
         if ticket is None:
             return
@@ -70,7 +73,8 @@ def build_structural_tab(ctx: AppContext) -> None:
             cfg = StructuralConfig.defaults_for(
                 ws.device, model=None if (model or "").strip() in ("", "smollm2") else model.strip(),
                 target_ratio=float(target), steps=int(steps), batch_size=int(batch), seqlen=int(seqlen),
-                lam=float(lam), lr=float(lr), eval_windows=int(windows) or None, baseline=bool(baseline)).validate()
+                lam=float(lam), lr=float(lr), eval_windows=int(windows) or None, baseline=bool(baseline),
+                prune_heads=bool(heads)).validate()
             ws.check_sources(cfg)
             run = ctx.recorder.start("structural", cfg.to_dict(), name=name or default_name(cfg.to_dict()),
                                      tags=parse_tags(tags), environment=ws.environment())
@@ -116,7 +120,7 @@ def build_structural_tab(ctx: AppContext) -> None:
 
         yield from stream_job(job, len(outputs), finish, fail, live, abandoned)
 
-    inputs = [model, target, steps, batch, seqlen, lam, lr, windows, baseline, name, tags]
+    inputs = [model, target, steps, batch, seqlen, lam, lr, windows, baseline, heads, name, tags]
     start.click(train, inputs, outputs, api_name="structural", **ctx.device_queue)
     cancel.click(cancel_handler(ws), None, status, api_name="structural_cancel", concurrency_limit=None,
                  concurrency_id="control")

@@ -1,7 +1,8 @@
 """Structural pruning after DISP-LLM (Gao et al., NeurIPS 2024): every decoder block reads and writes its own
 subset of the hidden dimension, so widths differ per block and per side, with no extra projections.
 
-    selection  the five selection structures of a block, the parameter count they keep, the hypernetwork
+    selection  the six selection structures of a block (five of channels, one of heads), the parameter count they
+               keep, the hypernetwork
     families   the supported decoder families (LLaMA, Mistral, Qwen2/3, Gemma 2/3, OPT) and their blocks' parts
     masking    the training-time model: hooks that multiply a frozen decoder's activations by the masks
     training   the run's configuration and the hypernetwork's training loop

@@ -2,7 +2,7 @@
 read their own channels of the full-width residual stream (index-select) and write their own back (index-add).
 
 One class per family of `families.FAMILIES`, built from the family's own classes: its config plus every
-block's five widths (`disp_widths`; model type "disp_<family>", e.g. `DispLlamaConfig`, "disp_llama"), and its
+block's six widths (`disp_widths`; model type "disp_<family>", e.g. `DispLlamaConfig`, "disp_llama"), and its
 model with the decoder layers replaced, so that the embedding (scaled in Gemma), rotary embedding (per layer type
 in Gemma 3) or learned positions and projections in and out of a narrower embedding (OPT), attention masks
 (sliding windows), final norm, tied head and logit soft-capping are the family's.
@@ -72,14 +72,14 @@ class DispPostNorm(nn.Module):
 
 
 class DispAttention(nn.Module):
-    """Attention with whole heads reading `width_in` selected channels and writing `width_out` channels."""
+    """Attention with `kv_heads` whole key/value heads (each with its query heads) reading `width_in` selected
+    channels and writing `width_out` channels."""
 
-    def __init__(self, config, layer_idx: int, width_in: int, width_out: int, family: Family):
+    def __init__(self, config, layer_idx: int, width_in: int, width_out: int, kv_heads: int, family: Family):
         super().__init__()
         self.config, self.layer_idx, self.family = config, layer_idx, family
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.num_key_value_groups = config.num_attention_heads // kv_heads
+        self.num_key_value_groups = config.num_attention_heads // _kv_heads(config)
         self.scaling = (getattr(config, "query_pre_attn_scalar", None) or self.head_dim) ** -0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = not getattr(config, "use_bidirectional_attention", False)
@@ -87,7 +87,8 @@ class DispAttention(nn.Module):
         sliding = types is None or types[layer_idx] == "sliding_attention"
         self.sliding_window = getattr(config, "sliding_window", None) if sliding else None
         self.softcap = getattr(config, "attn_logit_softcapping", None)
-        q, kv = config.num_attention_heads * self.head_dim, kv_heads * self.head_dim
+        kv = kv_heads * self.head_dim
+        q = kv * self.num_key_value_groups
         self.split = (q, kv, kv)
         read_bias, write_bias = _biases(config, family, "attention")
         self.qkv_proj = nn.Linear(width_in, q + 2 * kv, bias=read_bias)
@@ -145,10 +146,10 @@ class DispDecoderLayer(nn.Module):
 
     def __init__(self, config, layer_idx: int, family: Family):
         super().__init__()
-        a_in, a_out, m_in, mid, m_out = config.block_widths(layer_idx)
+        a_in, a_out, m_in, mid, m_out, heads = config.block_widths(layer_idx)
         self.layer_norm = family.layer_norm
         self.eps = LAYER_NORM_EPS if family.layer_norm else config.rms_norm_eps
-        self.self_attn = DispAttention(config, layer_idx, a_in, a_out, family)
+        self.self_attn = DispAttention(config, layer_idx, a_in, a_out, heads, family)
         self.mlp = DispMLP(config, m_in, mid, m_out, family)
         self.post_attention_norm = DispPostNorm(a_out, config.hidden_size, self.eps) if family.gemma_norms else None
         self.post_mlp_norm = DispPostNorm(m_out, config.hidden_size, self.eps) if family.gemma_norms else None
@@ -168,10 +169,17 @@ class DispDecoderLayer(nn.Module):
         return hidden_states.index_add(-1, self.mlp_out_index, mlp)
 
 
+def _kv_heads(config) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 def _block_widths(self, layer_idx: int) -> list[int]:
+    """A block's six widths; five (models saved before heads could be selected) keep every head."""
     if self.disp_widths is None:
-        return [self.hidden_size] * 3 + [getattr(self, "ffn_dim", None) or self.intermediate_size, self.hidden_size]
-    return [int(w) for w in self.disp_widths[layer_idx]]
+        return [self.hidden_size] * 3 + [getattr(self, "ffn_dim", None) or self.intermediate_size, self.hidden_size,
+                                         _kv_heads(self)]
+    widths = [int(w) for w in self.disp_widths[layer_idx]]
+    return widths if len(widths) == 6 else [*widths, _kv_heads(self)]
 
 
 def _model_init(self, config) -> None:
@@ -234,7 +242,7 @@ def _compressed_classes(family: Family) -> tuple[type, type]:
     @strict
     class Config(family.config):
         """The family's config plus, per block, the widths [attention in, attention out, MLP in, MLP
-        intermediate, MLP out]; None means every block keeps its full widths."""
+        intermediate, MLP out, key/value heads]; None means every block keeps its full widths."""
 
         model_type = family.disp_type
         base_model_tp_plan = None  # the dense plan names q_proj, gate_proj...: layers this model does not have
@@ -265,20 +273,25 @@ DispLlamaConfig, DispLlamaForCausalLM = COMPRESSED["llama"]
 DISP_TYPES = {family.disp_type for family in FAMILIES.values()}
 
 
-def _folded(norm: nn.Module, reads: list[nn.Linear], rows: torch.Tensor | None, cols: torch.Tensor, unit: float,
+def _folded(norm: nn.Module, reads: list[nn.Linear], rows: list[torch.Tensor], cols: torch.Tensor, unit: float,
             bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One matrix of the projections `reads` (their rows `rows`, or all) on the kept input channels `cols`, with the
+    """One matrix of the projections `reads` (each its rows in `rows`) on the kept input channels `cols`, with the
     reading norm's weight (plus `unit`: Gemma's 1 + w) folded in, and its bias (OPT's LayerNorm) into the bias:
     W·(x̂·w + b) + c = (W·w)·x̂ + (W·b + c). In float32; a bias when `bias` (zeros where nothing gives one)."""
-    weight = torch.cat([r.weight if rows is None else r.weight[rows] for r in reads]).float()[:, cols]
+    weight = torch.cat([r.weight[k] for r, k in zip(reads, rows)]).float()[:, cols]
     out_bias = None
     if bias:
-        out_bias = torch.cat([torch.zeros(r.out_features if rows is None else rows.numel(), device=weight.device)
-                              if r.bias is None else (r.bias if rows is None else r.bias[rows]).float() for r in reads])
+        out_bias = torch.cat([torch.zeros(k.numel(), device=weight.device) if r.bias is None else r.bias[k].float()
+                              for r, k in zip(reads, rows)])
         if getattr(norm, "bias", None) is not None:
             out_bias = out_bias + weight @ norm.bias.float()[cols]
     norm_weight = getattr(norm, "weight", None)  # OPT's LayerNorms may have none (layer_norm_elementwise_affine)
     return (weight if norm_weight is None else weight * (norm_weight.float()[cols] + unit)), out_bias
+
+
+def _head_rows(heads: torch.Tensor, per_head: int) -> torch.Tensor:
+    """The rows of a projection that belong to the kept key/value heads `heads`, `per_head` rows each."""
+    return (heads[:, None] * per_head + torch.arange(per_head, device=heads.device)).flatten()
 
 
 @torch.no_grad()
@@ -286,16 +299,19 @@ def _block_state(block: nn.Module, keep: list[torch.Tensor], prefix: str, dtype:
                  config) -> dict:
     """Sliced weights of one dense decoder layer, the reading norms' weights (and biases) folded in (in float32)."""
     parts = block_parts(block)
-    a_in, a_out, m_in, mid, m_out = (k.to(parts.o_proj.weight.device) for k in keep)
+    a_in, a_out, m_in, mid, m_out, heads = (k.to(parts.o_proj.weight.device) for k in keep)
     att, down = parts.attn, parts.down
     unit = 1.0 if family.gemma_norms else 0.0  # Gemma's norms multiply by (1 + w)
     attn_bias, mlp_bias = _biases(config, family, "attention")[0], _biases(config, family, "mlp")[0]
-    qkv, qkv_bias = _folded(parts.attn_norm, [att.q_proj, att.k_proj, att.v_proj], None, a_in, unit, attn_bias)
-    up, up_bias = _folded(parts.mlp_norm, list(parts.mlp_reads), mid, m_in, unit, mlp_bias)
+    kv_rows = _head_rows(heads, att.k_proj.out_features // _kv_heads(config))
+    q_rows = _head_rows(heads, att.q_proj.out_features // _kv_heads(config))  # the query heads of those keys
+    qkv, qkv_bias = _folded(parts.attn_norm, [att.q_proj, att.k_proj, att.v_proj], [q_rows, kv_rows, kv_rows], a_in,
+                            unit, attn_bias)
+    up, up_bias = _folded(parts.mlp_norm, list(parts.mlp_reads), [mid] * len(parts.mlp_reads), m_in, unit, mlp_bias)
     up_name = "gate_up_proj" if family.gated_mlp else "up_proj"
     state = {
         "self_attn.qkv_proj.weight": qkv, "self_attn.qkv_proj.bias": qkv_bias,
-        "self_attn.o_proj.weight": parts.o_proj.weight[a_out],
+        "self_attn.o_proj.weight": parts.o_proj.weight[a_out][:, q_rows],
         "self_attn.o_proj.bias": None if parts.o_proj.bias is None else parts.o_proj.bias[a_out],
         f"mlp.{up_name}.weight": up, f"mlp.{up_name}.bias": up_bias,
         "mlp.down_proj.weight": down.weight[m_out][:, mid],

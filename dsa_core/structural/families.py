@@ -1,4 +1,4 @@
-"""The decoder families structural pruning supports and where, in one of their blocks, DISP-LLM's five selections
+"""The decoder families structural pruning supports and where, in one of their blocks, the six selections
 act. One entry per family: its dense classes (the compressed model reuses their embedding, rotary embedding or
 learned positions, attention masks, final norm and head) and what differs between families (Gemma's (1 + w) norms
 after attention and after the MLP, q/k norms, Qwen2's q/k/v biases, OPT's LayerNorms with bias and non-gated ReLU

@@ -1,11 +1,14 @@
-"""How the hypernetwork's outputs become the five selections of every block, and how its scores are fitted to the
-parameter budget. A layout is a small object: `widths()` (one hypernetwork output per entry), `expand(outputs)`
-(per block, the five masks or scores in STRUCTURES order) and `fit(scores, target, align)` (a Selection).
+"""How the hypernetwork's outputs become the six selections of every block, and how its scores are fitted to the
+parameter budget. A layout is a small object: `widths()` (one hypernetwork output per entry), `expand(outputs,
+fill)` (per block, the six masks or scores in STRUCTURES order; `fill` for what the layout does not select: 1 for
+masks, infinity for scores) and `fit(scores, target, align)` (a Selection).
 
-    Independent  DISP-LLM: every block and side selects its own channels, with its own width
+    Independent  DISP-LLM: every block and side selects its own channels, with its own width; with `heads`, each
+                 block also selects its own attention heads
     Shared       the same hypernetwork without dimension independence: one hidden selection shared by every block
                  and side, one intermediate width for all blocks (each block keeps its own best channels), so that
-                 the widths are uniform per layer type; trained like DISP-LLM, it isolates what independence buys
+                 the widths are uniform per layer type; trained like DISP-LLM, it isolates what independence buys.
+                 It keeps every head.
 
 No model code here.
 """
@@ -19,22 +22,31 @@ from dataclasses import dataclass
 import torch
 
 from dsa_core.errors import ConfigError
-from dsa_core.structural.selection import BlockShape, Selection, fit_budget, group_by_block
+from dsa_core.structural.selection import CHANNELS, BlockShape, Selection, fit_budget
+
+
+def _all_heads(shape: BlockShape, like: torch.Tensor, fill: float) -> torch.Tensor:
+    return torch.full((shape.kv_heads,), fill, dtype=like.dtype, device=like.device)
 
 
 @dataclass(frozen=True)
 class Independent:
     shape: BlockShape
+    heads: bool = False
     name = "DISP-LLM"
 
     def widths(self) -> list[int]:
-        return self.shape.full_widths * self.shape.n_blocks
+        per_block = self.shape.full_widths if self.heads else self.shape.full_widths[:CHANNELS]
+        return per_block * self.shape.n_blocks
 
-    def expand(self, outputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-        return group_by_block(outputs)
+    def expand(self, outputs: Sequence[torch.Tensor], fill: float = 1.0) -> list[list[torch.Tensor]]:
+        n = len(self.widths()) // self.shape.n_blocks
+        blocks = [list(outputs[i : i + n]) for i in range(0, len(outputs), n)]
+        return blocks if self.heads else [[*b, _all_heads(self.shape, b[0], fill)] for b in blocks]
 
     def fit(self, scores: Sequence[torch.Tensor], target: float, align: int = 1) -> Selection:
-        return fit_budget(self.shape, scores, target, align)
+        flat = [s for block in self.expand(scores, math.inf) for s in block]
+        return fit_budget(self.shape, flat, target, align)
 
 
 def _aligned(count: float, full: int, align: int) -> int:
@@ -44,17 +56,19 @@ def _aligned(count: float, full: int, align: int) -> int:
 @dataclass(frozen=True)
 class Shared:
     shape: BlockShape
+    heads: bool = False  # never selected here: what independence buys is measured on channels
     name = "same hypernetwork, uniform widths"
 
     def widths(self) -> list[int]:
         return [self.shape.hidden] + [self.shape.intermediate] * self.shape.n_blocks
 
-    def expand(self, outputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    def expand(self, outputs: Sequence[torch.Tensor], fill: float = 1.0) -> list[list[torch.Tensor]]:
         hidden = outputs[0]
-        return [[hidden, hidden, hidden, mid, hidden] for mid in outputs[1:]]
+        return [[hidden, hidden, hidden, mid, hidden, _all_heads(self.shape, hidden, fill)] for mid in outputs[1:]]
 
     def _params(self, hidden: int, mid: int) -> int:
-        return int(self.shape.block_params(torch.tensor([hidden, hidden, hidden, mid, hidden]))) * self.shape.n_blocks
+        widths = torch.tensor([hidden, hidden, hidden, mid, hidden, self.shape.kv_heads])
+        return int(self.shape.block_params(widths)) * self.shape.n_blocks
 
     def fit(self, scores: Sequence[torch.Tensor], target: float, align: int = 1) -> Selection:
         """One global threshold on the scores gives the hidden width (the hypernetwork's balance between hidden and

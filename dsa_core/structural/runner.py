@@ -71,7 +71,8 @@ def stored_results(result: dict) -> dict:
 
 def default_name(cfg: dict) -> str:
     """The history's name for a run its user did not name."""
-    return f"DISP-LLM {cfg['target_ratio']:.0%} of {cfg['model'] or 'smollm2'}, {cfg['steps']} steps"
+    heads = ", heads too" if cfg.get("prune_heads") else ""
+    return f"DISP-LLM {cfg['target_ratio']:.0%} of {cfg['model'] or 'smollm2'}, {cfg['steps']} steps{heads}"
 
 
 def _uniform_hypernetwork(lm: LoadedModel, ids: torch.Tensor, windows: torch.Tensor, cfg: StructuralConfig,

@@ -1,10 +1,12 @@
 """What structural pruning selects and how the selection is generated.
 
-Each decoder block has five selection structures: attention input and output (hidden channels), MLP input
-(hidden), MLP intermediate (shared by the gate/up outputs and the down input) and MLP output (hidden). The
-attention heads stay whole; only their hidden-side reads and writes are selected. `BlockShape` counts the
-linear-layer parameters a choice of widths keeps; `Selection` is a final choice of channels; `HyperNetwork`
-generates binary masks for all structures. No model code here: nothing runs or changes a language model.
+Each decoder block has DISP-LLM's five selection structures: attention input and output (hidden channels), MLP
+input (hidden), MLP intermediate (shared by the gate/up outputs and the down input) and MLP output (hidden); and a
+sixth, attention heads, counted in key/value heads (each with the query heads that share it). DISP-LLM keeps every
+head, so the KV cache keeps its size; selecting heads too (`StructuralConfig.prune_heads`) shrinks it. `BlockShape`
+counts the linear-layer parameters a choice of widths keeps; `Selection` is a final choice of channels and heads;
+`HyperNetwork` generates binary masks for all structures. No model code here: nothing runs or changes a language
+model.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from torch import nn
 
 from dsa_core.errors import ConfigError
 
-STRUCTURES = ("attn_in", "attn_out", "mlp_in", "mlp_mid", "mlp_out")
+STRUCTURES = ("attn_in", "attn_out", "mlp_in", "mlp_mid", "mlp_out", "attn_heads")
+CHANNELS = 5  # the first five structures select channels; the last, heads
 LABELS = {
     "attn_in": "attention input",
     "attn_out": "attention output",
     "mlp_in": "MLP input",
     "mlp_mid": "MLP intermediate",
     "mlp_out": "MLP output",
+    "attn_heads": "attention heads (key/value)",
 }
 
 
@@ -39,6 +43,7 @@ class BlockShape:
     q_dim: int  # attention heads × head dim: read by o_proj, written by q_proj
     kv_dim: int  # key/value heads × head dim
     gated: bool = True  # gate and up read the MLP input; False: one matrix (OPT's fc1)
+    kv_heads: int = 1  # key/value heads: the units of head selection (each with its share of q_dim and kv_dim)
 
     @classmethod
     def from_config(cls, config) -> BlockShape:
@@ -46,7 +51,8 @@ class BlockShape:
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         ffn_dim = getattr(config, "ffn_dim", None)  # OPT names its non-gated MLP's width ffn_dim
         return cls(config.num_hidden_layers, config.hidden_size, ffn_dim or config.intermediate_size,
-                   config.num_attention_heads * head_dim, kv_heads * head_dim, gated=ffn_dim is None)
+                   config.num_attention_heads * head_dim, kv_heads * head_dim, gated=ffn_dim is None,
+                   kv_heads=kv_heads)
 
     @property
     def mlp_matrices(self) -> int:
@@ -56,16 +62,17 @@ class BlockShape:
     @property
     def full_widths(self) -> list[int]:
         """Each structure's width in the dense model, in STRUCTURES order."""
-        return [self.hidden, self.hidden, self.hidden, self.intermediate, self.hidden]
+        return [self.hidden, self.hidden, self.hidden, self.intermediate, self.hidden, self.kv_heads]
 
     def block_params(self, widths):
-        """Kept linear-layer parameters of blocks whose widths are the last axis of `widths` (5 entries):
-        q/k/v read the attention input, o_proj writes the attention output, gate/up (fc1 in OPT) read the MLP
-        input and write the intermediate, down reads the intermediate and writes the MLP output. Works on tensors
-        (differentiably) and on arrays."""
-        a_in, a_out, m_in, mid, m_out = (widths[..., i] for i in range(5))
+        """Kept linear-layer parameters of blocks whose widths are the last axis of `widths` (6 entries): q/k/v
+        read the attention input and write the kept heads, o_proj reads the kept heads and writes the attention
+        output, gate/up (fc1 in OPT) read the MLP input and write the intermediate, down reads the intermediate
+        and writes the MLP output. Works on tensors (differentiably) and on arrays."""
+        a_in, a_out, m_in, mid, m_out, heads = (widths[..., i] for i in range(len(STRUCTURES)))
+        q_head, kv_head = self.q_dim // self.kv_heads, self.kv_dim // self.kv_heads  # per key/value head
         reads = self.mlp_matrices - 1
-        return a_in * (self.q_dim + 2 * self.kv_dim) + a_out * self.q_dim + reads * m_in * mid + mid * m_out
+        return heads * (a_in * (q_head + 2 * kv_head) + a_out * q_head) + reads * m_in * mid + mid * m_out
 
     @property
     def dense_params(self) -> int:
@@ -74,10 +81,15 @@ class BlockShape:
 
 @dataclass
 class Selection:
-    """The kept channels of every structure: `keep[block][structure]` is a sorted 1-D LongTensor."""
+    """The kept channels (and heads) of every structure: `keep[block][structure]` is a sorted 1-D LongTensor. A
+    block given only the five channel selections keeps every head."""
 
     shape: BlockShape
     keep: list[list[torch.Tensor]]
+
+    def __post_init__(self):
+        every_head = torch.arange(self.shape.kv_heads)
+        self.keep = [list(block) if len(block) == len(STRUCTURES) else [*block, every_head] for block in self.keep]
 
     @classmethod
     def full(cls, shape: BlockShape) -> Selection:
@@ -86,13 +98,13 @@ class Selection:
 
     @classmethod
     def from_masks(cls, shape: BlockShape, masks: Sequence[torch.Tensor]) -> Selection:
-        """From 5 × n_blocks binary masks in block-major STRUCTURES order."""
+        """From 6 × n_blocks binary masks in block-major STRUCTURES order."""
         flat = [torch.nonzero(m.detach() > 0.5).flatten().cpu() for m in masks]
-        return cls(shape, [flat[5 * b : 5 * b + 5] for b in range(shape.n_blocks)])
+        return cls(shape, group_by_block(flat))
 
     @property
     def widths(self) -> np.ndarray:
-        """(n_blocks, 5) kept widths."""
+        """(n_blocks, 6) kept widths."""
         return np.array([[int(k.numel()) for k in block] for block in self.keep], dtype=np.int64)
 
     @property
@@ -118,8 +130,9 @@ class Selection:
 
 
 def group_by_block(flat: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Block-major flat list of 5 × n tensors → per block, the five structures' tensors."""
-    return [list(flat[i : i + 5]) for i in range(0, len(flat), 5)]
+    """Block-major flat list of 6 × n tensors → per block, the six structures' tensors."""
+    n = len(STRUCTURES)
+    return [list(flat[i : i + n]) for i in range(0, len(flat), n)]
 
 
 class _Binarise(torch.autograd.Function):
@@ -179,11 +192,13 @@ class HyperNetwork(nn.Module):
 
 
 def fit_budget(shape: BlockShape, scores: Sequence[torch.Tensor], target: float, align: int = 1) -> Selection:
-    """Keep the channels whose score exceeds one global threshold, chosen so that the kept share of
+    """Keep the channels (and heads) whose score exceeds one global threshold, chosen so that the kept share of
     parameters is as close to `target` as a channel allows; each structure keeps at least its best channel
-    (an empty structure would leave nothing to compute). With `align` > 1, each structure keeps its best
-    k channels, k the count above the threshold rounded to a multiple of `align` (at least `align`, at most
-    the full width): GPU matrix kernels run much faster on widths that are multiples of 8 or 16."""
+    (an empty structure would leave nothing to compute); an infinite score is always kept (heads that are not
+    selected). `scores`: per block, the six structures' in STRUCTURES order. With `align` > 1, each channel
+    structure keeps its best k channels, k the count above the threshold rounded to a multiple of `align` (at
+    least `align`, at most the full width): GPU matrix kernels run much faster on widths that are multiples of 8
+    or 16. Heads are whole units already and are not rounded."""
     if not 0.0 < target <= 1.0:
         raise ConfigError(f"Target ratio {target} is outside (0, 1]; give the share of parameters to keep.")
     if align < 1:
@@ -192,18 +207,20 @@ def fit_budget(shape: BlockShape, scores: Sequence[torch.Tensor], target: float,
     order = [torch.argsort(s, descending=True, stable=True) for s in flat]
     ascending = [s[o].flip(0) for s, o in zip(flat, order)]
     full = torch.tensor([len(a) for a in ascending])
+    unit = torch.tensor([align] * CHANNELS + [1]).repeat(len(flat) // len(STRUCTURES))
 
     def counts(threshold: float) -> torch.Tensor:
         above = full - torch.tensor([int(torch.searchsorted(a, threshold, right=True)) for a in ascending])
-        rounded = torch.round(above.double() / align).long() * align
-        return torch.minimum(full, rounded.clamp(min=align))
+        rounded = torch.round(above.double() / unit).long() * unit
+        return torch.minimum(full, torch.maximum(rounded, unit))
 
     def ratio(threshold: float) -> float:
-        widths = counts(threshold).view(-1, 5).double()
+        widths = counts(threshold).view(-1, len(STRUCTURES)).double()
         return float(shape.block_params(widths).sum()) / shape.dense_params
 
     # The kept share falls as the threshold rises; bisect between "everything" and "the floor of each".
     values = torch.cat(flat)
+    values = values[values.isfinite()]
     lo, hi = float(values.min()) - 1.0, float(values.max()) + 1.0
     for _ in range(64):
         mid = (lo + hi) / 2
@@ -213,4 +230,4 @@ def fit_budget(shape: BlockShape, scores: Sequence[torch.Tensor], target: float,
             hi = mid
     threshold = min((lo, hi), key=lambda t: abs(ratio(t) - target))
     keep = [torch.sort(o[:k]).values for o, k in zip(order, counts(threshold).tolist())]
-    return Selection(shape, [keep[5 * b : 5 * b + 5] for b in range(shape.n_blocks)])
+    return Selection(shape, group_by_block(keep))

@@ -71,6 +71,8 @@ class StructuralConfig:
     max_train_seconds: float | None = option(None, "stop training after this long, whatever --steps says", type=float)
     # GPU matrix kernels want widths in multiples of 8.
     align: int = option(8, "round kept widths to multiples of this (1: exact widths)", minimum=1)
+    prune_heads: bool = option(False, "also select whole attention heads (each key/value head with its query heads), "
+                               "so that the KV cache shrinks too; DISP-LLM itself keeps every head")
     seed: int = shared("seed")
     device: str | None = shared("device")
     dtype: str | None = shared("dtype")
@@ -140,7 +142,7 @@ def train_selection(lm: LoadedModel, ids: torch.Tensor, cfg: StructuralConfig, p
     if ids.numel() <= cfg.seqlen:
         raise ConfigError(f"The calibration text has {ids.numel()} tokens, too short for windows of {cfg.seqlen}.")
     shape = BlockShape.from_config(lm.model.config)
-    space = layout(shape)
+    space = layout(shape, cfg.prune_heads)
     hn = HyperNetwork(space.widths(), temperature=cfg.temperature, offset=cfg.offset, seed=cfg.seed).to(lm.device)
     optimizer = torch.optim.AdamW(hn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     data_gen = torch.Generator().manual_seed(cfg.seed)
