@@ -34,6 +34,16 @@ def test_json_run_saves_the_model_and_the_history(tmp_path, monkeypatch, capsys)
     assert lm.model.config.disp_widths == result["selection"]["widths"]
 
 
+def test_heads_selected_too_are_in_the_widths_and_the_saved_model(tmp_path, capsys):
+    assert main([*QUICK, "--prune-heads", "--no-baseline", "--save", str(tmp_path / "model"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["prune_heads"] is True and result["structure_labels"][-1] == "key/value heads"
+    assert result["full_widths"][-1] == 2 and all(len(w) == 6 for w in result["selection"]["widths"])
+    assert result["params"]["ratio"] == pytest.approx(0.6, abs=0.01)
+    lm = load_compressed(tmp_path / "model", device="cpu")
+    assert lm.model.config.disp_widths == result["selection"]["widths"]
+
+
 def test_table_names_the_three_models(capsys):
     assert main([*QUICK, "--no-baseline"]) == 0
     out = capsys.readouterr().out

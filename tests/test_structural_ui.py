@@ -74,7 +74,7 @@ def test_a_run_streams_to_a_table_charts_and_the_history(app):
     assert status.startswith("✓ Kept"), status
     assert [row[0] for row in table["data"]] == ["dense", "DISP-LLM", "uniform baseline"]
     heat = json.loads(heatmap["plot"])["data"][0]
-    assert heat["type"] == "heatmap" and heat["y"][-1] == "attention heads (key/value)"
+    assert heat["type"] == "heatmap" and heat["y"][-1] == "key/value heads"
     assert [t["name"] for t in json.loads(loss["plot"])["data"]] == ["loss", "cross-entropy", "kept ratio"]
     (record,) = history.find(kind="structural")
     assert record.id in saved and record.status == "done" and record.name == "tiny run"

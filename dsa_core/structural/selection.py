@@ -29,7 +29,7 @@ LABELS = {
     "mlp_in": "MLP input",
     "mlp_mid": "MLP intermediate",
     "mlp_out": "MLP output",
-    "attn_heads": "attention heads (key/value)",
+    "attn_heads": "key/value heads",
 }
 
 
