@@ -17,6 +17,8 @@ perplexity, optionally the zero-shot mean (--zeroshot), and greedy generation sp
 
     python bench/bench_structural.py                                   # GPU defaults: SmolLM2, ≤ 5 min training
     python bench/bench_structural.py --model gemma3-270m               # a second, non-LLaMA family
+    python bench/bench_structural.py --prune-heads                     # DISP-LLM selects key/value heads too (the
+                                                                       # baselines keep every head)
     python bench/bench_structural.py --steps 4 --seqlen 64 --batch-size 1 --eval-windows 2 --eval-seqlen 128 \\
         --baseline-samples 2 --new-tokens 4 --repeats 1 --batches 1 --device cpu --model random:tiny  # CPU smoke
 
