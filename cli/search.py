@@ -130,12 +130,13 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     study = create_study(cfg, open_study_storage(storage))
     link = {"study": study.study_name} if storage == history_url else {}  # History then reads the study live
     run = recording.enter_context(recorder.run("search", cfg.to_dict(), protocol=search_protocol(cfg), results=link))
-    fitness = None
+    fitness, reports = None, None
     if args.workers:  # each worker loads its own model; this process loads one only for the final table
         from dsa_core.workers import run_workers
 
         started = time.perf_counter()
-        evaluated = sum(r["evaluated"] for r in run_workers(study.study_name, storage, args.workers))
+        reports = run_workers(study.study_name, storage, args.workers)
+        evaluated = sum(r["evaluated"] for r in reports)
         search_s = time.perf_counter() - started
         final = summarize(study, cfg, evaluated, elapsed=search_s)
         session = None if args.no_final else _session(cfg)
@@ -174,6 +175,8 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
         "config": cfg.to_dict(),
         "timings": session.timings if session else {},
     }
+    if reports is not None:  # how the candidates were shared: a worker still loading its model may get none
+        out["workers"] = [{"device": r["device"], "evaluated": r["evaluated"]} for r in reports]
     if table:
         out["test_ppl"] = next(r["ppl"] for r in table if r["label"] == "searched #1")
         out["baselines"] = {r["label"]: r["ppl"] for r in table if not r["label"].startswith("searched")}

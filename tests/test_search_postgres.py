@@ -119,7 +119,11 @@ def test_search_starts_its_workers_with_one_command(study_name):
     texts = Counter(t.user_attrs["text"] for t in complete)
     assert len(texts) == 8 == result["evaluated"] and max(texts.values()) == 1
     assert result["best"] == min(complete, key=lambda t: t.value).user_attrs["text"]
-    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers evaluated candidates
+    # Both workers ran to the end and reported; how the 8 candidates fell between them is timing (a worker still
+    # loading its model when the other has finished gets none), and each trial names the worker that measured it.
+    assert [w["device"] for w in result["workers"]] == ["CPU", "CPU"]
+    assert sum(w["evaluated"] for w in result["workers"]) == 8
+    assert 1 <= len({t.user_attrs["worker"] for t in complete}) <= 2
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL))
 
 
