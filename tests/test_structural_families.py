@@ -154,7 +154,7 @@ def test_heads_dropped_compress_to_the_masked_model_and_a_smaller_kv_cache(arch,
     torch.testing.assert_close(loaded(input_ids=ids).logits, compressed(input_ids=ids).logits)
 
 
-def test_models_saved_with_five_widths_per_block_keep_every_head(tmp_path):
+def test_models_saved_with_five_widths_per_block_keep_every_head(ids, tmp_path):
     lm = dense_model("qwen3")
     sel = hypernetwork_selection(BlockShape.from_config(lm.model.config), 0.7, seed=3)
     sel = Selection(sel.shape, [block[:-1] for block in sel.keep])  # five per block: every head
@@ -162,12 +162,7 @@ def test_models_saved_with_five_widths_per_block_keep_every_head(tmp_path):
     compressed.config.disp_widths = [w[:5] for w in compressed.config.disp_widths]  # as saved before heads
     compressed.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded(input_ids=ids_of(lm)).logits, masked_logits(lm, sel, ids_of(lm)),
-                               rtol=1e-4, atol=1e-4)
-
-
-def ids_of(lm: LoadedModel) -> torch.Tensor:
-    return torch.randint(0, lm.model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(loaded(input_ids=ids).logits, masked_logits(lm, sel, ids), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "gemma3_text", "opt"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from dsa_core.errors import ConfigError
-from dsa_core.structural.selection import CHANNELS, BlockShape, Selection, fit_budget
+from dsa_core.structural.selection import CHANNELS, STRUCTURES, BlockShape, Selection, fit_budget
 
 
 def _all_heads(shape: BlockShape, like: torch.Tensor, fill: float) -> torch.Tensor:
@@ -40,7 +40,7 @@ class Independent:
         return per_block * self.shape.n_blocks
 
     def expand(self, outputs: Sequence[torch.Tensor], fill: float = 1.0) -> list[list[torch.Tensor]]:
-        n = len(self.widths()) // self.shape.n_blocks
+        n = len(STRUCTURES) if self.heads else CHANNELS  # outputs per block
         blocks = [list(outputs[i : i + n]) for i in range(0, len(outputs), n)]
         return blocks if self.heads else [[*b, _all_heads(self.shape, b[0], fill)] for b in blocks]
 
