@@ -23,7 +23,10 @@ weights, activations and cache, not other models resident at the time.
 
     python bench/bench_structural_speed.py --model random:llama-2-7b                      # GPU: the 7B shape, bf16
     python bench/bench_structural_speed.py --model random:llama-2-7b --decode compile     # GPU: fused, then graphed
-    python bench/bench_structural_speed.py --model random:llama-2-7b --prune-heads        # GPU: heads selected too
+    python bench/bench_structural_speed.py --model random:llama-2-7b --prune-heads        # GPU: heads selected too,
+                                                                                          # beside channels alone
+    python bench/bench_structural_speed.py --model random:llama-2-7b --breakdown          # GPU: where a step's
+                                                                                          # time goes, by kernel
     python bench/bench_structural_speed.py --model random:tiny --device cpu --prompt-len 32 --new-tokens 4 \\
         --repeats 1                                                                          # CPU smoke run
 """
@@ -141,6 +144,39 @@ class Decoder:
 GRAPH_GAP = 0.1
 
 
+# Kernel families by name: cuBLAS's (nvjet, sm90_xmma, cutlass...) matmuls, SDPA's attention, inductor's fused
+# Triton kernels, then the rest (eager norms, rotary, index_select/index_add, copies).
+KERNEL_KINDS = (("matmul", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitk")),
+                ("attention", ("fmha", "flash", "attention", "attn")), ("fused (triton)", ("triton",)))
+
+
+@torch.no_grad()
+def kernel_breakdown(decoder: Decoder, prompts: torch.Tensor, steps: int = 4) -> dict:
+    """GPU time of one decode step by kind of kernel, from the profiler (the step launched as the graph records
+    it: eager or compiled); a replayed step's time less these kernels' sum is the gaps between them."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder._prefill(prompts)
+    sync(prompts.device)
+    forward = decoder.model if decoder.forward is decoder.model else decoder.forward
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            decoder._step(forward)
+        sync(prompts.device)
+    out = {"kernels": 0, "total_ms": 0.0, **{kind: 0.0 for kind, _ in KERNEL_KINDS}, "other": 0.0}
+    for event in prof.events():
+        if event.device_type != DeviceType.CUDA or "memcpy" in event.name.lower():
+            continue
+        ms = event.time_range.elapsed_us() / 1000 / steps
+        name = event.name.lower()
+        kind = next((k for k, keys in KERNEL_KINDS if any(key in name for key in keys)), "other")
+        out[kind] += ms
+        out["total_ms"] += ms
+        out["kernels"] += 1 / steps
+    return out
+
+
 def measure(model, vocab: int, batches: list[int], args, device: torch.device, resident: int) -> dict:
     """Throughput and peak memory of one model at each batch size; `resident` bytes belong to other models."""
     out = {}
@@ -161,18 +197,22 @@ def measure(model, vocab: int, batches: list[int], args, device: torch.device, r
         times = [decoder.time(prompts) for _ in range(args.repeats)]
         prefill, decode = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
         peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None
+        breakdown = None
+        if args.breakdown and device.type == "cuda" and b == batches[-1]:
+            breakdown = {"step_ms": decode / args.new_tokens * 1000, **kernel_breakdown(decoder, prompts)}
         out[str(b)] = {"prefill_tokens_per_s": b * args.prompt_len / prefill,
                        "decode_tokens_per_s": b * args.new_tokens / decode, "peak_gb": peak,
                        "decode": "eager" if decoder.graph is None else
-                                 "compiled cuda graph" if compiled else "cuda graph", "graph_logit_gap": gap}
+                                 "compiled cuda graph" if compiled else "cuda graph", "graph_logit_gap": gap,
+                      "step_breakdown": breakdown}
         del decoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
 
 
-def pruned_name(ratio: float, args) -> str:
-    return f"DISP-LLM {ratio:.0%}" + (", heads too" if args.prune_heads else "")
+def pruned_name(ratio: float, heads: bool) -> str:
+    return f"DISP-LLM {ratio:.0%}" + (", heads too" if heads else "")
 
 
 def main() -> None:
@@ -187,6 +227,8 @@ def main() -> None:
                     help="decode steps replayed from a CUDA graph (GPU only), from one of the step compiled by "
                          "torch.compile (GPU only), or run eagerly")
     ap.add_argument("--align", type=int, default=8)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="GPU: also profile one decode step at the largest batch by kind of kernel")
     add_options(ap, StructuralConfig, ("device", "dtype", "prune_heads"))
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args()
@@ -198,11 +240,12 @@ def main() -> None:
     lm = load_model(args.model, args.device, args.dtype)
     device, vocab = lm.device, lm.model.config.vocab_size
     shape = BlockShape.from_config(lm.model.config)
-    g = torch.Generator().manual_seed(0)
-    layout = Independent(shape, args.prune_heads)
-    scores = [torch.randn(w, generator=g) for w in layout.widths()]
-    selections = {"DISP class, full widths": Selection.full(shape),
-                  **{pruned_name(r, args): layout.fit(scores, r, args.align) for r in ratios}}
+    selections = {"DISP class, full widths": Selection.full(shape)}
+    for heads in (False, True) if args.prune_heads else (False,):  # heads beside channels alone: what they add
+        layout = Independent(shape, heads)
+        g = torch.Generator().manual_seed(0)  # the same channel scores for both layouts
+        scores = [torch.randn(w, generator=g) for w in layout.widths()]
+        selections.update({pruned_name(r, heads): layout.fit(scores, r, args.align) for r in ratios})
     rows: dict[str, dict] = {}
 
     def row(name: str, model, block_params: int, resident: int) -> None:
@@ -241,15 +284,24 @@ def main() -> None:
             line += f"{'-':>15}" if v is None else f"{v:>15.1f}" if key != "peak_gb" else f"{v:>15.2f}"
         print(line)
     full = rows["DISP class, full widths"]["batches"]
-    for r in ratios:
-        pruned = rows[pruned_name(r, args)]["batches"]
+    for name in (n for n in rows if n.startswith("DISP-LLM")):
+        pruned = rows[name]["batches"]
         parts = []
         for b in map(str, batches):
             parts.append(f"b={b}: prefill ×{pruned[b]['prefill_tokens_per_s'] / full[b]['prefill_tokens_per_s']:.2f}, "
                          f"decode ×{pruned[b]['decode_tokens_per_s'] / full[b]['decode_tokens_per_s']:.2f}"
                          + (f", peak memory ×{pruned[b]['peak_gb'] / full[b]['peak_gb']:.2f}"
                             if pruned[b]["peak_gb"] is not None else ""))
-        print(f"{pruned_name(r, args)} vs full widths: " + "; ".join(parts))
+        print(f"{name} vs full widths: " + "; ".join(parts))
+    broken = {name: r["batches"][str(batches[-1])]["step_breakdown"] for name, r in rows.items()
+              if r["batches"][str(batches[-1])]["step_breakdown"]}
+    if broken:
+        kinds = [k for k, _ in KERNEL_KINDS] + ["other"]
+        print(f"\none decode step at batch {batches[-1]}, ms: as decoded (replayed), the sum of its kernels, by kind")
+        print(f"{'':<26}{'step':>8}{'kernels':>9}{'sum':>8}" + "".join(f"{k:>16}" for k in kinds))
+        for name, k in broken.items():
+            print(f"{name:<26}{k['step_ms']:>8.2f}{k['kernels']:>9.0f}{k['total_ms']:>8.2f}"
+                  + "".join(f"{k[kind]:>16.2f}" for kind in kinds))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
