@@ -159,10 +159,9 @@ def kernel_breakdown(decoder: Decoder, prompts: torch.Tensor, steps: int = 4) ->
 
     decoder._prefill(prompts)
     sync(prompts.device)
-    forward = decoder.model if decoder.forward is decoder.model else decoder.forward
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            decoder._step(forward)
+            decoder._step(decoder.forward)
         sync(prompts.device)
     out = {"kernels": 0, "total_ms": 0.0, **{kind: 0.0 for kind, _ in KERNEL_KINDS}, "other": 0.0}
     for event in prof.events():
