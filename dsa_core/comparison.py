@@ -8,7 +8,7 @@
   search's fitness, the DSA preset), the faithful table (sequential pruning, WikiText-2 test) of candidates beside
   them, and a larger validation re-ranking of a search's top-k.
 
-Nothing here searches; dsa_core.search calls `atp_beta` to pick a hybrid's start.
+Nothing here searches; dsa_core.search calls `atp_betas` to pick a hybrid's start.
 """
 
 from __future__ import annotations
@@ -142,21 +142,24 @@ def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> 
     return result
 
 
-def atp_beta(fitness: Fitness, target: float, until: float | None = None) -> float:
+def atp_betas(fitness: Fitness, target: float, until: float | None = None, stage: int | None = None) -> list[float]:
     """ATP's own one-parameter search, as its search.sh does (β = 0.002, 0.004, … while the progression stays in
-    [0, 0.99]), on the search's fitness: the β whose allocation scores best (of those tried by `until`, a
-    time.perf_counter() deadline, when given)."""
-    best, beta, value = 0.0, 0.002, fitness("uniform")
+    [0, 0.99]; 0 is uniform), on the search's fitness at `stage` (default: its last): every β tried by `until` (a
+    time.perf_counter() deadline, when given), the best-scoring first."""
+    tried, beta = [(fitness("uniform", stage), 0.0)], 0.002
     while beta <= 1.0 and (until is None or time.perf_counter() < until):
         try:
             allocate(fitness.stats, f"atp:beta={beta:g}", target)
         except ConfigError:
             break
-        v = fitness(f"atp:beta={beta:g}")
-        if v < value:
-            best, value = beta, v
+        tried.append((fitness(f"atp:beta={beta:g}", stage), beta))
         beta = round(beta + 0.002, 6)
-    return best
+    return [b for _, b in sorted(tried)]
+
+
+def atp_beta(fitness: Fitness, target: float, until: float | None = None) -> float:
+    """The β of ATP's one-parameter search whose allocation scores best on the fitness's last stage."""
+    return atp_betas(fitness, target, until)[0]
 
 
 def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | None = None) -> list[tuple[str, str]]:

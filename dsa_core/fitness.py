@@ -209,15 +209,21 @@ class Fitness:
         return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
                                              record=True, windows=windows)
 
-    def __call__(self, spec: str | functions.AllocationFunction) -> float:
-        """The fitness at the last stage of any allocation `allocate` accepts (a baseline, a function)."""
+    def __call__(self, spec: str | functions.AllocationFunction, stage: int | None = None) -> float:
+        """The fitness of any allocation `allocate` accepts (a baseline, a function) at `stage` (default: the last,
+        the only one memoised)."""
         key = spec if isinstance(spec, str) else functions.to_text(spec)
-        if key not in self.memo:
+        last = len(self.stages) - 1
+        stage = last if stage is None else stage
+        if stage != last or key not in self.memo:
             try:
                 ratios = allocate(self.stats, spec, self.sparsity).ratios
             except DSAError:
                 return FAILED_FITNESS
-            self.memo[key] = self.measure(key, ratios, len(self.stages) - 1, counted=False)
+            value = self.measure(key, ratios, stage, counted=False)
+            if stage != last:
+                return value
+            self.memo[key] = value
         return self.memo[key]
 
     def throughput(self) -> list[dict]:

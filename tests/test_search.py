@@ -212,6 +212,18 @@ def test_atp_searches_its_one_parameter_on_the_fitness(session):
     session.restore()
 
 
+def test_a_hybrids_atp_start_scans_beta_on_the_cheap_stage_and_decides_on_the_last(session):
+    fitness = Fitness(session, "wanda", 0.5, "kl", [1, 2])
+    cheap = comparison.atp_betas(fitness, 0.5, stage=0)
+    assert len(cheap) >= 5 and fitness.memo == {}  # scanned on the first stage: nothing measured on the last yet
+    beta = search.atp_start(fitness, 0.5, None)
+    finalists = cheap[: search.ATP_FINALISTS]
+    assert beta in finalists and len(fitness.memo) == search.ATP_FINALISTS  # only those reach the last stage
+    spec = {b: "uniform" if b == 0 else f"atp:beta={b:g}" for b in finalists}
+    assert fitness(spec[beta]) == min(fitness(s) for s in spec.values())
+    session.restore()
+
+
 def test_kl_fitness_is_zero_for_the_dense_model_and_positive_when_pruned(session):
     fitness = Fitness(session, "wanda", 0.5, "kl", [1, 2])
     assert fitness.stages[1]() == 0.0  # the dense model against its own cached logits
