@@ -40,7 +40,7 @@ from storage.records import (
     parse_time,
     utcnow,
 )
-from storage.shapes import SHAPES
+from storage.shapes import SHAPES, shape_problem
 
 FORMAT = "sparsity-explorer/experiment"
 VERSION = 1
@@ -100,7 +100,12 @@ def to_document(record: ExperimentRecord) -> dict:
 
 
 def dumps(record: ExperimentRecord) -> str:
-    """The shared document as text. Refused when it would be too large to import again."""
+    """The shared document as text. Refused when it could not be imported again: too large, or values that differ
+    from what its kind holds (a record set aside as unreadable)."""
+    problem = shape_problem(record)
+    if problem is not None:
+        raise StorageError(f"Experiment {record.id} holds values this version cannot read back ({problem}), so a "
+                           "file of it could not be imported; it was not exported.")
     text = json.dumps(to_document(record), indent=2, ensure_ascii=False, allow_nan=False)
     size = len(text.encode("utf-8"))
     if size > MAX_IMPORT_BYTES:
