@@ -142,17 +142,22 @@ def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> 
     return result
 
 
+def atp_spec(beta: float) -> str:
+    """The allocation ATP's search measures for β: 0 is uniform (so that it shares uniform's measurement)."""
+    return "uniform" if beta == 0 else f"atp:beta={beta:g}"
+
+
 def atp_betas(fitness: Fitness, target: float, until: float | None = None, stage: int | None = None) -> list[float]:
     """ATP's own one-parameter search, as its search.sh does (β = 0.002, 0.004, … while the progression stays in
     [0, 0.99]; 0 is uniform), on the search's fitness at `stage` (default: its last): every β tried by `until` (a
     time.perf_counter() deadline, when given), the best-scoring first."""
-    tried, beta = [(fitness("uniform", stage), 0.0)], 0.002
+    tried, beta = [(fitness(atp_spec(0.0), stage), 0.0)], 0.002
     while beta <= 1.0 and (until is None or time.perf_counter() < until):
         try:
-            allocate(fitness.stats, f"atp:beta={beta:g}", target)
+            allocate(fitness.stats, atp_spec(beta), target)
         except ConfigError:
             break
-        tried.append((fitness(f"atp:beta={beta:g}", stage), beta))
+        tried.append((fitness(atp_spec(beta), stage), beta))
         beta = round(beta + 0.002, 6)
     return [b for _, b in sorted(tried)]
 

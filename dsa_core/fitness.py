@@ -215,16 +215,16 @@ class Fitness:
         key = spec if isinstance(spec, str) else functions.to_text(spec)
         last = len(self.stages) - 1
         stage = last if stage is None else stage
-        if stage != last or key not in self.memo:
-            try:
-                ratios = allocate(self.stats, spec, self.sparsity).ratios
-            except DSAError:
-                return FAILED_FITNESS
-            value = self.measure(key, ratios, stage, counted=False)
-            if stage != last:
-                return value
+        if stage == last and key in self.memo:
+            return self.memo[key]
+        try:
+            ratios = allocate(self.stats, spec, self.sparsity).ratios
+        except DSAError:
+            return FAILED_FITNESS
+        value = self.measure(key, ratios, stage, counted=False)
+        if stage == last:
             self.memo[key] = value
-        return self.memo[key]
+        return value
 
     def throughput(self) -> list[dict]:
         """Per stage: tokens, measurements and their rate (re-masking or sequential pruning counted in)."""

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from dsa_core import workers as W
 from dsa_core.allocation import allocate, describe
-from dsa_core.comparison import atp_beta, atp_betas
+from dsa_core.comparison import atp_beta, atp_betas, atp_spec
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.fitness import (
@@ -497,7 +497,7 @@ def atp_start(fitness: Fitness, sparsity: float, until: float | None) -> float:
     if len(fitness.stages) == 1:
         return atp_beta(fitness, sparsity, until)
     finalists = atp_betas(fitness, sparsity, until, stage=len(fitness.stages) - 2)[:ATP_FINALISTS]
-    return min(finalists, key=lambda beta: fitness("uniform" if beta == 0 else f"atp:beta={beta:g}"))
+    return min(finalists, key=lambda beta: fitness(atp_spec(beta)))
 
 
 def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, reporter: Reporter | None = None,

@@ -219,8 +219,7 @@ def test_a_hybrids_atp_start_scans_beta_on_the_cheap_stage_and_decides_on_the_la
     beta = search.atp_start(fitness, 0.5, None)
     finalists = cheap[: search.ATP_FINALISTS]
     assert beta in finalists and len(fitness.memo) == search.ATP_FINALISTS  # only those reach the last stage
-    spec = {b: "uniform" if b == 0 else f"atp:beta={b:g}" for b in finalists}
-    assert fitness(spec[beta]) == min(fitness(s) for s in spec.values())
+    assert fitness(comparison.atp_spec(beta)) == min(fitness(comparison.atp_spec(b)) for b in finalists)
     session.restore()
 
 
