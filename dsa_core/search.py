@@ -524,8 +524,9 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, 
     started = time.perf_counter()
     # ATP's β search takes at most half of the time left, so that a budget in seconds holds (ATP tries 0.002 steps).
     until = None if cfg.budget_seconds is None else started + (cfg.budget_seconds - found.elapsed) / 2
-    atp = f"atp:beta={atp_start(fitness, cfg.sparsity, until):g}"
-    start = atp if fitness(atp) < found.best.fitness else found.best.text
+    beta = atp_start(fitness, cfg.sparsity, until)
+    # Measured as the scan measured it (β = 0 is uniform's measurement, not a second prune of the same allocation).
+    start = f"atp:beta={beta:g}" if fitness(atp_spec(beta)) < found.best.fitness else found.best.text
     found.elapsed += time.perf_counter() - started  # ATP's β search is the hybrid's time too
     left_candidates = None if cfg.budget_candidates is None else max(1, rest)
     left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - found.elapsed)
