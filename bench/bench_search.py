@@ -104,7 +104,7 @@ def _changed(a: dict) -> list[tuple[str, float]]:
 
 def _variant(a: dict) -> str:
     """How a run's settings differ from the defaults the equal-budget comparison uses ("" when they do not)."""
-    return ("/proj" if a["granularity"] == "projection" else "") + "".join(f"/{n} {v:g}" for n, v in _changed(a))
+    return ("/proj" if a.get("granularity") == "projection" else "") + "".join(f"/{n} {v:g}" for n, v in _changed(a))
 
 
 def cmd_refs(args) -> None:
@@ -112,7 +112,8 @@ def cmd_refs(args) -> None:
     with test ppl over random allocations near uniform (level switches) and random functions."""
     session = open_job(args)
     cfg = search_config(args, budget_candidates=1)
-    fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:], args.last_stage)
+    fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:], args.last_stage,
+                  sequential_windows=args.sequential_windows)
     started = time.perf_counter()
     refs = comparison.references(session, cfg, fit)
     atp_s = time.perf_counter() - started
@@ -153,7 +154,8 @@ def cmd_refs(args) -> None:
                    "references": spearmanr([r["fitness"][k] for r in rows], [r["ppl"] for r in rows]).statistic}
         print(f"Spearman({k} fitness, test ppl): {len(randoms)} random candidates {corr[k]['random']:.3f}; "
               f"{len(rows)} references {corr[k]['references']:.3f}", flush=True)
-    write(job_path(args, "refs"), {"args": vars(args), "rows": rows, "random": randoms, "spearman": corr,
+    variant = "".join(f"{name}{value:g}_" for name, value in _changed(vars(args)))  # e.g. "seqwin32_"
+    write(job_path(args, variant + "refs"), {"args": vars(args), "rows": rows, "random": randoms, "spearman": corr,
                                    "atp_seconds": atp_s, "timings": session.timings,
                                    "environment": environment(session.lm)})
 
@@ -234,7 +236,8 @@ def cmd_report(args) -> None:
         model, metric, target = a["model"] or "smollm2", a["metric"], a["target"]
         best_label, best = min(((r["label"], r["ppl"]) for r in ref["rows"]), key=lambda x: x[1])
         stage = a.get("last_stage", "masked")
-        print(f"\n== {model}, {metric}, {target:.0%}, {a['fitness']} fitness ({stage} last stage): WikiText-2 test ppl "
+        print(f"\n== {model}, {metric}, {target:.0%}, {a['fitness']} fitness ({stage} last stage{_variant(a)}): "
+              f"WikiText-2 test ppl "
               f"(faithful); best reference {best_label} {best:.2f}")
         print(f"{'allocation':<26}{'test ppl':>10}{'vs best ref':>13}{'fitness':>11}  {'candidates':>10}  found in")
         for r in ref["rows"]:
@@ -295,6 +298,8 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True)
         p.add_argument("--random", type=int, default=8, help="refs: random candidates for the correlation")
+        p.add_argument("--sequential-windows", type=int, default=search.SearchConfig.sequential_windows,
+                       help="a sequential last stage calibrates on the first this many windows (0: all)")
     run = sub.choices["run"]
     run.add_argument("--space", default="hybrid", choices=tuple(search.SPACES))
     run.add_argument("--granularity", default="block", choices=search.GRANULARITIES)
@@ -302,8 +307,6 @@ def main() -> None:
     run.add_argument("--rerank-tokens", type=int, default=0)
     run.add_argument("--hybrid-split", type=float, default=search.SearchConfig.hybrid_split,
                      help="hybrid: share of the time spent on functions")
-    run.add_argument("--sequential-windows", type=int, default=search.SearchConfig.sequential_windows,
-                     help="a sequential last stage calibrates on the first this many windows (0: all)")
     run.add_argument("--level-step", type=float, default=search.SearchConfig.level_step,
                      help="allocation and hybrid: a level switch moves this fraction of the smallest unit's weights")
     run.add_argument("--promote", type=int, default=search.SearchConfig.promote,
