@@ -278,12 +278,14 @@ def prune_sequential(
     inputs: BlockInputs | None = None,
     resume: SequentialRun | None = None,
     record: bool = False,
+    exact: bool = True,
 ) -> SequentialRun | None:
     """Faithful mode: block by block, gather statistics on inputs that went through the pruned earlier
     blocks, prune the block to its ratio (or each linear layer to its own: see `layer_ratios`), and recompute its
     outputs for the next block. The weights must be dense on entry. With `resume` (a run of the same model, metric,
     pattern and calibration inputs), the blocks it shares with that run take its weights instead of being pruned
-    again; with `record`, returns this run for a later one to resume from."""
+    again; with `record`, returns this run for a later one to resume from. `exact=False`: a metric may prune its
+    layers by a faster form, equal up to rounding (Metric.prune_layer); a resumed run must have been made alike."""
     method = get_metric(metric)
     nm = S.parse_pattern(pattern)
     n = len(lm.blocks)
@@ -306,7 +308,7 @@ def prune_sequential(
             with ActivationStats(layers, hessian=method.needs_hessian) as acts:
                 run_block(lm.blocks[i], inputs)
         for (name, module), ratio in zip(layers.items(), per_layer[i]):
-            method.prune_layer(module, acts, name, ratio, nm)
+            method.prune_layer(module, acts, name, ratio, nm, exact)
         del acts
         if run is not None:
             run.inputs.append(inputs)

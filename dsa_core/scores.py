@@ -213,9 +213,12 @@ def _block_mask(W1: torch.Tensor, Hinv1: torch.Tensor, ratios: list[float]) -> t
     # As the reference: `tmp <= sorted[k]`, one weight more than k per block (its users' numbers are made
     # so); where k is 0 we prune nothing, not the reference's one weight, so that a ratio of 0 keeps all.
     tmp = W1.pow(2) / torch.diag(Hinv1).reshape(1, 1, -1).pow(2)
-    ordered = tmp.reshape(copies, -1).sort(dim=1).values
-    at = torch.tensor([min(k, rows * count - 1) for k in ks], device=W1.device).unsqueeze(1)
-    threshold = ordered.gather(1, at).view(copies, 1, 1)
+    flat, at = tmp.reshape(copies, -1), [min(k, rows * count - 1) for k in ks]
+    if flat.is_cuda:  # the reference's sorted[k]: on a GPU, one batched sort
+        threshold = flat.sort(dim=1).values.gather(1, torch.tensor(at, device=flat.device).unsqueeze(1))
+    else:  # on a CPU, selection instead (a sort took half of a search's level pruning there)
+        threshold = torch.stack([flat[c].kthvalue(a + 1).values for c, a in enumerate(at)])
+    threshold = threshold.view(copies, 1, 1)
     pruning = torch.tensor([k > 0 for k in ks], device=W1.device).view(copies, 1, 1)
     return (tmp <= threshold) & pruning
 

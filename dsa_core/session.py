@@ -156,17 +156,19 @@ class PruningSession:
 
     def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured",
                          resume: SequentialRun | None = None, record: bool = False,
-                         windows: int | None = None) -> SequentialRun | None:
+                         windows: int | None = None, exact: bool = True) -> SequentialRun | None:
         """Faithful mode, starting from the dense weights (or, for the leading blocks it shares with `resume`, an
         earlier run's of this session: see prune.SequentialRun); with `record`, returns this run to resume from.
-        `windows`: calibrate on only the first calibration windows (whole batches; a search's quick measure)."""
+        `windows`: calibrate on only the first calibration windows (whole batches; a search's quick measure);
+        `exact=False`: layers pruned by a faster form, equal up to rounding (a search's measure)."""
         inputs = self._inputs_for(metric)
         if inputs is not None and windows:
             inputs = inputs.first(windows)
         self.restore()
         with self._timed("pruning"):
             return prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
-                                    progress=self.progress, inputs=inputs, resume=resume, record=record)
+                                    progress=self.progress, inputs=inputs, resume=resume, record=record,
+                                    exact=exact)
 
     @contextmanager
     def reporting(self, reporter: Callable[[str, int, int], None] | None):

@@ -180,3 +180,26 @@ def test_a_sequential_prune_resumed_from_an_earlier_run_prunes_exactly_as_a_fres
     assert all(torch.equal(a, b) for a, b in zip(fresh, resumed))
     assert run.inputs[:2] == kept.inputs[:2] and run_bytes([kept, run]) < 2 * run_bytes([kept])  # shared, not copied
     dense.restore()
+
+
+def test_sparsegpt_sequential_by_the_solved_loop_prunes_as_the_reference_loop_up_to_rounding(fresh_tiny, windows):
+    """A search's sequential measure (exact=False) takes SparseGPT's batched-solve form: the same masks in every
+    block and the same weights up to float rounding; n:m patterns keep the loop."""
+    from dsa_core.calibration import capture_block_inputs
+
+    dense = DenseWeights(fresh_tiny)
+    inputs = capture_block_inputs(fresh_tiny, windows, 2)
+    ratios = np.array([0.5, 0.7, 0.6, 0.4])
+
+    def pruned(**kw) -> list[torch.Tensor]:
+        dense.restore()
+        prune_sequential(fresh_tiny, None, "sparsegpt", ratios, batch_size=2, inputs=inputs, **kw)
+        return [m.weight.detach().clone() for i in range(4) for m in fresh_tiny.linear_layers(i).values()]
+
+    loop, solved = pruned(), pruned(exact=False)
+    assert all(torch.equal(a == 0, b == 0) for a, b in zip(loop, solved))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(loop, solved))
+    assert not all(torch.equal(a, b) for a, b in zip(loop, solved))  # another order of float operations
+    nm = [pruned(pattern="2:4"), pruned(pattern="2:4", exact=False)]
+    assert all(torch.equal(a, b) for a, b in zip(*nm))
+    dense.restore()

@@ -8,7 +8,7 @@ from dsa_core import scores as S
 from dsa_core.calibration import ActivationStats, run_block
 from dsa_core.fitness import Fitness
 from dsa_core.session import PruningSession
-from dsa_core.sparsegpt_levels import BATCH, SparseGPTLevels
+from dsa_core.sparsegpt_levels import BATCH, BATCHES_KEPT, SparseGPTLevels
 
 
 @pytest.fixture
@@ -68,6 +68,21 @@ def test_levels_are_pruned_a_batch_at_a_time_and_the_least_recently_used_go_firs
     assert roomy.computed == layers * BATCH + BATCH
     w = list(session.lm.linear_layers(0).values())[3].weight
     assert (w == 0).float().mean().item() == pytest.approx(0.99, abs=0.01)
+
+
+def test_a_budget_that_keeps_few_levels_prunes_fewer_neighbours_per_pass(session):
+    """Neighbours a budget cannot keep would be evicted before their use: each pass makes as many as it keeps."""
+    session.restore()
+    level_bytes = sum(m.weight.numel() * m.weight.element_size() for block in session.dense.layers for m, _ in block)
+    layers = sum(len(b) for b in session.dense.layers)
+    tight = SparseGPTLevels(session.lm, session.dense, session.block_inputs(),
+                            budget_bytes=BATCHES_KEPT * 3 * level_bytes)
+    assert tight.batch == 3
+    tight.apply(np.full(4, 0.5))
+    assert tight.computed == layers * 3
+    w = list(session.lm.linear_layers(1).values())[2].weight
+    assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert SparseGPTLevels(session.lm, session.dense, session.block_inputs(), budget_bytes=0).batch == 1
 
 
 def test_the_sparsegpt_fitness_sees_the_weight_update_and_the_dense_model_comes_back(session):

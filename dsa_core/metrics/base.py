@@ -42,8 +42,9 @@ class Metric:
 
     @torch.no_grad()
     def prune_layer(self, module: nn.Linear, acts: ActivationStats | None, name: str, ratio: float,
-                    nm: tuple[int, int] | None) -> None:
-        """Prune one layer in place to `ratio` (or to the n:m pattern), on the activations gathered for its block."""
+                    nm: tuple[int, int] | None, exact: bool = True) -> None:
+        """Prune one layer in place to `ratio` (or to the n:m pattern), on the activations gathered for its block.
+        `exact=False` allows a faster computation of the same pruning up to float rounding (a search's measure)."""
         score = self.score(module.weight, acts, name)
         if nm is not None:
             keep = S.nm_rank(score, nm[1]) >= nm[0]

@@ -2,6 +2,8 @@
 
 Its score (the saliency) is what fast mode re-masks by; pruning a layer runs the reference's column loop with the
 weight update (dsa_core.scores.sparsegpt_prune_), which re-masking by rank cannot reproduce (`updates_weights`).
+A search's sequential measure may take the loop's batched-solve form instead (`exact=False`): the same masks and
+weights up to rounding, without the loop's ~8 kernel launches per input column, which bound it on a GPU.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ class SparseGPT(Metric):
 
     @torch.no_grad()
     def prune_layer(self, module: nn.Linear, acts: ActivationStats | None, name: str, ratio: float,
-                    nm: tuple[int, int] | None) -> None:
-        S.sparsegpt_prune_(module.weight, acts.hessian_of(name), ratio, nm)
+                    nm: tuple[int, int] | None, exact: bool = True) -> None:
+        if exact or nm is not None:  # the solved form has no n:m groups
+            S.sparsegpt_prune_(module.weight, acts.hessian_of(name), ratio, nm)
+        else:
+            module.weight.copy_(S.sparsegpt_levels_solved(module.weight, acts.hessian_of(name), [ratio])[0])
 
 
 register(SparseGPT())
