@@ -41,7 +41,8 @@ def candidates(stats, target: float, functions: int, switches: int, seed: int) -
     return out
 
 
-def run(session, batch: int | None, todo: list[tuple[str, np.ndarray]]) -> tuple[SparseGPTLevels, dict, torch.Tensor]:
+def run(session, batch: int | None, todo: list[tuple[str, np.ndarray]]
+        ) -> tuple[SparseGPTLevels, dict, list[torch.Tensor]]:
     session.restore()
     levels = SparseGPTLevels(session.lm, session.dense, session.block_inputs(), batch=batch)
     spent: dict[str, list[float]] = {}

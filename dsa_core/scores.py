@@ -108,9 +108,15 @@ def sparsegpt_prune_(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    exact: bool = True,
 ) -> None:
-    """Prune `weight` in place with SparseGPT (Frantar & Alistarh, 2023): see `sparsegpt_levels`."""
-    weight.copy_(sparsegpt_levels(weight, H, [ratio], nm, blocksize, percdamp)[0].to(weight.dtype))
+    """Prune `weight` in place with SparseGPT (Frantar & Alistarh, 2023): see `sparsegpt_levels`. `exact=False`
+    takes `sparsegpt_levels_solved` instead, the same up to rounding (it has no n:m groups: those keep the loop)."""
+    if exact or nm is not None:
+        pruned = sparsegpt_levels(weight, H, [ratio], nm, blocksize, percdamp)
+    else:
+        pruned = sparsegpt_levels_solved(weight, H, [ratio], blocksize, percdamp)
+    weight.copy_(pruned[0].to(weight.dtype))
 
 
 @torch.no_grad()

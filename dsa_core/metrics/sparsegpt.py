@@ -30,10 +30,7 @@ class SparseGPT(Metric):
     @torch.no_grad()
     def prune_layer(self, module: nn.Linear, acts: ActivationStats | None, name: str, ratio: float,
                     nm: tuple[int, int] | None, exact: bool = True) -> None:
-        if exact or nm is not None:  # the solved form has no n:m groups
-            S.sparsegpt_prune_(module.weight, acts.hessian_of(name), ratio, nm)
-        else:
-            module.weight.copy_(S.sparsegpt_levels_solved(module.weight, acts.hessian_of(name), [ratio])[0])
+        S.sparsegpt_prune_(module.weight, acts.hessian_of(name), ratio, nm, exact=exact)
 
 
 register(SparseGPT())
