@@ -149,8 +149,9 @@ def cmd_refs(args) -> None:
     for r, t in zip(randoms, test):
         r["ppl"] = t["ppl"]
     corr = {}
-    for k in FITNESS_KINDS:
-        corr[k] = {"random": spearmanr([r["fitness"][k] for r in randoms], [r["ppl"] for r in randoms]).statistic,
+    for k in FITNESS_KINDS:  # --random 0 (the references alone) leaves the correlation over random candidates nan
+        over_random = [r["fitness"][k] for r in randoms], [r["ppl"] for r in randoms]
+        corr[k] = {"random": spearmanr(*over_random).statistic if len(randoms) > 2 else math.nan,
                    "references": spearmanr([r["fitness"][k] for r in rows], [r["ppl"] for r in rows]).statistic}
         print(f"Spearman({k} fitness, test ppl): {len(randoms)} random candidates {corr[k]['random']:.3f}; "
               f"{len(rows)} references {corr[k]['references']:.3f}", flush=True)
