@@ -45,6 +45,7 @@ from dsa_core.fitness import LAST_STAGES, Fitness  # noqa: E402
 from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
 from dsa_core.pipeline import environment, open_session  # noqa: E402
 from dsa_core.reporter import EventLog  # noqa: E402
+from dsa_core.session import PruningSession  # noqa: E402
 from dsa_core.spaces import function_text  # noqa: E402
 
 FITNESS_KINDS = ("ppl", "kl")
@@ -61,11 +62,15 @@ def job_path(args, kind: str, extra: str = "") -> Path:
     return out / f"{model_name(args)}_{args.metric}_{round(args.target * 100)}_{fitness}_{kind}{extra}.json"
 
 
-def open_job(args):
+def open_job(args) -> tuple[PruningSession, float]:
+    """The job's session, its scores computed, and the dense model's test perplexity (printed first, so that a
+    broken model, such as a GGUF file misread by another transformers version, shows before any search runs)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     session = open_session(setup_config(args))
+    dense_ppl = session.perplexity("wikitext2", "test", args.seqlen, args.eval_windows)
+    print(f"dense {session.lm.name}: WikiText-2 test perplexity {dense_ppl:.3f}", flush=True)
     session.scores(args.metric)
-    return session
+    return session, dense_ppl
 
 
 def search_config(args, **kw) -> search.SearchConfig:
@@ -110,7 +115,7 @@ def _variant(a: dict) -> str:
 def cmd_refs(args) -> None:
     """The references at one target (faithful test ppl and both fitnesses), and the fitnesses' rank correlation
     with test ppl over random allocations near uniform (level switches) and random functions."""
-    session = open_job(args)
+    session, dense_ppl = open_job(args)
     cfg = search_config(args, budget_candidates=1)
     fit = Fitness(session, args.metric, args.target, args.fitness, cfg.stage_windows()[-1:], args.last_stage,
                   sequential_windows=args.sequential_windows)
@@ -156,14 +161,14 @@ def cmd_refs(args) -> None:
         print(f"Spearman({k} fitness, test ppl): {len(randoms)} random candidates {corr[k]['random']:.3f}; "
               f"{len(rows)} references {corr[k]['references']:.3f}", flush=True)
     variant = "".join(f"{name}{value:g}_" for name, value in _changed(vars(args)))  # e.g. "seqwin32_"
-    write(job_path(args, variant + "refs"), {"args": vars(args), "rows": rows, "random": randoms, "spearman": corr,
-                                   "atp_seconds": atp_s, "timings": session.timings,
-                                   "environment": environment(session.lm)})
+    write(job_path(args, variant + "refs"), {"args": vars(args), "dense_ppl": dense_ppl, "rows": rows,
+                                             "random": randoms, "spearman": corr, "atp_seconds": atp_s,
+                                             "timings": session.timings, "environment": environment(session.lm)})
 
 
 def cmd_run(args) -> None:
     """One search; its top-k re-evaluated faithfully; both fitnesses of each, for the correlation over tables."""
-    session = open_job(args)
+    session, dense_ppl = open_job(args)
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
@@ -190,7 +195,8 @@ def cmd_run(args) -> None:
     kind = args.space + ("_proj" if args.granularity == "projection" else "")
     kind += "".join(f"_{name}{value:g}" for name, value in _changed(vars(args)))
     write(job_path(args, kind, f"_s{args.seed}"), {
-        "args": vars(args), "config": cfg.to_dict(), "rows": rows, "evaluated": result.evaluated,
+        "args": vars(args), "config": cfg.to_dict(), "dense_ppl": dense_ppl, "rows": rows,
+        "evaluated": result.evaluated,
         "search_seconds": search_s, "throughput": result.throughput, "phases": result.phases,
         "start_ratios": result.start_ratios, "curve": curve, "timings": session.timings,
         "environment": environment(session.lm)})
@@ -198,7 +204,7 @@ def cmd_run(args) -> None:
 
 def cmd_transfer(args) -> None:
     """Functions found elsewhere (other targets, other models) applied faithfully here, beside uniform and OWL."""
-    session = open_job(args)
+    session, dense_ppl = open_job(args)
     found = [json.loads(Path(p).read_text()) for p in args.sources]
     out = []
     for target in [float(t) for t in args.targets.split(",")]:
@@ -212,7 +218,8 @@ def cmd_transfer(args) -> None:
         out.append({"target": target, "rows": rows})
     name = "transfer_" + "_".join(Path(p).stem for p in args.sources)
     args.target = 0.0
-    write(Path(args.out) / f"{model_name(args)}_{name}.json", {"args": vars(args), "tables": out})
+    write(Path(args.out) / f"{model_name(args)}_{name}.json", {"args": vars(args), "dense_ppl": dense_ppl,
+                                                              "tables": out})
 
 
 def _function_of(record: dict) -> str | None:
@@ -238,8 +245,8 @@ def cmd_report(args) -> None:
         best_label, best = min(((r["label"], r["ppl"]) for r in ref["rows"]), key=lambda x: x[1])
         stage = a.get("last_stage", "masked")
         print(f"\n== {model}, {metric}, {target:.0%}, {a['fitness']} fitness ({stage} last stage{_variant(a)}): "
-              f"WikiText-2 test ppl "
-              f"(faithful); best reference {best_label} {best:.2f}")
+              f"WikiText-2 test ppl (faithful); best reference {best_label} {best:.2f}"
+              + (f"; dense {ref['dense_ppl']:.2f}" if "dense_ppl" in ref else ""))
         print(f"{'allocation':<26}{'test ppl':>10}{'vs best ref':>13}{'fitness':>11}  {'candidates':>10}  found in")
         for r in ref["rows"]:
             print(f"{r['label'] + (' ' + r['allocation'] if r['label'] == 'atp' else ''):<26}{r['ppl']:>10.2f}"

@@ -177,3 +177,24 @@ def test_a_hub_id_neither_cached_nor_reachable_fails_at_once(monkeypatch):
     with pytest.raises(ModelError, match="not in the local Hugging Face cache and the hub cannot be reached"):
         load_model("sparsity-explorer-tests/no-such-model", device="cpu")
     assert time.perf_counter() - started < 10  # not the ~26 s of retries
+
+
+def test_a_gguf_copy_is_made_again_under_other_reader_versions(tmp_path, monkeypatch):
+    """The dequantised copy depends on what transformers and gguf read from the file (5.17 misread Gemma 3's): an
+    upgrade of either must not reuse a copy made by the other version."""
+    import importlib.metadata
+
+    import transformers
+
+    from dsa_core import models
+
+    monkeypatch.setenv("DSA_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    first = models.converted_dir(f)
+    assert first == models.converted_dir(f) and first.parent == tmp_path / "cache" / "models"
+    monkeypatch.setattr(transformers, "__version__", "0.0.1")
+    second = models.converted_dir(f)
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.1" if name == "gguf" else real(name))
+    assert len({first, second, models.converted_dir(f)}) == 3
