@@ -77,7 +77,8 @@ def search_config(args, **kw) -> search.SearchConfig:
     return search.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
                                seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
                                fitness=args.fitness, fidelity=args.fidelity, last_stage=args.last_stage,
-                               final_eval_windows=args.eval_windows, top_k=args.top_k, **kw).validate()
+                               final_eval_windows=args.eval_windows, top_k=args.top_k,
+                               rerank_final=args.rerank_final, **kw).validate()
 
 
 def measure_other(session, args, kind: str, windows: int, candidates: list[dict]) -> None:
@@ -99,7 +100,7 @@ def write(path: Path, record: dict) -> None:
 
 # Run settings a variant may change from the defaults, and what its file name and report call each.
 VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
-            ("sequential_windows", "seqwin"))
+            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"))
 
 
 def _changed(a: dict) -> list[tuple[str, float]]:
@@ -181,7 +182,7 @@ def cmd_run(args) -> None:
     for e in log.events:
         if not curve or e.best_fitness < curve[-1][1]:
             curve.append((e.elapsed, e.best_fitness))
-    result = comparison.rerank(session, cfg, found)
+    result = comparison.rerank(session, cfg, found, fit)
     search_s = time.perf_counter() - started
     print(f"{cfg.space} {args.metric} {args.target:.0%} seed {args.seed}: {result.evaluated} candidates in "
           f"{search_s:.1f} s ({result.evaluated / search_s:.2f}/s); per stage "
@@ -308,6 +309,8 @@ def main() -> None:
         p.add_argument("--random", type=int, default=8, help="refs: random candidates for the correlation")
         p.add_argument("--sequential-windows", type=int, default=search.SearchConfig.sequential_windows,
                        help="a sequential last stage calibrates on the first this many windows (0: all)")
+        p.add_argument("--rerank-final", action="store_true",
+                       help="re-rank the top-k (and ATP's best k values of β) by the fitness after the final pruning")
     run = sub.choices["run"]
     run.add_argument("--space", default="hybrid", choices=tuple(search.SPACES))
     run.add_argument("--granularity", default="block", choices=search.GRANULARITIES)

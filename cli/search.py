@@ -152,7 +152,7 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
                                "to resume."), {**search_results(study_events(study)), **link})
             return INTERRUPTED
         with oom_as_error("re-ranking the best candidates"):
-            result = rerank(session, cfg, result)
+            result = rerank(session, cfg, result, fitness)
         search_s = time.perf_counter() - started
     with oom_as_error("re-evaluating the best candidates"):
         table = [] if args.no_final else faithful_table(session, cfg, result.top)

@@ -14,7 +14,7 @@ Nothing here searches; dsa_core.search calls `atp_betas` to pick a hybrid's star
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -128,18 +128,35 @@ def compare(session: PruningSession, cfg: EvalConfig, allocations: Sequence[tupl
     return out
 
 
-def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult) -> SearchResult:
-    """Order the top-k by validation perplexity on `rerank_tokens` tokens (more than the search measured), and
-    make the first of that order the result: a larger held-out check, never the test split."""
-    if not cfg.rerank_tokens or len(result.top) < 2:
+def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult,
+           fitness: Fitness | None = None) -> SearchResult:
+    """Order the top-k by a larger check than the search made, and make the first of that order the result: by
+    validation perplexity on `rerank_tokens` tokens, or (`rerank_final`) by the search's fitness (`fitness`, else
+    made again) after pruning each as the result is pruned. Never the test split."""
+    check = rerank_check(session, cfg, fitness)
+    if check is None or len(result.top) < 2:
         return result
-    check = Fitness(session, cfg.metric, cfg.sparsity, "ppl", stage_windows((cfg.rerank_tokens,), cfg.seqlen, 1))
     for c in result.top:
-        c.rerank = check.measure(c.text, c.ratios, 0)
+        c.rerank = check(c.ratios)
     session.restore()
     result.top.sort(key=lambda c: c.rerank)
     result.best = result.top[0]
     return result
+
+
+def rerank_check(session: PruningSession, cfg: SearchConfig,
+                 fitness: Fitness | None = None) -> Callable[[Sequence[float]], float] | None:
+    """The re-ranking a search's configuration asks for, as a measure of an allocation's ratios (None: none)."""
+    if cfg.rerank_final:
+        if fitness is None:
+            from dsa_core.search import search_fitness  # dsa_core.search imports this module
+
+            fitness = search_fitness(session, cfg)
+        return fitness.measure_pruned
+    if cfg.rerank_tokens:
+        check = Fitness(session, cfg.metric, cfg.sparsity, "ppl", stage_windows((cfg.rerank_tokens,), cfg.seqlen, 1))
+        return lambda ratios: check.measure(repr(list(ratios)), ratios, 0)
+    return None
 
 
 def atp_spec(beta: float) -> str:
@@ -169,8 +186,17 @@ def atp_beta(fitness: Fitness, target: float, until: float | None = None) -> flo
 
 def references(session: PruningSession, cfg: SearchConfig, fitness: Fitness | None = None) -> list[tuple[str, str]]:
     """The allocations every table compares against: uniform, OWL, AlphaPruning, ATP (β searched on `fitness`
-    when given, else its default) and the DSA preset, as (label, spec)."""
-    atp = f"atp:beta={atp_beta(fitness, cfg.sparsity):g}" if fitness is not None else "atp"
+    when given, else its default) and the DSA preset, as (label, spec). Where the search re-ranks its top-k, ATP's
+    best k values of β are re-ranked the same way."""
+    atp = "atp"
+    if fitness is not None:
+        betas = atp_betas(fitness, cfg.sparsity)
+        check = rerank_check(session, cfg, fitness)
+        if check is not None:
+            betas = sorted(betas[: cfg.top_k],
+                           key=lambda b: check(allocate(fitness.stats, atp_spec(b), cfg.sparsity).ratios))
+            session.restore()
+        atp = f"atp:beta={betas[0]:g}"
     return [("uniform", "uniform"), ("owl", "owl"), ("alpha", "alpha"), ("atp", atp),
             ("dsa preset", functions.to_text(functions.DSA_PRESET))]
 

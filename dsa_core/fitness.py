@@ -210,6 +210,14 @@ class Fitness:
         return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
                                              record=True, windows=windows, exact=False)
 
+    def measure_pruned(self, ratios) -> float:
+        """The last stage's measure of an allocation pruned exactly as a result is (sequentially, on every
+        calibration window, by each layer's reference form): what a re-ranking of the top candidates compares."""
+        self.session.prune_sequential(np.asarray(ratios, dtype=np.float64), self.metric)
+        self._applied = None  # these weights are no candidate's measure at an earlier stage
+        value = self.stages[-1]()
+        return value if math.isfinite(value) else FAILED_FITNESS
+
     def __call__(self, spec: str | functions.AllocationFunction, stage: int | None = None) -> float:
         """The fitness of any allocation `allocate` accepts (a baseline, a function) at `stage` (default: the last,
         the only one memoised)."""

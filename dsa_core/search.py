@@ -99,6 +99,9 @@ class SearchConfig:
     hybrid_split: float = option(0.5, "hybrid: the share of the budget spent on functions before refining")
     rerank_tokens: int = option(0, "re-rank the top-k by validation perplexity on this many tokens (0: rank by "
                                  "the fitness)")
+    rerank_final: bool = option(False, "re-rank the top-k by the fitness's last stage after pruning each as the "
+                                "result is pruned (sequentially, on every calibration window): the measure nearest "
+                                "what the result will be, for k sequential prunes")
     sampler: str = option("ga", "how functions are drawn: the GA, NSGA-II or at random", choices=SAMPLERS)
     population: int = option(24, "GA: how many of the best functions breed")
     mutation: float | None = option(None, "GA: per-gene mutation probability (default: 1 / number of genes)",
@@ -157,6 +160,9 @@ class SearchConfig:
             raise ConfigError(f"The hybrid split {self.hybrid_split} must lie strictly between 0 and 1.")
         if self.rerank_tokens < 0:
             raise ConfigError("--rerank-tokens must be 0 (off) or a number of tokens.")
+        if self.rerank_tokens and self.rerank_final:
+            raise ConfigError("Re-rank the top-k one way: by validation perplexity (--rerank-tokens) or by the "
+                              "fitness after the final pruning (--rerank-final).")
         if self.space == "allocation":
             describe(self.start)  # read before the model loads
         if self.space == "allocation" and self.sampler != "ga":
@@ -192,7 +198,7 @@ class Candidate:
     fitness: float
     ratios: list[float]
     warnings: list[str]
-    rerank: float | None = None  # validation perplexity on --rerank-tokens, when the top-k was re-ranked
+    rerank: float | None = None  # the re-ranking's measure (--rerank-tokens or --rerank-final), when there was one
 
 
 def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:

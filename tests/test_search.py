@@ -16,6 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from dsa_core import comparison, functions, search
+from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
 from dsa_core.models import load_model
@@ -371,6 +372,44 @@ def test_rerank_orders_the_top_by_a_larger_validation_check(session):
     result = comparison.rerank(session, cfg, search.run_search(session, cfg, search.create_study(cfg)))
     checks = [c.rerank for c in result.top]
     assert checks == sorted(checks) and result.best is result.top[0] and checks[0] > 1
+
+
+def test_rerank_final_orders_the_top_by_the_fitness_after_pruning_as_the_result_is(session):
+    """The search's own last stage (KL on 128 tokens, re-masked from the dense scores), re-measured on each of the
+    top-k pruned sequentially on every calibration window: the values a user's result would have, in order."""
+    cfg = search.SearchConfig(**{**QUICK, "top_k": 3}, space="allocation", fitness="kl", fidelity="64,128",
+                              promote=2, budget_candidates=12, rerank_final=True).validate()
+    fitness = search.search_fitness(session, cfg)
+    result = comparison.rerank(session, cfg, search.run_search(session, cfg, search.create_study(cfg), None, fitness),
+                               fitness)
+    assert len(result.top) == 3 and result.best is result.top[0]
+    checks = [c.rerank for c in result.top]
+    assert checks == sorted(checks)
+    for c in result.top:  # each re-measured as it will be pruned, which re-masking does not do
+        session.prune_sequential(np.asarray(c.ratios), "wanda")
+        assert fitness.stages[-1]() == pytest.approx(c.rerank, rel=1e-6)
+    assert any(c.rerank != pytest.approx(c.fitness, rel=1e-6) for c in result.top)
+    session.restore()
+
+
+def test_rerank_final_reranks_atps_best_betas_alike(session, monkeypatch):
+    """ATP's k best values of β by the fitness (its one-parameter scan, stubbed here) go through the same re-ranking
+    as the search's top-k: the reference is the best of them after the final pruning."""
+    cfg = search.SearchConfig(**{**QUICK, "top_k": 3}, sparsity=0.7, fitness="kl", fidelity="64",
+                              rerank_final=True).validate()
+    fitness = search.search_fitness(session, cfg)
+    scanned = [0.01, 0.0, 0.02, 0.004]  # best first; the fourth is beyond the top 3
+    monkeypatch.setattr(comparison, "atp_betas", lambda f, target: scanned)
+    pruned = {b: fitness.measure_pruned(allocate(fitness.stats, comparison.atp_spec(b), 0.7).ratios)
+              for b in scanned[:3]}
+    refs = dict(comparison.references(session, cfg, fitness))
+    assert refs["atp"] == f"atp:beta={min(pruned, key=pruned.get):g}"
+    assert session.achieved_sparsity()[0] < 0.01
+
+
+def test_one_reranking_at_a_time():
+    with pytest.raises(ConfigError, match="one way"):
+        search.SearchConfig(**QUICK, rerank_tokens=256, rerank_final=True).validate()
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
