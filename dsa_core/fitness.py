@@ -201,14 +201,16 @@ class Fitness:
         return value if math.isfinite(value) else FAILED_FITNESS
 
     def _prune_sequential(self, ratios: np.ndarray) -> SequentialRun | None:
-        """Prune sequentially, from the kept run that shares the most leading blocks with `ratios`, by each layer's
-        faster form (SparseGPT's solved column loop): a measure, not the result."""
-        windows = self.sequential_windows
+        """Prune sequentially, from the kept run that shares the most leading blocks with `ratios`: a measure, not
+        the result. On a GPU each layer takes its faster form (SparseGPT's solved column loop, 3.87× faster on Gemma
+        3 270M, where the loop's kernel launches per column bound it); on a CPU the loop is as fast or faster (SmolLM2
+        1.10× slower solved, Gemma 0.57×: bench/results/cpu2_sparsegpt_solved*.log)."""
+        windows, exact = self.sequential_windows, self.session.lm.device.type != "cuda"
         if not self.kept.enabled:
-            return self.session.prune_sequential(ratios, self.metric, windows=windows, exact=False)
+            return self.session.prune_sequential(ratios, self.metric, windows=windows, exact=exact)
         per_layer = layer_ratios(ratios, [len(block) for block in self.session.dense.layers])
         return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
-                                             record=True, windows=windows, exact=False)
+                                             record=True, windows=windows, exact=exact)
 
     def measure_pruned(self, ratios) -> float:
         """The last stage's measure of an allocation pruned exactly as a result is (sequentially, on every
