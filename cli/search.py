@@ -140,7 +140,8 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
         search_s = time.perf_counter() - started
         final = summarize(study, cfg, evaluated, elapsed=search_s)
         session = None if args.no_final else _session(cfg)
-        result = final if session is None else rerank(session, cfg, final)
+        result = final if session is None else rerank(
+            session, cfg, final, search_fitness(session, cfg) if cfg.rerank_final else None)
     else:
         session = _session(cfg)
         started = time.perf_counter()

@@ -131,8 +131,8 @@ def compare(session: PruningSession, cfg: EvalConfig, allocations: Sequence[tupl
 def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult,
            fitness: Fitness | None = None) -> SearchResult:
     """Order the top-k by a larger check than the search made, and make the first of that order the result: by
-    validation perplexity on `rerank_tokens` tokens, or (`rerank_final`) by the search's fitness (`fitness`, else
-    made again) after pruning each as the result is pruned. Never the test split."""
+    validation perplexity on `rerank_tokens` tokens, or (`rerank_final`) by the search's fitness (`fitness`) after
+    pruning each as the result is pruned. Never the test split."""
     check = rerank_check(session, cfg, fitness)
     if check is None or len(result.top) < 2:
         return result
@@ -146,12 +146,11 @@ def rerank(session: PruningSession, cfg: SearchConfig, result: SearchResult,
 
 def rerank_check(session: PruningSession, cfg: SearchConfig,
                  fitness: Fitness | None = None) -> Callable[[Sequence[float]], float] | None:
-    """The re-ranking a search's configuration asks for, as a measure of an allocation's ratios (None: none)."""
+    """The re-ranking a search's configuration asks for, as a measure of an allocation's ratios (None: none).
+    `rerank_final` measures with the search's own `fitness` (dsa_core.search.search_fitness)."""
     if cfg.rerank_final:
         if fitness is None:
-            from dsa_core.search import search_fitness  # dsa_core.search imports this module
-
-            fitness = search_fitness(session, cfg)
+            raise ValueError("Re-ranking by the final pruning measures with the search's fitness; pass it.")
         return fitness.measure_pruned
     if cfg.rerank_tokens:
         check = Fitness(session, cfg.metric, cfg.sparsity, "ppl", stage_windows((cfg.rerank_tokens,), cfg.seqlen, 1))
