@@ -1,9 +1,9 @@
 """Whether SparseGPT's solved column loop (dsa_core.scores.sparsegpt_levels_solved) prunes a real layer as well as the
 reference loop, in float32 on this device: for a few linear layers of the dense model, with their real Hessians
-(calibration windows through the dense model, hooks on each layer's input), the reconstruction error tr(ΔW H ΔWᵀ) of
-the loop and of the solved form in float32, and of the solved form in float64, each relative to the loop in float64,
-and the share of weights whose pruned-or-kept choice differs from it. A per-layer check, free of the sequential
-pipeline's compounding.
+(calibration windows through the dense model, accumulated as the sequential pruning does), the reconstruction error
+tr(ΔW H ΔWᵀ) of the loop and of the solved form in float32, and of the solved form in float64, each relative to the
+loop in float64, and the share of weights whose pruned-or-kept choice differs from it. A per-layer check, free of the
+sequential pipeline's compounding.
 
     python bench/bench_sparsegpt_layers.py --model gemma3-270m --nsamples 8 --device cuda
 """
@@ -21,27 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.setup_options import add_setup_options, setup_config  # noqa: E402
 from dsa_core import scores  # noqa: E402
+from dsa_core.calibration import ActivationStats  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
 
 LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj")
 
 
 def hessians(lm, windows: torch.Tensor, picks: list[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
-    """SparseGPT's H = 2 X Xᵀ / tokens of each picked layer's input, over the windows through the dense model."""
-    H: dict[tuple[int, str], torch.Tensor] = {}
-
-    def hook(key, module, inputs, output):
-        x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
-        H[key] = H.get(key, 0) + 2 * x.T @ x / x.shape[0]
-
-    hooks = [lm.blocks[i].get_submodule(name).register_forward_hook(lambda m, a, o, k=(i, name): hook(k, m, a, o))
-             for i, name in picks]
-    with torch.no_grad():
+    """SparseGPT's H = 2/N · XXᵀ of each picked layer's input over the windows through the dense model, accumulated
+    as the sequential pruning accumulates it (dsa_core.calibration.ActivationStats)."""
+    layers = {f"{i}.{name}": lm.blocks[i].get_submodule(name) for i, name in picks}
+    with ActivationStats(layers, hessian=True) as stats, torch.no_grad():
         for w in range(windows.shape[0]):
             lm.model(input_ids=windows[w : w + 1].to(lm.device), use_cache=False)
-    for h in hooks:
-        h.remove()
-    return {k: v / windows.shape[0] for k, v in H.items()}
+    return {(i, name): stats.hessian_of(f"{i}.{name}") for i, name in picks}
 
 
 def reconstruction(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
