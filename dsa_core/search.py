@@ -101,7 +101,7 @@ class SearchConfig:
                                  "the fitness)")
     rerank_final: bool = option(False, "re-rank the top-k by the fitness's last stage after pruning each as the "
                                 "result is pruned (sequentially, on every calibration window): the measure nearest "
-                                "what the result will be, for k sequential prunes")
+                                "what the result will be, for k sequential prunes after the budget")
     sampler: str = option("ga", "how functions are drawn: the GA, NSGA-II or at random", choices=SAMPLERS)
     population: int = option(24, "GA: how many of the best functions breed")
     mutation: float | None = option(None, "GA: per-gene mutation probability (default: 1 / number of genes)",
