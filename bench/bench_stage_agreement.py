@@ -1,0 +1,104 @@
+"""Whether the cheap stages of a staged KL fitness pick the children a direct search's refinement should promote.
+
+The hybrid's refinement mutates its best allocation by level switches (dsa_core.levels) and promotes the best quarter
+of each stage to the next; with `--last-stage sequential` only the last stage prunes sequentially, the earlier ones
+re-mask from the score cache. Children one to a few switches from their parent differ by little, so a cheap stage's
+noise or its bias (a re-masked model against a sequentially pruned one) may decide which of them go on. This measures
+N distinct children of one parent at every stage and says how each stage ranks them against the sequential stage:
+Spearman, and where the quarter it would promote ranks there. A parent from ATP's allocation (`--start atp`, the
+default), from uniform or from any allocation text.
+
+    python bench/bench_stage_agreement.py --model gemma3-270m --fidelity 2k,8k,32k --children 48 --target 0.6
+    python bench/bench_stage_agreement.py --nsamples 16 --seqlen 512 --fidelity 1k,2k,4k --children 24   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.setup_options import add_setup_options, setup_config  # noqa: E402
+from dsa_core.allocation import allocate  # noqa: E402
+from dsa_core.fitness import Fitness, parse_fidelity, stage_windows  # noqa: E402
+from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
+from dsa_core.pipeline import environment, open_session  # noqa: E402
+
+
+def children(grid: LevelGrid, parent: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """`n` distinct level-switch mutations of `parent`, drawn as the refinement's sampler draws them."""
+    rng, seen, out = np.random.RandomState(seed), {grid.key(parent)}, []
+    while len(out) < n:
+        child = grid.mutate(parent, rng)
+        if grid.key(child) not in seen:
+            seen.add(grid.key(child))
+            out.append(child)
+    return out
+
+
+def promoted_ranks(cheap: np.ndarray, faithful: np.ndarray, share: float) -> np.ndarray:
+    """The faithful ranks (0 = best) of the `share` of candidates the cheap measure ranks best."""
+    k = max(1, int(round(share * len(cheap))))
+    faithful_rank = np.argsort(np.argsort(faithful))
+    return faithful_rank[np.argsort(cheap)[:k]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_setup_options(ap)
+    ap.add_argument("--metric", default="wanda")
+    ap.add_argument("--target", type=float, default=0.6)
+    ap.add_argument("--fidelity", default="2k,8k,32k", help="the staged fitness's token counts")
+    ap.add_argument("--start", default="atp", help="the parent's allocation (atp, uniform, a function's text, ...)")
+    ap.add_argument("--children", type=int, default=48)
+    ap.add_argument("--promote", type=int, default=4, help="1 in this many goes on (the search's --promote)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    session = open_session(setup_config(args))
+    tokens = parse_fidelity(args.fidelity)
+    windows = stage_windows(tokens, args.seqlen, 1)
+    masked = Fitness(session, args.metric, args.target, "kl", windows)
+    sequential = Fitness(session, args.metric, args.target, "kl", windows[-1:], last_stage="sequential")
+    stats = session.stats(args.metric)
+    grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
+    parent = grid.snap(allocate(stats, args.start, args.target).ratios)
+    batch = [parent, *children(grid, parent, args.children, args.seed)]
+    values = np.zeros((len(batch), len(windows) + 1))
+    seconds = np.zeros(len(windows) + 1)
+    for i, levels in enumerate(batch):
+        ratios, key = grid.ratios(levels), grid.key(levels)
+        for stage in range(len(windows)):
+            start = time.perf_counter()
+            values[i, stage] = masked.measure(key, ratios, stage)
+            seconds[stage] += time.perf_counter() - start
+        start = time.perf_counter()
+        values[i, -1] = sequential.measure(key, ratios, 0)
+        seconds[-1] += time.perf_counter() - start
+    env = environment(session.lm)
+    kids = values[1:]
+    faithful = kids[:, -1]
+    print(f"{session.lm.name}, {args.metric} {args.target:.0%}, {args.children} level-switch children of "
+          f"{args.start} ({args.nsamples} x {args.seqlen} calibration tokens; {env.get('device') or 'cpu'}, "
+          f"{env['dtype']}); parent KL: " + ", ".join(f"{v:.4f}" for v in values[0]))
+    print(f"sequential stage: children's KL {faithful.min():.4f} to {faithful.max():.4f} (parent {values[0, -1]:.4f}), "
+          f"{(faithful < values[0, -1]).sum()} of {args.children} better than the parent")
+    print(f"{'stage':<26}{'s / child':>10}{'Spearman':>10}{'promoted: sequential ranks (0 = best)':>44}")
+    share = 1.0 / args.promote
+    for stage, t in enumerate(tokens):
+        ranks = promoted_ranks(kids[:, stage], faithful, share)
+        rho = spearmanr(kids[:, stage], faithful).statistic
+        print(f"{f'masked, {t} tokens':<26}{seconds[stage] / len(batch):>10.2f}{rho:>10.3f}"
+              f"{' '.join(str(r) for r in sorted(ranks)):>44}")
+    chance = (args.children - 1) / 2
+    print(f"{f'sequential, {tokens[-1]} tokens':<26}{seconds[-1] / len(batch):>10.2f}{1.0:>10.3f}"
+          f"{f'(a random quarter: mean rank {chance:.1f})':>44}")
+
+
+if __name__ == "__main__":
+    main()
