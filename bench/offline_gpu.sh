@@ -8,9 +8,9 @@
 # (5.17 read Gemma 3 into a model of perplexity ~350) is caught before any search runs. `env` prints the exports
 # the jobs need.
 #
-#   bench/offline_gpu.sh prepare .carry 5             # here: .carry/base (wheels, data), .carry/chunk0 ... chunk4
-#   bench/offline_gpu.sh install .carry               # there, carrying .carry/base
-#   bench/offline_gpu.sh chunk .carry 0               # there, carrying .carry/chunk0; and so on
+#   bench/offline_gpu.sh prepare .carry 9             # here: .carry/base (wheels, data), .carry/chunk0 ... chunk8
+#   bench/offline_gpu.sh install .carry               # there, carrying .carry/base (22 MB) and .carry/chunk0
+#   bench/offline_gpu.sh chunk .carry 0               # there; then two 28 MB chunks a call (a call carries 64 MiB)
 #   bench/offline_gpu.sh join                         # there, once every chunk is in
 #   eval "$(bench/offline_gpu.sh env)"; cd ~/repo; python3 bench/bench_search.py ...
 set -euo pipefail
