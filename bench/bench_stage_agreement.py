@@ -5,11 +5,14 @@ of each stage to the next; with `--last-stage sequential` only the last stage pr
 re-mask from the score cache. Children one to a few switches from their parent differ by little, so a cheap stage's
 noise or its bias (a re-masked model against a sequentially pruned one) may decide which of them go on. This measures
 N distinct children of one parent at every stage and says how each stage ranks them against the sequential stage:
-Spearman, and where the quarter it would promote ranks there. A parent from ATP's allocation (`--start atp`, the
-default), from uniform or from any allocation text.
+Spearman, and where the quarter it would promote ranks there. With `--filter-windows K` it also measures the earlier
+stages as `--refine-windows K` has a search measure them: pruned sequentially on the first K calibration windows.
+A parent from ATP's allocation (`--start atp`, the default), from uniform or from any allocation text.
 
     python bench/bench_stage_agreement.py --model gemma3-270m --fidelity 2k,8k,32k --children 48 --target 0.6
     python bench/bench_stage_agreement.py --nsamples 16 --seqlen 512 --fidelity 1k,2k,4k --children 24   # CPU
+    python bench/bench_stage_agreement.py --nsamples 16 --seqlen 512 --fidelity 1k,2k,4k --children 12 \
+        --filter-windows 4
 """
 
 from __future__ import annotations
@@ -59,45 +62,52 @@ def main() -> None:
     ap.add_argument("--children", type=int, default=48)
     ap.add_argument("--promote", type=int, default=4, help="1 in this many goes on (the search's --promote)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--filter-windows", type=int, default=0,
+                    help="also measure the earlier stages pruned sequentially on this many calibration windows")
     args = ap.parse_args()
     session = open_session(setup_config(args))
     tokens = parse_fidelity(args.fidelity)
     windows = stage_windows(tokens, args.seqlen, 1)
     masked = Fitness(session, args.metric, args.target, "kl", windows)
-    sequential = Fitness(session, args.metric, args.target, "kl", windows[-1:], last_stage="sequential")
+    sequential = Fitness(session, args.metric, args.target, "kl", windows, last_stage="sequential")
+    kinds = [("masked", 0)] + ([(f"sequential on {args.filter_windows} windows", args.filter_windows)]
+                               if args.filter_windows else [])
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
     parent = grid.snap(allocate(stats, args.start, args.target).ratios)
     batch = [parent, *children(grid, parent, args.children, args.seed)]
-    values = np.zeros((len(batch), len(windows) + 1))
-    seconds = np.zeros(len(windows) + 1)
+    rows = [(kind, filter_windows, stage) for kind, filter_windows in kinds  # the filter's last stage is the last's
+            for stage in range(len(windows) - (1 if filter_windows else 0))]
+    values = np.zeros((len(batch), len(rows) + 1))
+    seconds = np.zeros(len(rows) + 1)
     for i, levels in enumerate(batch):
         ratios, key = grid.ratios(levels), grid.key(levels)
-        for stage in range(len(windows)):
+        for j, (_, filter_windows, stage) in enumerate(rows):
             start = time.perf_counter()
-            values[i, stage] = masked.measure(key, ratios, stage)
-            seconds[stage] += time.perf_counter() - start
+            fitness = sequential if filter_windows else masked
+            values[i, j] = fitness.measure(key, ratios, stage, filter_windows=filter_windows)
+            seconds[j] += time.perf_counter() - start
         start = time.perf_counter()
-        values[i, -1] = sequential.measure(key, ratios, 0)
+        values[i, -1] = sequential.measure(key, ratios, len(windows) - 1)
         seconds[-1] += time.perf_counter() - start
     env = environment(session.lm)
     kids = values[1:]
     faithful = kids[:, -1]
     print(f"{session.lm.name}, {args.metric} {args.target:.0%}, {args.children} level-switch children of "
           f"{args.start} ({args.nsamples} x {args.seqlen} calibration tokens; {env.get('device') or 'cpu'}, "
-          f"{env['dtype']}); parent KL: " + ", ".join(f"{v:.4f}" for v in values[0]))
+          f"{env['dtype']}); parent KL on the sequential stage: {values[0, -1]:.4f}")
     print(f"sequential stage: children's KL {faithful.min():.4f} to {faithful.max():.4f} (parent {values[0, -1]:.4f}), "
           f"{(faithful < values[0, -1]).sum()} of {args.children} better than the parent")
-    print(f"{'stage':<26}{'s / child':>10}{'Spearman':>10}{'promoted: sequential ranks (0 = best)':>44}")
+    print(f"{'stage':<40}{'s / child':>10}{'Spearman':>10}{'promoted: sequential ranks (0 = best)':>40}")
     share = 1.0 / args.promote
-    for stage, t in enumerate(tokens):
-        ranks = promoted_ranks(kids[:, stage], faithful, share)
-        rho = spearmanr(kids[:, stage], faithful).statistic
-        print(f"{f'masked, {t} tokens':<26}{seconds[stage] / len(batch):>10.2f}{rho:>10.3f}"
-              f"{' '.join(str(r) for r in sorted(ranks)):>44}")
+    for j, (kind, _, stage) in enumerate(rows):
+        ranks = promoted_ranks(kids[:, j], faithful, share)
+        rho = spearmanr(kids[:, j], faithful).statistic
+        print(f"{f'{kind}, {tokens[stage]} tokens':<40}{seconds[j] / len(batch):>10.2f}{rho:>10.3f}"
+              f"{' '.join(str(r) for r in sorted(ranks)):>40}")
     chance = (args.children - 1) / 2
-    print(f"{f'sequential, {tokens[-1]} tokens':<26}{seconds[-1] / len(batch):>10.2f}{1.0:>10.3f}"
-          f"{f'(a random quarter: mean rank {chance:.1f})':>44}")
+    print(f"{f'sequential (last stage), {tokens[-1]} tokens':<40}{seconds[-1] / len(batch):>10.2f}{1.0:>10.3f}"
+          f"{f'(a random quarter: mean rank {chance:.1f})':>40}")
 
 
 if __name__ == "__main__":
