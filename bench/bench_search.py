@@ -100,7 +100,7 @@ def write(path: Path, record: dict) -> None:
 
 # Run settings a variant may change from the defaults, and what its file name and report call each.
 VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
-            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"), ("refine_windows", "refwin"))
+            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"))
 
 
 def _changed(a: dict) -> list[tuple[str, float]]:
@@ -173,7 +173,7 @@ def cmd_run(args) -> None:
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
-                        sequential_windows=args.sequential_windows, refine_windows=args.refine_windows)
+                        sequential_windows=args.sequential_windows)
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
@@ -314,8 +314,6 @@ def main() -> None:
     run = sub.choices["run"]
     run.add_argument("--space", default="hybrid", choices=tuple(search.SPACES))
     run.add_argument("--granularity", default="block", choices=search.GRANULARITIES)
-    run.add_argument("--refine-windows", type=int, default=search.SearchConfig.refine_windows,
-                     help="the level switches' earlier stages prune sequentially on this many windows (0: re-mask)")
     run.add_argument("--seconds", type=float, default=120.0)
     run.add_argument("--rerank-tokens", type=int, default=0)
     run.add_argument("--hybrid-split", type=float, default=search.SearchConfig.hybrid_split,

@@ -6,7 +6,8 @@ re-mask from the score cache. Children one to a few switches from their parent d
 noise or its bias (a re-masked model against a sequentially pruned one) may decide which of them go on. This measures
 N distinct children of one parent at every stage and says how each stage ranks them against the sequential stage:
 Spearman, and where the quarter it would promote ranks there. With `--filter-windows K` it also measures the earlier
-stages as `--refine-windows K` has a search measure them: pruned sequentially on the first K calibration windows.
+stages' token counts on the model pruned sequentially on the first K calibration windows (as `--sequential-windows K`
+prunes for a last stage), to see whether such a filter would promote better.
 A parent from ATP's allocation (`--start atp`, the default), from uniform or from any allocation text.
 
     python bench/bench_stage_agreement.py --model gemma3-270m --fidelity 2k,8k,32k --children 48 --target 0.6
@@ -69,7 +70,10 @@ def main() -> None:
     tokens = parse_fidelity(args.fidelity)
     windows = stage_windows(tokens, args.seqlen, 1)
     masked = Fitness(session, args.metric, args.target, "kl", windows)
-    sequential = Fitness(session, args.metric, args.target, "kl", windows, last_stage="sequential")
+    sequential = Fitness(session, args.metric, args.target, "kl", windows[-1:], last_stage="sequential")
+    # A filter stage is the last stage of a fitness cut at its token count, pruned on the first K windows.
+    filters = [Fitness(session, args.metric, args.target, "kl", windows[: stage + 1], last_stage="sequential",
+                       sequential_windows=args.filter_windows) for stage in range(len(windows) - 1)]
     kinds = [("masked", 0)] + ([(f"sequential on {args.filter_windows} windows", args.filter_windows)]
                                if args.filter_windows else [])
     stats = session.stats(args.metric)
@@ -84,11 +88,13 @@ def main() -> None:
         ratios, key = grid.ratios(levels), grid.key(levels)
         for j, (_, filter_windows, stage) in enumerate(rows):
             start = time.perf_counter()
-            fitness = sequential if filter_windows else masked
-            values[i, j] = fitness.measure(key, ratios, stage, filter_windows=filter_windows)
+            if filter_windows:
+                values[i, j] = filters[stage].measure(key, ratios, stage)
+            else:
+                values[i, j] = masked.measure(key, ratios, stage)
             seconds[j] += time.perf_counter() - start
         start = time.perf_counter()
-        values[i, -1] = sequential.measure(key, ratios, len(windows) - 1)
+        values[i, -1] = sequential.measure(key, ratios, 0)
         seconds[-1] += time.perf_counter() - start
     env = environment(session.lm)
     kids = values[1:]

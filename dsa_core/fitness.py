@@ -15,10 +15,7 @@ the next, so a promoted candidate's measure only gets more precise.
 The last stage may instead measure the model pruned sequentially, as a result is finally applied (`last_stage`
 "sequential"). Re-masking from the dense model's scores is what makes the first stages fast, but on some models it
 ranks allocations differently from the sequential pruning the user gets: on Gemma 3 270M at 60% Wanda a refinement
-12% better than ATP on masked validation windows was no better on test once pruned sequentially. A direct search's
-level-switch children differ by even less, so it may measure the earlier stages sequentially too, on a few
-calibration windows (`filter_windows` of `measure`): re-masked stages ranked such children with Spearman 0.11-0.36
-against the sequential stage (bench/bench_stage_agreement.py).
+12% better than ATP on masked validation windows was no better on test once pruned sequentially.
 """
 
 from __future__ import annotations
@@ -145,7 +142,6 @@ class Fitness:
         self.sequential_last = last_stage == "sequential"
         self.sequential_windows = sequential_windows
         self.kept = KeptRuns(int(KEPT_RUNS_SHARE * free_memory(session.lm.device)))
-        self.filter_kept = KeptRuns(self.kept.budget)  # the earlier stages' sequential runs, on fewer windows
         self.stats = session.stats(metric)
         if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
             session.scores(metric)
@@ -180,46 +176,40 @@ class Fitness:
         self.memo: dict[str, float] = {}
         self.seconds = [0.0] * len(self.stages)  # measuring time per stage (re-masking counted in stage 0)
         self.counts = [0] * len(self.stages)
-        # The key, weights version and pruning (None: re-masked; else the sequential pruning's windows, 0 for all)
-        # this applied last.
-        self._applied: tuple[str, int, int | None] | None = None
+        # The key, weights version and kind (sequential or not) of the pruning this applied last.
+        self._applied: tuple[str, int, bool] | None = None
 
-    def measure(self, key: str, ratios, stage: int, counted: bool = True, filter_windows: int = 0) -> float:
+    def measure(self, key: str, ratios, stage: int, counted: bool = True) -> float:
         """The fitness of an allocation at a stage (FAILED_FITNESS when it is not finite); `counted` measurements
-        are the search's own, in `throughput`. With a sequential last stage and `filter_windows`, the stages
-        before the last prune sequentially on that many calibration windows instead of re-masking."""
+        are the search's own, in `throughput`."""
         start = time.perf_counter()
-        last = stage == len(self.stages) - 1
-        windows = None
-        if self.sequential_last and (last or filter_windows):
-            windows = self.sequential_windows if last else filter_windows
+        sequential = self.sequential_last and stage == len(self.stages) - 1
         run = None
-        if self._applied != (key, self.session.weights_version, windows):  # else its pruning is still in place
-            if windows is not None:
-                run = self._prune_sequential(np.asarray(ratios, dtype=np.float64), windows, last)
+        if self._applied != (key, self.session.weights_version, sequential):  # else its pruning is still in place
+            if sequential:
+                run = self._prune_sequential(np.asarray(ratios, dtype=np.float64))
             elif self.metric == "sparsegpt":  # its weight update, not only its mask (dsa_core.sparsegpt_levels)
                 self.session.apply_sparsegpt_levels(np.asarray(ratios, dtype=np.float64))
             else:
                 self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
-            self._applied = (key, self.session.weights_version, windows)
+            self._applied = (key, self.session.weights_version, sequential)
         value = self.stages[stage]()
-        (self.kept if last else self.filter_kept).keep(run, value)
+        self.kept.keep(run, value)
         if counted:
             self.seconds[stage] += time.perf_counter() - start
             self.counts[stage] += 1
         return value if math.isfinite(value) else FAILED_FITNESS
 
-    def _prune_sequential(self, ratios: np.ndarray, windows: int, last: bool) -> SequentialRun | None:
-        """Prune sequentially on the first `windows` calibration windows (0: all), from the kept run of the same
-        kind (`last` stage's, or the earlier stages') that shares the most leading blocks with `ratios`: a measure,
-        not the result. On a GPU each layer takes its faster form (SparseGPT's solved column loop, 3.87× faster on Gemma
+    def _prune_sequential(self, ratios: np.ndarray) -> SequentialRun | None:
+        """Prune sequentially, from the kept run that shares the most leading blocks with `ratios`: a measure, not
+        the result. On a GPU each layer takes its faster form (SparseGPT's solved column loop, 3.87× faster on Gemma
         3 270M, where the loop's kernel launches per column bound it); on a CPU the loop is as fast or faster (SmolLM2
         1.10× slower solved, Gemma 0.57×: bench/results/cpu2_sparsegpt_solved*.log)."""
-        kept, exact = self.kept if last else self.filter_kept, self.session.lm.device.type != "cuda"
-        if not kept.enabled:
+        windows, exact = self.sequential_windows, self.session.lm.device.type != "cuda"
+        if not self.kept.enabled:
             return self.session.prune_sequential(ratios, self.metric, windows=windows, exact=exact)
         per_layer = layer_ratios(ratios, [len(block) for block in self.session.dense.layers])
-        return self.session.prune_sequential(ratios, self.metric, resume=kept.resume_from(per_layer),
+        return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
                                              record=True, windows=windows, exact=exact)
 
     def measure_pruned(self, ratios) -> float:

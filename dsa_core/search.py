@@ -91,9 +91,6 @@ class SearchConfig:
     sequential_windows: int = option(0, "a sequential last stage calibrates on only the first this many "
                                       "calibration windows, whole batches (0: all --nsamples), so more candidates "
                                       "reach it; the result is still pruned with all")
-    refine_windows: int = option(0, "allocation and hybrid spaces with a sequential last stage: the level switches' "
-                                  "earlier stages prune sequentially too, on only this many calibration windows, "
-                                  "instead of re-masking (0: re-mask), so that they promote as the last stage ranks")
     promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
     level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
     parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
@@ -153,14 +150,6 @@ class SearchConfig:
             raise ConfigError(f"Fidelities {self.fidelity} round to {windows} windows of {self.seqlen} tokens: each "
                               "stage must measure more windows than the one before.")
         check_sequential_windows(self.sequential_windows, self.nsamples)
-        if self.refine_windows:
-            if self.space == "function" or self.last_stage != "sequential" or len(windows) < 2:
-                raise ConfigError("--refine-windows measures a direct search's earlier stages by sequential pruning: "
-                                  "it needs --space allocation or hybrid, --last-stage sequential and at least two "
-                                  "--fidelity stages.")
-            if not 0 < self.refine_windows <= self.nsamples:
-                raise ConfigError(f"--refine-windows prunes on 1 to {self.nsamples} calibration windows (--nsamples), "
-                                  f"not {self.refine_windows}.")
         if self.promote < 2:
             raise ConfigError("--promote must be at least 2: one in that many candidates goes on to more tokens.")
         if not 0 < self.level_step <= 0.1:
@@ -345,13 +334,11 @@ def _generations(study: optuna.Study, population: int) -> list[dict]:
     return out
 
 
-def _staged(fitness: Fitness, trial: optuna.Trial, key: str, ratios, promote: int,
-            filter_windows: int = 0) -> tuple[float, int, bool]:
-    """Measure stage after stage while the pruner promotes: (value at the last stage reached, that stage, pruned).
-    `filter_windows`: the earlier stages prune sequentially on that many windows (Fitness.measure)."""
+def _staged(fitness: Fitness, trial: optuna.Trial, key: str, ratios, promote: int) -> tuple[float, int, bool]:
+    """Measure stage after stage while the pruner promotes: (value at the last stage reached, that stage, pruned)."""
     last = len(fitness.stages) - 1
     for stage in range(last):
-        value = fitness.measure(key, ratios, stage, filter_windows=filter_windows)
+        value = fitness.measure(key, ratios, stage)
         trial.report(value, step=promote**stage)
         if trial.should_prune():
             return value, stage, True
@@ -399,7 +386,6 @@ def run_search(
     budget = None if cfg.budget_candidates is None else share.before + cfg.budget_candidates + share.candidates_after
     space = make_space(cfg, fitness.stats)
     space.bind(study.sampler)
-    filter_windows = cfg.refine_windows if space.kind == "allocation" else 0  # a hybrid's function phase re-masks
     distributions = space.distributions()
     memo: dict[str, Candidate] = {}
     start, evaluated, trials, stopped, reason = time.perf_counter(), 0, 0, False, ""
@@ -450,8 +436,7 @@ def run_search(
                             cand = Candidate(text, FAILED_FITNESS, [], [str(e)])
                         else:
                             try:
-                                value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote,
-                                                               filter_windows)
+                                value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote)
                             except torch.OutOfMemoryError as e:  # e.g. other jobs took the GPU: keep what was found
                                 reason = (f"The GPU ran out of memory measuring a candidate ({str(e).splitlines()[0]}"
                                           "); the search stopped and kept what it had found. Free GPU memory, or "

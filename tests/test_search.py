@@ -299,43 +299,6 @@ def test_a_sequential_last_stage_on_fewer_windows_prunes_on_the_first_ones():
         search.SearchConfig(**QUICK, last_stage="sequential", sequential_windows=3).validate()
 
 
-def test_refine_windows_prune_the_earlier_stages_sequentially_on_the_first_windows():
-    four = PruningSession(load_model("random:tiny", device="cpu"), nsamples=4, seqlen=64, data_source="local",
-                          batch_size=1)
-    ratios = np.array([0.3, 0.5, 0.7, 0.9])
-    staged = Fitness(four, "wanda", 0.6, "kl", [1, 2], last_stage="sequential")
-    masked = staged.measure("a", ratios, 0)
-    filtered = staged.measure("a", ratios, 0, filter_windows=2)
-    four.prune_sequential(ratios, "wanda", windows=2)
-    assert filtered == staged.stages[0]() != masked  # sequential on the first two windows, not re-masked
-    assert staged.measure("a", ratios, 1, filter_windows=2) == staged.measure("a", ratios, 1)  # the last: all four
-    four.prune_sequential(ratios, "wanda")
-    assert staged.measure("a", ratios, 1) == staged.stages[1]()
-    assert staged.filter_kept.best is not None and staged.kept.best is not None  # kept apart: other windows
-    four.restore()
-
-
-def test_refine_windows_is_a_direct_search_setting_that_promotes_by_sequential_measures(session):
-    cfg = search.SearchConfig(**QUICK, space="hybrid", fitness="kl", fidelity="64,128", promote=2,
-                              budget_candidates=8, sparsity=0.6, last_stage="sequential", refine_windows=1).validate()
-    fitness = search.search_fitness(session, cfg)
-    result = search.run_search(session, cfg, search.create_study(cfg), fitness=fitness)
-    assert result.space == "hybrid" and result.phases[1]["evaluated"] > 0
-    assert fitness.filter_kept.blocks[0] > 0  # the refinement's first stage pruned sequentially
-    check = search.search_fitness(session, cfg)
-    session.prune_sequential(np.asarray(result.best.ratios), "wanda")
-    assert result.best.fitness == check.stages[1]()  # the result is still the last stage's measure
-    session.restore()
-    for wrong in (dict(space="function"), dict(space="allocation", last_stage="masked"),
-                  dict(space="allocation", fidelity="")):
-        settings = {"last_stage": "sequential", "fidelity": "64,128", **wrong}
-        with pytest.raises(ConfigError, match="--refine-windows measures"):
-            search.SearchConfig(**QUICK, refine_windows=1, **settings).validate()
-    with pytest.raises(ConfigError, match="1 to 2 calibration windows"):
-        search.SearchConfig(**QUICK, space="allocation", last_stage="sequential", fidelity="64,128",
-                            refine_windows=3).validate()
-
-
 def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
     with pytest.raises(ConfigError, match="calibration windows"):
         Fitness(session, "wanda", 0.5, "kl", [1, 3])  # the session has 2 calibration windows
