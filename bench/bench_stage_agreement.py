@@ -71,27 +71,25 @@ def main() -> None:
     windows = stage_windows(tokens, args.seqlen, 1)
     masked = Fitness(session, args.metric, args.target, "kl", windows)
     sequential = Fitness(session, args.metric, args.target, "kl", windows[-1:], last_stage="sequential")
-    # A filter stage is the last stage of a fitness cut at its token count, pruned on the first K windows.
-    filters = [Fitness(session, args.metric, args.target, "kl", windows[: stage + 1], last_stage="sequential",
-                       sequential_windows=args.filter_windows) for stage in range(len(windows) - 1)]
-    kinds = [("masked", 0)] + ([(f"sequential on {args.filter_windows} windows", args.filter_windows)]
-                               if args.filter_windows else [])
+    # Each row: what it is called, the fitness that measures it, and its stage there. A filter stage is the last
+    # stage of a fitness cut at that stage's token count, pruned on the first K windows (none for the last stage:
+    # that is the sequential one).
+    rows = [("masked", masked, stage) for stage in range(len(windows))]
+    if args.filter_windows:
+        rows += [(f"sequential on {args.filter_windows} windows",
+                  Fitness(session, args.metric, args.target, "kl", windows[: stage + 1], last_stage="sequential",
+                          sequential_windows=args.filter_windows), stage) for stage in range(len(windows) - 1)]
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
     parent = grid.snap(allocate(stats, args.start, args.target).ratios)
     batch = [parent, *children(grid, parent, args.children, args.seed)]
-    rows = [(kind, filter_windows, stage) for kind, filter_windows in kinds  # the filter's last stage is the last's
-            for stage in range(len(windows) - (1 if filter_windows else 0))]
     values = np.zeros((len(batch), len(rows) + 1))
     seconds = np.zeros(len(rows) + 1)
     for i, levels in enumerate(batch):
         ratios, key = grid.ratios(levels), grid.key(levels)
-        for j, (_, filter_windows, stage) in enumerate(rows):
+        for j, (_, fitness, stage) in enumerate(rows):
             start = time.perf_counter()
-            if filter_windows:
-                values[i, j] = filters[stage].measure(key, ratios, stage)
-            else:
-                values[i, j] = masked.measure(key, ratios, stage)
+            values[i, j] = fitness.measure(key, ratios, stage)
             seconds[j] += time.perf_counter() - start
         start = time.perf_counter()
         values[i, -1] = sequential.measure(key, ratios, 0)
