@@ -100,7 +100,7 @@ def write(path: Path, record: dict) -> None:
 
 # Run settings a variant may change from the defaults, and what its file name and report call each.
 VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
-            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"))
+            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"), ("rescore", "rescore"))
 
 
 def _changed(a: dict) -> list[tuple[str, float]]:
@@ -173,7 +173,7 @@ def cmd_run(args) -> None:
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
-                        sequential_windows=args.sequential_windows)
+                        sequential_windows=args.sequential_windows, rescore=args.rescore)
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
@@ -322,6 +322,8 @@ def main() -> None:
                      help="allocation and hybrid: a level switch moves this fraction of the smallest unit's weights")
     run.add_argument("--promote", type=int, default=search.SearchConfig.promote,
                      help="staged selection: 1 in this many candidates goes on to the next fidelity")
+    run.add_argument("--rescore", action="store_true",
+                     help="the re-masked stages score on the best sequentially pruned candidate's inputs")
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
     sub.add_parser("report").add_argument("folder")

@@ -63,37 +63,53 @@ def main() -> None:
     ap.add_argument("--children", type=int, default=48)
     ap.add_argument("--promote", type=int, default=4, help="1 in this many goes on (the search's --promote)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", default="masked,rescored",
+                    help="which earlier-stage measures to compare: masked (re-masked from the dense model's scores), "
+                         "rescored (re-masked from scores on the parent's sequential run: --rescore)")
     ap.add_argument("--filter-windows", type=int, default=0,
                     help="also measure the earlier stages pruned sequentially on this many calibration windows")
     args = ap.parse_args()
     session = open_session(setup_config(args))
     tokens = parse_fidelity(args.fidelity)
     windows = stage_windows(tokens, args.seqlen, 1)
-    masked = Fitness(session, args.metric, args.target, "kl", windows)
-    sequential = Fitness(session, args.metric, args.target, "kl", windows[-1:], last_stage="sequential")
+    last = len(windows) - 1
     # Each row: what it is called, the fitness that measures it, and its stage there. A filter stage is the last
     # stage of a fitness cut at that stage's token count, pruned on the first K windows (none for the last stage:
-    # that is the sequential one).
-    rows = [("masked", masked, stage) for stage in range(len(windows))]
+    # that is the sequential one). Only the rows asked for are built: each fitness caches dense logits of its own
+    # (17 GB for Gemma 3 270M at 32k tokens).
+    kinds = {k.strip() for k in args.rows.split(",") if k.strip()}
+    rows = []
+    if "masked" in kinds:
+        masked = Fitness(session, args.metric, args.target, "kl", windows)
+        rows += [("masked", masked, stage) for stage in range(len(windows))]
+    # The rescored stages' own last stage is the sequential one, which then measures every child too.
+    sequential = Fitness(session, args.metric, args.target, "kl", windows if "rescored" in kinds else windows[-1:],
+                         last_stage="sequential", rescore="rescored" in kinds)
+    if "rescored" in kinds:
+        rows += [("rescored on the parent", sequential, stage) for stage in range(last)]
     if args.filter_windows:
         rows += [(f"sequential on {args.filter_windows} windows",
                   Fitness(session, args.metric, args.target, "kl", windows[: stage + 1], last_stage="sequential",
-                          sequential_windows=args.filter_windows), stage) for stage in range(len(windows) - 1)]
+                          sequential_windows=args.filter_windows), stage) for stage in range(last)]
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
     parent = grid.snap(allocate(stats, args.start, args.target).ratios)
     batch = [parent, *children(grid, parent, args.children, args.seed)]
     values = np.zeros((len(batch), len(rows) + 1))
     seconds = np.zeros(len(rows) + 1)
-    for i, levels in enumerate(batch):
-        ratios, key = grid.ratios(levels), grid.key(levels)
-        for j, (_, fitness, stage) in enumerate(rows):
+    values[0, -1] = sequential.measure(grid.key(parent), grid.ratios(parent), len(sequential.stages) - 1)
+    # Every row first, then the sequential stage: a child measured better than the parent there would otherwise
+    # become the rescored rows' basis for the children after it.
+    for j, (_, fitness, stage) in enumerate(rows):
+        for i, levels in enumerate(batch):
             start = time.perf_counter()
-            values[i, j] = fitness.measure(key, ratios, stage)
+            values[i, j] = fitness.measure(grid.key(levels), grid.ratios(levels), stage)
             seconds[j] += time.perf_counter() - start
+    for i, levels in enumerate(batch[1:], 1):
         start = time.perf_counter()
-        values[i, -1] = sequential.measure(key, ratios, 0)
+        values[i, -1] = sequential.measure(grid.key(levels), grid.ratios(levels), len(sequential.stages) - 1)
         seconds[-1] += time.perf_counter() - start
+    seconds[-1] *= len(batch) / (len(batch) - 1)  # per child, as the parent's measure was not timed
     env = environment(session.lm)
     kids = values[1:]
     faithful = kids[:, -1]

@@ -31,9 +31,11 @@ from dsa_core import functions
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.evaluate import FixedWindowsKL, FixedWindowsPerplexity
+from dsa_core.metrics import get_metric
 from dsa_core.models import free_memory
-from dsa_core.prune import SequentialRun, layer_ratios, run_bytes
+from dsa_core.prune import MaskCache, SequentialRun, layer_ratios, run_bytes
 from dsa_core.session import PruningSession
+from dsa_core.sparsegpt_levels import SparseGPTLevels
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,16 @@ def check_sequential_windows(windows: int, nsamples: int) -> None:
     if not 0 <= windows <= nsamples:
         raise ConfigError(f"The sequential last stage calibrates on 1 to {nsamples} windows (--nsamples), or on all "
                           f"of them with 0; not on {windows}.")
+
+
+def check_rescore(metric: str, last_stage: str) -> None:
+    """Rescoring needs sequential runs to score on, and a metric that reads its inputs."""
+    if last_stage != "sequential":
+        raise ConfigError("Rescoring the re-masked stages scores them on the best sequentially pruned candidate's "
+                          "inputs: it needs --last-stage sequential.")
+    if not get_metric(metric).needs_inputs:
+        raise ConfigError(f"{metric} reads no inputs: its re-masked stages already prune as sequential pruning "
+                          "does, and there is nothing to rescore.")
 
 
 def parse_fidelity(text: str | None) -> tuple[int, ...]:
@@ -131,17 +143,23 @@ class Fitness:
 
     def __init__(self, session: PruningSession, metric: str, sparsity: float, kind: str = "ppl",
                  windows: list[int] | None = None, last_stage: str = "masked", zeroshot_rows: int = 200,
-                 sequential_windows: int = 0):
+                 sequential_windows: int = 0, rescore: bool = False):
         """`sequential_windows`: a sequential last stage calibrates on only the first this many calibration
-        windows (0: all of them)."""
+        windows (0: all of them). `rescore`: the re-masked stages score each block on the inputs it was pruned on in
+        the best candidate measured at the sequential last stage so far (check_rescore)."""
         tasks = check_kind(kind)
         if last_stage not in LAST_STAGES:
             raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
         check_sequential_windows(sequential_windows, session.nsamples)
+        if rescore:
+            check_rescore(metric, last_stage)
         self.session, self.metric, self.sparsity, self.kind = session, metric, sparsity, kind
         self.sequential_last = last_stage == "sequential"
         self.sequential_windows = sequential_windows
         self.kept = KeptRuns(int(KEPT_RUNS_SHARE * free_memory(session.lm.device)))
+        self.rescore = rescore
+        self.basis: float | None = None  # the sequential measure of the run the rescored cache was scored on
+        self._rescored: MaskCache | SparseGPTLevels | None = None
         self.stats = session.stats(metric)
         if metric != "sparsegpt":  # SparseGPT is measured on its own weights, not re-masked from the ranks
             session.scores(metric)
@@ -189,12 +207,14 @@ class Fitness:
             if sequential:
                 run = self._prune_sequential(np.asarray(ratios, dtype=np.float64))
             elif self.metric == "sparsegpt":  # its weight update, not only its mask (dsa_core.sparsegpt_levels)
-                self.session.apply_sparsegpt_levels(np.asarray(ratios, dtype=np.float64))
+                self.session.apply_sparsegpt_levels(np.asarray(ratios, dtype=np.float64), self._rescored)
             else:
-                self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric)
+                self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric, cache=self._rescored)
             self._applied = (key, self.session.weights_version, sequential)
         value = self.stages[stage]()
-        self.kept.keep(run, value)
+        if self.kept.enabled:
+            self.kept.keep(run, value)
+        self._rebase(run, value)
         if counted:
             self.seconds[stage] += time.perf_counter() - start
             self.counts[stage] += 1
@@ -207,10 +227,23 @@ class Fitness:
         1.10× slower solved, Gemma 0.57×: bench/results/cpu2_sparsegpt_solved*.log)."""
         windows, exact = self.sequential_windows, self.session.lm.device.type != "cuda"
         if not self.kept.enabled:
-            return self.session.prune_sequential(ratios, self.metric, windows=windows, exact=exact)
+            return self.session.prune_sequential(ratios, self.metric, windows=windows, exact=exact,
+                                                 statistics=self.rescore)
         per_layer = layer_ratios(ratios, [len(block) for block in self.session.dense.layers])
         return self.session.prune_sequential(ratios, self.metric, resume=self.kept.resume_from(per_layer),
-                                             record=True, windows=windows, exact=exact)
+                                             record=True, windows=windows, exact=exact, statistics=self.rescore)
+
+    def _rebase(self, run: SequentialRun | None, value: float) -> None:
+        """With `rescore`, score the re-masked stages anew on a run measured better than the one they are scored on:
+        a direct search's children differ from their parent in two units, so re-masked after the parent's blocks
+        they rank nearly as their own sequential prunes do, where the dense model's scores ranked them by chance
+        (bench/bench_stage_agreement.py)."""
+        if (not self.rescore or run is None or not run.statistics or not math.isfinite(value)
+                or (self.basis is not None and value >= self.basis)):
+            return
+        self._rescored = None  # freed before its successor is made
+        self._rescored = self.session.rescored(run.statistics, self.metric)
+        self.basis = value
 
     def measure_pruned(self, ratios) -> float:
         """The last stage's measure of an allocation pruned exactly as a result is (sequentially, on every

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -247,13 +247,29 @@ class SequentialRun:
     ratios: list[list[float]]
     inputs: list[BlockInputs]
     weights: list[list[torch.Tensor]]
+    # With `statistics`, per block what its metric gathered on the inputs it was pruned on (input norms, Hessians),
+    # so that other allocations can be scored as if pruned after this run's earlier blocks (`rescored_cache`).
+    statistics: list[ActivationStats] = field(default_factory=list)
 
     def shared_blocks(self, per_layer: list[list[float]]) -> int:
-        """How many leading blocks `per_layer` prunes exactly as this run did."""
+        """How many leading blocks `per_layer` prunes exactly as this run did (none from a run of statistics alone)."""
         k = 0
-        while k < min(len(self.ratios), len(per_layer)) and self.ratios[k] == per_layer[k]:
+        while k < min(len(self.weights), len(per_layer)) and self.ratios[k] == per_layer[k]:
             k += 1
         return k
+
+
+@torch.no_grad()
+def rescored_cache(dense: DenseWeights, statistics: list[ActivationStats], metric: str,
+                   pattern: str = "unstructured") -> MaskCache:
+    """A MaskCache whose ranks score each block on the statistics a sequential run pruned it on, not the dense
+    model's: an allocation re-masked from it is pruned as if after that run's earlier blocks, which is what a
+    sequential prune of an allocation near that run's does (exactly, up to the first block whose ratio differs)."""
+    method = get_metric(metric)
+    nm = S.parse_pattern(pattern)
+    ranks = [[method.rank(method.score(w, acts, name), nm) for name, (_, w) in zip(acts.layers, block)]
+             for block, acts in zip(dense.layers, statistics)]
+    return MaskCache(dense, ranks, method.group, nm)
 
 
 def run_bytes(runs: list[SequentialRun]) -> int:
@@ -262,6 +278,9 @@ def run_bytes(runs: list[SequentialRun]) -> int:
     for run in runs:
         for block_inputs, weights in zip(run.inputs, run.weights):
             for t in (*block_inputs.hidden, *weights):
+                seen[id(t)] = t.numel() * t.element_size()
+        for acts in run.statistics:
+            for t in (*acts.sq.values(), *acts.H.values()):
                 seen[id(t)] = t.numel() * t.element_size()
     return sum(seen.values())
 
@@ -279,13 +298,16 @@ def prune_sequential(
     resume: SequentialRun | None = None,
     record: bool = False,
     exact: bool = True,
+    statistics: bool = False,
 ) -> SequentialRun | None:
     """Faithful mode: block by block, gather statistics on inputs that went through the pruned earlier
     blocks, prune the block to its ratio (or each linear layer to its own: see `layer_ratios`), and recompute its
     outputs for the next block. The weights must be dense on entry. With `resume` (a run of the same model, metric,
     pattern and calibration inputs), the blocks it shares with that run take its weights instead of being pruned
-    again; with `record`, returns this run for a later one to resume from. `exact=False`: a metric may prune its
-    layers by a faster form, equal up to rounding (Metric.prune_layer); a resumed run must have been made alike."""
+    again; with `record`, returns this run for a later one to resume from; with `statistics`, the run (or, without
+    `record`, a run of nothing else) holds each block's calibration statistics (for `rescored_cache`; resuming from a
+    run without them gives a run without them). `exact=False`: a metric may prune its layers by a faster form, equal
+    up to rounding (Metric.prune_layer); a resumed run must have been made alike."""
     method = get_metric(metric)
     nm = S.parse_pattern(pattern)
     n = len(lm.blocks)
@@ -300,7 +322,11 @@ def prune_sequential(
         inputs = resume.inputs[start]
     run = None
     if record and method.needs_inputs:  # a metric that reads no inputs prunes a block at once: nothing worth keeping
-        run = SequentialRun(per_layer, resume.inputs[:start] if start else [], resume.weights[:start] if start else [])
+        run = SequentialRun(per_layer, resume.inputs[:start] if start else [], resume.weights[:start] if start else [],
+                            resume.statistics[:start] if start and statistics else [])
+    elif statistics and method.needs_inputs:
+        run = SequentialRun(per_layer, [], [])
+    statistics = statistics and run is not None and len(run.statistics) == start
     for i in range(start, n):
         layers = lm.linear_layers(i)
         acts = None
@@ -309,8 +335,10 @@ def prune_sequential(
                 run_block(lm.blocks[i], inputs)
         for (name, module), ratio in zip(layers.items(), per_layer[i]):
             method.prune_layer(module, acts, name, ratio, nm, exact)
+        if statistics:
+            run.statistics.append(acts)
         del acts
-        if run is not None:
+        if run is not None and record:
             run.inputs.append(inputs)
             run.weights.append([m.weight.detach().clone() for m in layers.values()])
         if method.needs_inputs and i + 1 < n:

@@ -39,6 +39,7 @@ from dsa_core.fitness import (
     ZEROSHOT_ONE_STAGE,
     Fitness,
     check_kind,
+    check_rescore,
     check_sequential_windows,
     parse_fidelity,
     stage_windows,
@@ -91,6 +92,10 @@ class SearchConfig:
     sequential_windows: int = option(0, "a sequential last stage calibrates on only the first this many "
                                       "calibration windows, whole batches (0: all --nsamples), so more candidates "
                                       "reach it; the result is still pruned with all")
+    rescore: bool = option(False, "with --last-stage sequential and Wanda: the re-masked stages score each block on "
+                           "the inputs it was pruned on by the best candidate measured sequentially so far, not the "
+                           "dense model's, so that they rank that candidate's neighbours nearly as the last stage "
+                           "does")
     promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
     level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
     parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
@@ -150,6 +155,8 @@ class SearchConfig:
             raise ConfigError(f"Fidelities {self.fidelity} round to {windows} windows of {self.seqlen} tokens: each "
                               "stage must measure more windows than the one before.")
         check_sequential_windows(self.sequential_windows, self.nsamples)
+        if self.rescore:
+            check_rescore(self.metric, self.last_stage)
         if self.promote < 2:
             raise ConfigError("--promote must be at least 2: one in that many candidates goes on to more tokens.")
         if not 0 < self.level_step <= 0.1:
@@ -210,7 +217,7 @@ def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
 def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
     """The fitness a search's configuration asks for, at every fidelity stage."""
     return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows(), cfg.last_stage,
-                   cfg.zeroshot_rows, cfg.sequential_windows)
+                   cfg.zeroshot_rows, cfg.sequential_windows, cfg.rescore)
 
 
 def _comparable(cfg: SearchConfig, **overrides) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dsa_core import data
-from dsa_core.calibration import BlockInputs, capture_block_inputs
+from dsa_core.calibration import ActivationStats, BlockInputs, capture_block_inputs
 from dsa_core.errors import ConfigError
 from dsa_core.evaluate import perplexity
 from dsa_core.metrics import get_metric
@@ -28,6 +28,7 @@ from dsa_core.prune import (
     SequentialRun,
     achieved_sparsity,
     prune_sequential,
+    rescored_cache,
     score_model,
 )
 from dsa_core.scores import parse_pattern
@@ -135,32 +136,45 @@ class PruningSession:
                     setattr(stats, name, ON_DEMAND_STATS[name](self.dense))
         return stats
 
-    def apply(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured") -> None:
-        """Fast mode: re-mask every layer from the cached score order."""
-        cache, _ = self.scores(metric, pattern)
+    def apply(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured",
+              cache: MaskCache | None = None) -> None:
+        """Fast mode: re-mask every layer from the cached score order (or from `cache`, e.g. `rescored`'s)."""
+        cache = cache or self.scores(metric, pattern)[0]
         self.weights_version += 1
         with self._timed("masking"):
             cache.apply(np.asarray(ratios, dtype=np.float64))
 
-    def apply_sparsegpt_levels(self, ratios: np.ndarray) -> None:
+    def rescored(self, statistics: list[ActivationStats], metric: str,
+                 pattern: str = "unstructured") -> MaskCache | SparseGPTLevels:
+        """What re-masks as if after a sequential run of this session, from the statistics it recorded: a score
+        cache (prune.rescored_cache), or for SparseGPT, which is measured on its own weights, a level database."""
+        with self._timed("scoring"):
+            if metric == "sparsegpt":
+                return SparseGPTLevels(self.lm, self.dense, None, statistics=statistics)
+            return rescored_cache(self.dense, statistics, metric, pattern)
+
+    def apply_sparsegpt_levels(self, ratios: np.ndarray, levels: SparseGPTLevels | None = None) -> None:
         """Every linear layer to its one-shot SparseGPT weights at its ratio rounded to 1% (a search's SparseGPT
-        fitness: dsa_core.sparsegpt_levels); the dense model's Hessians are gathered on first use."""
-        if self._sparsegpt_levels is None:
+        fitness: dsa_core.sparsegpt_levels), from `levels` (e.g. `rescored`'s) or from the dense model's Hessians,
+        gathered on first use."""
+        if levels is None and self._sparsegpt_levels is None:
             inputs = self.block_inputs()
             self.restore()
             with self._timed("scoring"):
                 self._sparsegpt_levels = SparseGPTLevels(self.lm, self.dense, inputs)
         self.weights_version += 1
         with self._timed("masking"):
-            self._sparsegpt_levels.apply(np.asarray(ratios, dtype=np.float64))
+            (levels or self._sparsegpt_levels).apply(np.asarray(ratios, dtype=np.float64))
 
     def prune_sequential(self, ratios: np.ndarray, metric: str, pattern: str = "unstructured",
                          resume: SequentialRun | None = None, record: bool = False,
-                         windows: int | None = None, exact: bool = True) -> SequentialRun | None:
+                         windows: int | None = None, exact: bool = True,
+                         statistics: bool = False) -> SequentialRun | None:
         """Faithful mode, starting from the dense weights (or, for the leading blocks it shares with `resume`, an
         earlier run's of this session: see prune.SequentialRun); with `record`, returns this run to resume from.
         `windows`: calibrate on only the first calibration windows (whole batches; a search's quick measure);
-        `exact=False`: layers pruned by a faster form, equal up to rounding (a search's measure)."""
+        `exact=False`: layers pruned by a faster form, equal up to rounding (a search's measure); `statistics`: the
+        run (with or without `record`) holds each block's calibration statistics (`rescored`)."""
         inputs = self._inputs_for(metric)
         if inputs is not None and windows:
             inputs = inputs.first(windows)
@@ -168,7 +182,7 @@ class PruningSession:
         with self._timed("pruning"):
             return prune_sequential(self.lm, None, metric, np.asarray(ratios), pattern, self.batch_size,
                                     progress=self.progress, inputs=inputs, resume=resume, record=record,
-                                    exact=exact)
+                                    exact=exact, statistics=statistics)
 
     @contextmanager
     def reporting(self, reporter: Callable[[str, int, int], None] | None):

@@ -36,16 +36,22 @@ class SparseGPTLevels:
     """Per linear layer, the dense model's SparseGPT Hessian, and that layer's pruned weights by level."""
 
     @torch.no_grad()
-    def __init__(self, lm: LoadedModel, dense: DenseWeights, inputs: BlockInputs, budget_bytes: int | None = None,
-                 batch: int | None = None):
-        """`lm` must hold its dense weights; `inputs` are what enters block 0 for the calibration windows. `batch`:
-        levels per pass (default: as many as the budget keeps, at most `BATCH`)."""
+    def __init__(self, lm: LoadedModel, dense: DenseWeights, inputs: BlockInputs | None,
+                 budget_bytes: int | None = None, batch: int | None = None,
+                 statistics: list[ActivationStats] | None = None):
+        """`lm` must hold its dense weights; `inputs` are what enters block 0 for the calibration windows; or, in
+        their place, `statistics`: per block, the Hessians a sequential run pruned it on (prune.SequentialRun), for
+        levels pruned as after that run's earlier blocks. `batch`: levels per pass (default: as many as the budget
+        keeps, at most `BATCH`)."""
         self.dense = dense
         self.hessians: list[list[torch.Tensor]] = []
         for i, block in enumerate(lm.blocks):
             layers = lm.linear_layers(i)
-            with ActivationStats(layers, hessian=True) as acts:
-                inputs = run_block(block, inputs)
+            if statistics is not None:
+                acts = statistics[i]
+            else:
+                with ActivationStats(layers, hessian=True) as acts:
+                    inputs = run_block(block, inputs)
             self.hessians.append([acts.hessian_of(name) for name in layers])
         if budget_bytes is None:
             budget_bytes = int(MEMORY_SHARE * free_memory(dense.layers[0][0][1].device))

@@ -203,3 +203,48 @@ def test_sparsegpt_sequential_by_the_solved_loop_prunes_as_the_reference_loop_up
     nm = [pruned(pattern="2:4"), pruned(pattern="2:4", exact=False)]
     assert all(torch.equal(a, b) for a, b in zip(*nm))
     dense.restore()
+
+
+def test_a_cache_rescored_on_a_sequential_run_re_masks_that_run_exactly_and_its_neighbours_up_to_the_change(
+        fresh_tiny, windows):
+    """Re-masked from the statistics a sequential run recorded, the run's own allocation gets the run's weights;
+    a level switch in blocks 2 and 3 gets the weights its own sequential prune gives in blocks 0 to 2 (block 3 saw
+    other inputs), where the dense model's scores give other masks. SparseGPT's level database on the run's Hessians
+    gives the run's weights up to rounding (its levels come from the solved column loop)."""
+    from dsa_core.calibration import capture_block_inputs
+    from dsa_core.prune import rescored_cache, score_model
+    from dsa_core.sparsegpt_levels import SparseGPTLevels
+
+    dense = DenseWeights(fresh_tiny)
+    inputs = capture_block_inputs(fresh_tiny, windows, 2)
+    parent, child = np.array([0.5, 0.6, 0.4, 0.5]), np.array([0.5, 0.6, 0.5, 0.4])
+
+    def weights():
+        return [[m.weight.clone() for m in fresh_tiny.linear_layers(i).values()] for i in range(4)]
+
+    def same_blocks(a, b):
+        return [all(torch.equal(x, y) for x, y in zip(p, q)) for p, q in zip(a, b)]
+
+    run = prune_sequential(fresh_tiny, None, "wanda", parent, batch_size=2, inputs=inputs, statistics=True)
+    assert not run.weights and run.shared_blocks(run.ratios) == 0  # statistics alone: nothing to resume from
+    pruned_parent = weights()
+    dense.restore()
+    prune_sequential(fresh_tiny, None, "wanda", child, batch_size=2, inputs=inputs)
+    pruned_child = weights()
+    cache = rescored_cache(dense, run.statistics, "wanda")
+    cache.apply(parent)
+    assert all(same_blocks(weights(), pruned_parent))
+    cache.apply(child)
+    assert same_blocks(weights(), pruned_child) == [True, True, True, False]
+    dense_cache, _ = score_model(fresh_tiny, dense, None, "wanda", inputs=inputs)
+    dense_cache.apply(child)
+    assert not all(same_blocks(weights(), pruned_child))
+    dense.restore()
+    run = prune_sequential(fresh_tiny, None, "sparsegpt", parent, batch_size=2, inputs=inputs, record=True,
+                           statistics=True)
+    pruned_parent = weights()
+    assert len(run.statistics) == 4 and run.statistics[0].H
+    dense.restore()
+    SparseGPTLevels(fresh_tiny, dense, None, statistics=run.statistics).apply(parent)
+    assert all(torch.allclose(a, b, atol=1e-5) for p, q in zip(weights(), pruned_parent) for a, b in zip(p, q))
+    dense.restore()

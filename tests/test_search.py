@@ -266,6 +266,33 @@ def test_a_sequential_last_stage_resumes_from_kept_runs_and_measures_the_same(se
     session.restore()
 
 
+@pytest.mark.parametrize("metric,kept_share", [("wanda", None), ("wanda", 0.0), ("sparsegpt", None)])
+def test_rescored_stages_re_mask_on_the_best_sequential_run_so_far(session, monkeypatch, metric, kept_share):
+    """Runs kept to resume from carry the statistics, or (no memory for kept runs) runs of statistics alone do."""
+    from dsa_core import fitness as fit
+
+    if kept_share is not None:
+        monkeypatch.setattr(fit, "KEPT_RUNS_SHARE", kept_share)
+    parent, child, worse = np.full(4, 0.6), np.array([0.6, 0.6, 0.5, 0.7]), np.array([0.9, 0.3, 0.9, 0.3])
+    fitness = Fitness(session, metric, 0.6, "kl", [1, 2], last_stage="sequential", rescore=True)
+    dense_scored = fitness.measure("child", child, 0)  # no sequential run yet: the dense model's scores
+    assert fitness.basis is None and dense_scored == Fitness(session, metric, 0.6, "kl", [1, 2]).measure("c", child, 0)
+    best = fitness.measure("parent", parent, 1)
+    sequential = [m.weight.clone() for i in range(4) for m in session.lm.linear_layers(i).values()]
+    assert fitness.basis == best
+    assert fitness.measure("child", child, 0) != dense_scored
+    fitness.measure("parent", parent, 0)  # re-masked on its own run: its sequential weights
+    now = [m.weight for i in range(4) for m in session.lm.linear_layers(i).values()]
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-5 if metric == "sparsegpt" else 0) for a, b in zip(sequential, now))
+    assert fitness.measure("worse", worse, 1) > best and fitness.basis == best  # a worse run is no new basis
+    assert (fitness.kept.best is not None) == (kept_share is None)
+    session.restore()
+    for change, message in [(dict(metric="magnitude"), "reads no inputs"),
+                            (dict(last_stage="masked"), "last-stage sequential")]:
+        with pytest.raises(ConfigError, match=message):
+            search.SearchConfig(**{**QUICK, "last_stage": "sequential", **change}, rescore=True).validate()
+
+
 def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_sequential_measure(session):
     cfg = search.SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
                               budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()

@@ -41,7 +41,7 @@ from ui.tab_evaluate import parse_tags, saved_markdown
 # from the loaded model, the sampler, population and budgets have controls of their own, and the app ranks by the
 # fitness (re-ranking and the faithful table are the command line's final steps).
 MAIN = ("space", "granularity", "fitness", "fidelity", "promote")
-DETAILS = ("last_stage", "sequential_windows", "level_step", "parents", "start", "hybrid_split")
+DETAILS = ("last_stage", "sequential_windows", "rescore", "level_step", "parents", "start", "hybrid_split")
 DECLARED: tuple[Field, ...] = tuple(f for f in fields(SearchConfig) if f.name in MAIN + DETAILS)  # the API's order
 NOT_A_FUNCTION = ("ⓘ The best candidate is a direct allocation (one sparsity per block or linear layer), not a "
                   "function: only functions load into the builder. Its profile is shown above, and the History "
@@ -62,6 +62,8 @@ def declared_control(f: Field) -> gr.components.Component:
     kw = {"label": _label(f.name), "info": _help(help_of(f)), "elem_id": "search-" + f.name.replace("_", "-")}
     if f.metadata.get("choices"):
         return gr.Radio(list(f.metadata["choices"]), value=f.default, **kw)
+    if isinstance(f.default, bool):  # before int: a bool is one
+        return gr.Checkbox(f.default, **kw)
     if isinstance(f.default, int):
         return gr.Number(f.default, precision=0, **kw)
     if isinstance(f.default, float):
