@@ -127,6 +127,7 @@ class ActivationStats:
         """Mean over tokens of X_j² for each input feature j (proportional to Wanda's ‖X_j‖²)."""
         r = self.root[name]
         return self.sq[r] / self.count[r]
+
     def hessian_of(self, name: str) -> torch.Tensor:
         """SparseGPT's H = 2/N · XXᵀ (float32, or float64 for a float64 model); a fresh tensor, safe to modify."""
         r = self.root[name]

@@ -145,8 +145,8 @@ class Fitness:
                  windows: list[int] | None = None, last_stage: str = "masked", zeroshot_rows: int = 200,
                  sequential_windows: int = 0, rescore: bool = False):
         """`sequential_windows`: a sequential last stage calibrates on only the first this many calibration
-        windows (0: all of them). `rescore`: the re-masked stages score each block on the inputs it was pruned on in
-        the best candidate measured at the sequential last stage so far (check_rescore)."""
+        windows (0: all of them). `rescore`: the re-masked stages score each block on the statistics it was pruned
+        on in the best candidate measured at the sequential last stage so far (check_rescore)."""
         tasks = check_kind(kind)
         if last_stage not in LAST_STAGES:
             raise ConfigError(f"Unknown last stage '{last_stage}'; choose one of {', '.join(LAST_STAGES)}.")
@@ -236,8 +236,8 @@ class Fitness:
     def _rebase(self, run: SequentialRun | None, value: float) -> None:
         """With `rescore`, score the re-masked stages anew on a run measured better than the one they are scored on:
         a direct search's children differ from their parent in two units, so re-masked after the parent's blocks
-        they rank nearly as their own sequential prunes do, where the dense model's scores ranked them by chance
-        (bench/bench_stage_agreement.py)."""
+        they rank more as their own sequential prunes do than on the dense model's scores, which ranked them near
+        chance (bench/bench_stage_agreement.py: by much on SmolLM2, by little on Gemma 3 270M)."""
         if (not self.rescore or run is None or not run.statistics or not math.isfinite(value)
                 or (self.basis is not None and value >= self.basis)):
             return

@@ -92,9 +92,9 @@ class SearchConfig:
     sequential_windows: int = option(0, "a sequential last stage calibrates on only the first this many "
                                       "calibration windows, whole batches (0: all --nsamples), so more candidates "
                                       "reach it; the result is still pruned with all")
-    rescore: bool = option(False, "with --last-stage sequential and Wanda: the re-masked stages score each block on "
-                           "the inputs it was pruned on by the best candidate measured sequentially so far, not the "
-                           "dense model's, so that they rank that candidate's neighbours nearly as the last stage "
+    rescore: bool = option(False, "with --last-stage sequential (Wanda or SparseGPT): the re-masked stages score "
+                           "each block on the inputs it was pruned on by the best candidate measured sequentially so "
+                           "far, not on the dense model's, so that they rank its neighbours more as the last stage "
                            "does")
     promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
     level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
