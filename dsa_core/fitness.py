@@ -242,7 +242,10 @@ class Fitness:
                 or (self.basis is not None and value >= self.basis)):
             return
         self._rescored = None  # freed before its successor is made
-        self._rescored = self.session.rescored(run.statistics, self.metric)
+        if self.metric == "sparsegpt":  # measured on its own weights (see `measure`)
+            self._rescored = self.session.rescored_sparsegpt_levels(run.statistics)
+        else:
+            self._rescored = self.session.rescored(run.statistics, self.metric)
         self.basis = value
 
     def measure_pruned(self, ratios) -> float:

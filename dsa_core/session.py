@@ -144,14 +144,16 @@ class PruningSession:
         with self._timed("masking"):
             cache.apply(np.asarray(ratios, dtype=np.float64))
 
-    def rescored(self, statistics: list[ActivationStats], metric: str,
-                 pattern: str = "unstructured") -> MaskCache | SparseGPTLevels:
-        """What re-masks as if after a sequential run of this session, from the statistics it recorded: a score
-        cache (prune.rescored_cache), or for SparseGPT, which is measured on its own weights, a level database."""
+    def rescored(self, statistics: list[ActivationStats], metric: str, pattern: str = "unstructured") -> MaskCache:
+        """A score cache as if after a sequential run of this session, from the statistics it recorded
+        (prune.rescored_cache)."""
         with self._timed("scoring"):
-            if metric == "sparsegpt":
-                return SparseGPTLevels(self.lm, self.dense, None, statistics=statistics)
             return rescored_cache(self.dense, statistics, metric, pattern)
+
+    def rescored_sparsegpt_levels(self, statistics: list[ActivationStats]) -> SparseGPTLevels:
+        """SparseGPT's level database as if after a sequential run of this session, from the Hessians it recorded."""
+        with self._timed("scoring"):
+            return SparseGPTLevels(self.lm, self.dense, None, statistics=statistics)
 
     def apply_sparsegpt_levels(self, ratios: np.ndarray, levels: SparseGPTLevels | None = None) -> None:
         """Every linear layer to its one-shot SparseGPT weights at its ratio rounded to 1% (a search's SparseGPT
