@@ -124,7 +124,7 @@ class KeptRuns:
         return run if shared else None
 
     def keep(self, run: SequentialRun | None, value: float) -> None:
-        if run is None:
+        if run is None or not self.enabled:  # once disabled, runs hold their statistics at most (Fitness.rescore)
             return
         if self.best is None or value < self.best[0]:
             self.best = (value, run)
@@ -212,8 +212,7 @@ class Fitness:
                 self.session.apply(np.asarray(ratios, dtype=np.float64), self.metric, cache=self._rescored)
             self._applied = (key, self.session.weights_version, sequential)
         value = self.stages[stage]()
-        if self.kept.enabled:
-            self.kept.keep(run, value)
+        self.kept.keep(run, value)
         self._rebase(run, value)
         if counted:
             self.seconds[stage] += time.perf_counter() - start
