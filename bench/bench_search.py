@@ -100,7 +100,8 @@ def write(path: Path, record: dict) -> None:
 
 # Run settings a variant may change from the defaults, and what its file name and report call each.
 VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
-            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"), ("rescore", "rescore"))
+            ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"), ("rescore", "rescore"),
+            ("refine_patience", "patience"))
 
 
 def _changed(a: dict) -> list[tuple[str, float]]:
@@ -173,7 +174,8 @@ def cmd_run(args) -> None:
     cfg = search_config(args, space=args.space, granularity=args.granularity, seed=args.seed,
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
-                        sequential_windows=args.sequential_windows, rescore=args.rescore)
+                        sequential_windows=args.sequential_windows, rescore=args.rescore,
+                        refine_patience=args.refine_patience)
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
@@ -324,6 +326,9 @@ def main() -> None:
                      help="staged selection: 1 in this many candidates goes on to the next fidelity")
     run.add_argument("--rescore", action="store_true",
                      help="the re-masked stages score on the best sequentially pruned candidate's inputs")
+    run.add_argument("--refine-patience", type=int, default=search.SearchConfig.refine_patience,
+                     help="hybrid: restart the refinement from a distant start after this many candidates at the "
+                          "last stage without a better one (0: never)")
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
     sub.add_parser("report").add_argument("folder")

@@ -247,6 +247,12 @@ class Fitness:
             self._rescored = self.session.rescored(run.statistics, self.metric)
         self.basis = value
 
+    def forget_parent(self) -> None:
+        """Make the next candidate measured sequentially the parent, whatever its value: a refinement restarted
+        from another start resumes its prunes from, and re-masks its children after, runs of its own basin, not of
+        the best one so far."""
+        self.kept.best, self.basis, self._rescored = None, None, None
+
     def measure_pruned(self, ratios) -> float:
         """The last stage's measure of an allocation pruned exactly as a result is (sequentially, on every
         calibration window, by each layer's reference form): what a re-ranking of the top candidates compares."""

@@ -46,6 +46,7 @@ from dsa_core.fitness import (
 )
 from dsa_core.levels import LevelSwitchSampler, expand_to_units
 from dsa_core.reporter import Reporter, reporter_or_silent
+from dsa_core.restarts import RESTART_LEVELS, Start, next_start
 from dsa_core.selection import RecentHalvingPruner
 from dsa_core.session import PruningSession
 from dsa_core.settings import option, shared, validate_declared
@@ -102,6 +103,10 @@ class SearchConfig:
     start: str = option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
                          "text, ...)")
     hybrid_split: float = option(0.5, "hybrid: the share of the budget spent on functions before refining")
+    refine_patience: int = option(0, "hybrid: once this many candidates in a row measured at the last stage are no "
+                                  "better than the refinement's best, it starts again from the best allocation "
+                                  "measured that lies a few levels away from every one refined so far (0: refine one "
+                                  "start until the budget ends)")
     rerank_tokens: int = option(0, "re-rank the top-k by validation perplexity on this many tokens (0: rank by "
                                  "the fitness)")
     rerank_final: bool = option(False, "re-rank the top-k by the fitness's last stage after pruning each as the "
@@ -165,6 +170,10 @@ class SearchConfig:
             raise ConfigError("The allocation search needs at least one parent.")
         if not 0 < self.hybrid_split < 1:
             raise ConfigError(f"The hybrid split {self.hybrid_split} must lie strictly between 0 and 1.")
+        if self.refine_patience < 0:
+            raise ConfigError("--refine-patience must be 0 (off) or a number of candidates.")
+        if self.refine_patience and self.space != "hybrid":
+            raise ConfigError("--refine-patience restarts a hybrid search's refinement; give it with --space hybrid.")
         if self.rerank_tokens < 0:
             raise ConfigError("--rerank-tokens must be 0 (off) or a number of tokens.")
         if self.rerank_tokens and self.rerank_final:
@@ -314,6 +323,7 @@ class SearchResult:
     phases: list[dict] = field(default_factory=list)  # a hybrid's two searches: space, evaluated, seconds, best
     start_ratios: list[float] = field(default_factory=list)  # hybrid: the best function's allocation, refined since
     stop_reason: str = ""  # why a search stopped before its budget when no one asked it to (the GPU's memory ran out)
+    converged: bool = False  # it ended before its budget, its patience spent (run_search's `patience`)
     kind: ClassVar[str] = "search"
 
     def to_dict(self) -> dict:
@@ -370,6 +380,19 @@ class BudgetShare:
     hybrid: bool = False
 
 
+class Stagnation:
+    """How many candidates in a row, measured at the last stage, were no better than the best before them."""
+
+    def __init__(self):
+        self.best, self.since_best = math.inf, 0
+
+    def add(self, value: float) -> None:
+        if value < self.best:
+            self.best, self.since_best = value, 0
+        else:
+            self.since_best += 1
+
+
 def run_search(
     session: PruningSession,
     cfg: SearchConfig,
@@ -377,6 +400,7 @@ def run_search(
     reporter: Reporter | None = None,
     fitness: Fitness | None = None,
     share: BudgetShare = BudgetShare(),
+    patience: int = 0,
 ) -> SearchResult:
     """Ask/tell until the budget is spent or the reporter is cancelled; what was found is kept in the study either
     way (a cancelled search returns it, `stopped`). The reporter hears a `SearchEvent` per candidate, the candidates
@@ -384,7 +408,9 @@ def run_search(
     across all workers of the study (a candidate stopped at a low fidelity counts). Each candidate is evaluated once
     in the study: a trial proposing one already evaluated or in flight (or beyond the budget) is told PRUNED with a
     `skipped` user attribute (dsa_core.workers.claim). A hybrid search runs its two phases here (see `run_hybrid`).
-    `fitness` may be passed in to share its cached windows."""
+    `fitness` may be passed in to share its cached windows. With `patience`, the search ends, `converged`, once that
+    many candidates in a row measured at the last stage were no better than the best before them (counted over the
+    study's whole history, so that a resumed search that had converged ends at once)."""
     reporter = reporter_or_silent(reporter)
     if cfg.space == "hybrid":
         return run_hybrid(session, cfg, study, reporter, fitness)
@@ -396,7 +422,7 @@ def run_search(
     distributions = space.distributions()
     memo: dict[str, Candidate] = {}
     start, evaluated, trials, stopped, reason = time.perf_counter(), 0, 0, False, ""
-    tracker = W.ProgressTracker()
+    tracker, stagnation, converged = W.ProgressTracker(), Stagnation(), False
     breed_ahead = isinstance(study.sampler, EvolutionSampler) and session.lm.device.type == "cuda"
     with ThreadPoolExecutor(1, thread_name_prefix="dsa-breed") as breeder:
         while True:
@@ -406,7 +432,11 @@ def run_search(
                 if t.state == TrialState.COMPLETE:
                     text = t.user_attrs["text"]
                     memo.setdefault(text, Candidate(text, t.value, t.user_attrs.get("ratios", []), []))
+                    stagnation.add(t.value)
             if cfg.budget_candidates is not None and len(progress.done) >= cfg.budget_candidates:
+                break
+            if patience and stagnation.since_best >= patience:
+                converged = True
                 break
             if cfg.budget_seconds is not None and time.perf_counter() - start >= cfg.budget_seconds and evaluated:
                 break  # a search given seconds evaluates at least one candidate (a hybrid's refinement, its start)
@@ -490,14 +520,20 @@ def run_search(
         if _best(study) is None:
             raise DSAError(reason)
     result = summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
-    result.throughput, result.stop_reason = fitness.throughput(), reason
+    result.throughput, result.stop_reason, result.converged = fitness.throughput(), reason, converged
     return result
 
 
-def refine_config(cfg: SearchConfig, start: str, candidates: int | None, seconds: float | None) -> SearchConfig:
-    """The second phase of a hybrid search: the allocation space from `start`, in a study named after the first."""
+def refine_name(study: str, restart: int = 0) -> str:
+    """The study of a hybrid's refinement from its `restart`-th start (0: the first), named after the hybrid's."""
+    return study + REFINE_SUFFIX + (str(restart + 1) if restart else "")
+
+
+def refine_config(cfg: SearchConfig, start: str, candidates: int | None, seconds: float | None,
+                  restart: int = 0) -> SearchConfig:
+    """A hybrid's refinement: the allocation space from `start`, in a study named after the hybrid's."""
     return replace(cfg, space="allocation", start=start, budget_candidates=candidates, budget_seconds=seconds,
-                   study=(cfg.study or "") + REFINE_SUFFIX).validate()
+                   refine_patience=0, study=refine_name(cfg.study or "", restart)).validate()
 
 
 ATP_FINALISTS = 3  # the β values a hybrid's start measures on the last stage, of those scanned on the one before
@@ -516,13 +552,15 @@ def atp_start(fitness: Fitness, sparsity: float, until: float | None) -> float:
 def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, reporter: Reporter | None = None,
                fitness: Fitness | None = None) -> SearchResult:
     """Functions first (`study`, `hybrid_split` of the budget), then the best allocation so far refined by level
-    switches for the rest, in a second study beside the first (its name + ':refine'). The refinement starts from the
+    switches for the rest, in a study beside the first (its name + ':refine'). The refinement starts from the
     best function's allocation, or from ATP's (its β searched on the same fitness) when that scores better: ATP was
-    the strongest reference on both benchmark models. The result is the refinement's, with its start in `phases`
-    and the start's allocation in `start_ratios`, so that a UI can show how far each unit moved."""
+    the strongest reference on both benchmark models. With `refine_patience`, a refinement that stops improving
+    gives the rest of the budget to a new one (':refine2', ...) from a distant start (dsa_core.restarts). The result
+    is the best of every phase, with the phases in `phases` and, in `start_ratios`, the allocation that the
+    refinement which found the best started from, so that a UI can show how far each unit moved."""
     fitness = fitness or search_fitness(session, cfg)
     split = cfg.hybrid_split
-    first = replace(cfg, space="function",
+    first = replace(cfg, space="function", refine_patience=0,
                     budget_candidates=None if cfg.budget_candidates is None else max(1, round(cfg.budget_candidates
                                                                                                * split)),
                     budget_seconds=None if cfg.budget_seconds is None else cfg.budget_seconds * split)
@@ -539,30 +577,73 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, 
     until = None if cfg.budget_seconds is None else started + (cfg.budget_seconds - found.elapsed) / 2
     beta = atp_start(fitness, cfg.sparsity, until)
     # Measured as the scan measured it (β = 0 is uniform's measurement, not a second prune of the same allocation).
-    start = f"atp:beta={beta:g}" if fitness(atp_spec(beta)) < found.best.fitness else found.best.text
+    atp, atp_fitness = f"atp:beta={beta:g}", fitness(atp_spec(beta))
+    start = atp if atp_fitness < found.best.fitness else found.best.text
     found.elapsed += time.perf_counter() - started  # ATP's β search is the hybrid's time too
-    left_candidates = None if cfg.budget_candidates is None else max(1, rest)
-    left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - found.elapsed)
-    second = refine_config(replace(cfg, study=study.study_name), start, left_candidates, left_seconds)
-    # The refinement's study sits in the same storage as the first (Optuna names no public accessor for it).
-    refined = run_search(session, second, create_study(second, study._storage), reporter, fitness,
-                         BudgetShare(before=found.evaluated, hybrid=True))
-    phases.append({"space": "allocation", "evaluated": refined.evaluated, "seconds": refined.elapsed,
-                   "best": refined.best.text, "best_fitness": refined.best.fitness, "start": start})
     stats = fitness.stats
-    start_ratios = allocate(stats, start, cfg.sparsity).ratios
-    refined.start_ratios = [float(r) for r in expand_to_units(start_ratios, stats.layer_shapes, cfg.granularity)]
-    refined.phases, refined.space = phases, "hybrid"
-    # Both phases measured with one fitness: the result is the best of either (snapping to the level grid can cost
-    # a little, so the refinement may not beat the function it started from within its budget).
-    refined.top = sorted({c.text: c for c in found.top + refined.top}.values(), key=lambda c: c.fitness)[:cfg.top_k]
-    refined.best = refined.top[0]
-    refined.evaluated += found.evaluated
-    refined.trials += found.trials
-    refined.elapsed += found.elapsed
-    refined.generations = found.generations + [
-        {**g, "generation": g["generation"] + len(found.generations)} for g in refined.generations]
-    return refined
+
+    def units(ratios) -> np.ndarray:
+        return expand_to_units(ratios, stats.layer_shapes, cfg.granularity)
+
+    explored: list[np.ndarray] = []
+    refinements: list[tuple[SearchResult, np.ndarray]] = []  # each refinement and the allocation it started from
+    pool: list[Start] | None = None  # made at the first restart
+    done = 0  # candidates of the refinements' studies, this run's and earlier runs' (a budget counts them all)
+    while True:
+        spent = found.elapsed + sum(r.elapsed for r, _ in refinements)
+        left_candidates = None if cfg.budget_candidates is None else max(1, rest - done)
+        left_seconds = None if cfg.budget_seconds is None else max(1e-3, cfg.budget_seconds - spent)
+        second = refine_config(replace(cfg, study=study.study_name), start, left_candidates, left_seconds,
+                               len(refinements))
+        if refinements:
+            fitness.forget_parent()  # the new start's children are re-masked after its own run, not the last best's
+        # The refinement's study sits in the same storage as the first (Optuna names no public accessor for it).
+        refine_study = create_study(second, study._storage)
+        refined = run_search(session, second, refine_study, reporter, fitness,
+                             BudgetShare(before=found.evaluated + sum(r.evaluated for r, _ in refinements),
+                                         hybrid=True),
+                             patience=cfg.refine_patience)
+        start_ratios = units(allocate(stats, start, cfg.sparsity).ratios)
+        refinements.append((refined, start_ratios))
+        done += len(W.study_progress(refine_study).done)
+        phases.append({"space": "allocation", "evaluated": refined.evaluated, "seconds": refined.elapsed,
+                       "best": refined.best.text, "best_fitness": refined.best.fitness, "start": start,
+                       "converged": refined.converged})
+        out_of_budget = ((cfg.budget_candidates is not None and done >= rest) or
+                         (cfg.budget_seconds is not None and spent + refined.elapsed >= cfg.budget_seconds))
+        if refined.stopped or not refined.converged or out_of_budget:
+            break
+        explored += [start_ratios, np.asarray(refined.best.ratios, dtype=np.float64)]
+        if pool is None:  # what the search measured at its last stage: its functions, and ATP
+            pool = [Start(t.user_attrs["text"], t.value, units(t.user_attrs["ratios"]))
+                    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.value < FAILED_FITNESS and t.user_attrs.get("ratios")]
+            pool.append(Start(atp, atp_fitness, units(allocate(stats, atp, cfg.sparsity).ratios)))
+        following = next_start(pool, explored, RESTART_LEVELS * cfg.level_step)
+        if following is None:
+            break
+        start = following.spec
+    # Every phase measured with one fitness: the result is the best of any (snapping to the level grid can cost a
+    # little, so a refinement may not beat the function it started from within its budget).
+    everything = found.top + [c for r, _ in refinements for c in r.top]
+    top = sorted({c.text: c for c in everything}.values(), key=lambda c: c.fitness)[:cfg.top_k]
+    generations = list(found.generations)
+    for r, _ in refinements:
+        generations += [{**g, "generation": g["generation"] + len(generations)} for g in r.generations]
+    result = refinements[-1][0]
+    result.top, result.best, result.generations = top, top[0], generations
+    result.start_ratios = [float(x) for x in min(refinements, key=lambda r: r[0].best.fitness)[1]]
+    result.phases, result.space = phases, "hybrid"
+    result.evaluated = found.evaluated + sum(r.evaluated for r, _ in refinements)
+    result.trials = found.trials + sum(r.trials for r, _ in refinements)
+    result.elapsed = found.elapsed + sum(r.elapsed for r, _ in refinements)
+    return result
+
+
+def refined_from(result: SearchResult) -> str:
+    """The start of the hybrid refinement that found the best allocation ("" for other searches)."""
+    refinements = [p for p in result.phases if p["space"] == "allocation"]
+    return min(refinements, key=lambda p: p["best_fitness"])["start"] if refinements else ""
 
 
 def summarize(study: optuna.Study, cfg: SearchConfig, evaluated: int = 0, trials: int = 0, elapsed: float = 0.0,

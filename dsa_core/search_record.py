@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from dsa_core.errors import DSAError
 from dsa_core.fitness import FAILED_FITNESS, FITNESSES, check_kind
 from dsa_core.levels import expand_to_units
-from dsa_core.search import REFINE_SUFFIX, SearchConfig, SearchEvent, SearchResult
+from dsa_core.search import SearchConfig, SearchEvent, SearchResult, refine_name
 
 
 def search_protocol(cfg: SearchConfig) -> dict:
@@ -37,6 +37,12 @@ def search_protocol(cfg: SearchConfig) -> dict:
             "promote": cfg.promote if len(windows) > 1 else None}
 
 
+def leader(events: Sequence[SearchEvent]) -> SearchEvent:
+    """The event that reported the search's best so far: an event reports the best of its own study, and a hybrid's
+    refinement restarted from another start begins worse than the best found before it."""
+    return min(events, key=lambda e: e.best_fitness)
+
+
 def search_results(events: Sequence[SearchEvent], result: SearchResult | None = None,
                    model: Mapping | None = None) -> dict:
     """What a search stores: every candidate (the generation on one axis across a hybrid's phases, the fidelity
@@ -47,9 +53,9 @@ def search_results(events: Sequence[SearchEvent], result: SearchResult | None = 
                    "stage": e.stage, "stages": e.stages, "phase": e.phase} for e, g in zip(events, _timeline(events))]
     out: dict = {"candidates": candidates, "generations": generations(events)}
     if events:
-        last = events[-1]
-        out.update(best=last.best_text, best_fitness=_fitness(last.best_fitness), best_ratios=last.best_ratios,
-                   elapsed=last.elapsed)
+        best = leader(events)
+        out.update(best=best.best_text, best_fitness=_fitness(best.best_fitness), best_ratios=best.best_ratios,
+                   elapsed=events[-1].elapsed)
     if result is not None:
         out.update(best=result.best.text, best_fitness=_fitness(result.best.fitness), best_ratios=result.best.ratios,
                    evaluated=result.evaluated, stopped=result.stopped, elapsed=result.elapsed, space=result.space,
@@ -112,16 +118,17 @@ def generations(events: Sequence[SearchEvent]) -> list[dict]:
 
 
 def study_events(study: optuna.Study) -> list[SearchEvent]:
-    """The candidates of a search's study (and of a hybrid's refinement beside it) as the search reported them, in
+    """The candidates of a search's study (and of a hybrid's refinements beside it) as the search reported them, in
     the order they were asked: every worker's and every earlier run's. A candidate stopped at a low fidelity reports
     the value it was stopped at; repeats and candidates beyond the budget are left out, as the search leaves them."""
     cfg = SearchConfig.from_dict(study.user_attrs["config"])
     studies = [study]
-    if cfg.space == "hybrid":
+    while cfg.space == "hybrid":  # its refinements, from each start in turn
         try:
-            studies.append(optuna.load_study(study_name=study.study_name + REFINE_SUFFIX, storage=study._storage))
-        except KeyError:  # the refinement has not started
-            pass
+            studies.append(optuna.load_study(study_name=refine_name(study.study_name, len(studies) - 1),
+                                             storage=study._storage))
+        except KeyError:  # the next refinement has not started
+            break
     out: list[SearchEvent] = []
     for one in studies:
         saved = SearchConfig.from_dict(one.user_attrs["config"])

@@ -15,13 +15,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from dsa_core import comparison, functions, search
+from dsa_core import comparison, functions, restarts, search
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
 from dsa_core.models import load_model
 from dsa_core.reporter import EventLog, Reporter
-from dsa_core.search_record import study_reader
+from dsa_core.search_record import search_results, study_events, study_reader
 from dsa_core.session import PruningSession
 from storage import History, open_database
 from ui import experiments
@@ -57,6 +57,8 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
     (dict(promote=1), "promote"),
     (dict(space="allocation", sampler="random"), "applies to functions"),
     (dict(hybrid_split=1.0), "hybrid split"),
+    (dict(refine_patience=-1), "refine-patience"),
+    (dict(refine_patience=5), "--space hybrid"),
     (dict(fidelity="32,64"), "round to"),  # both one window of 64 tokens
 ])
 def test_bad_configuration_is_refused(change, message):
@@ -286,6 +288,9 @@ def test_rescored_stages_re_mask_on_the_best_sequential_run_so_far(session, monk
     assert all(torch.allclose(a, b, rtol=0, atol=1e-5 if metric == "sparsegpt" else 0) for a, b in zip(sequential, now))
     assert fitness.measure("worse", worse, 1) > best and fitness.basis == best  # a worse run is no new basis
     assert (fitness.kept.best is not None) == (kept_share is None)
+    fitness.forget_parent()  # a restarted refinement: its own start is the parent, however it compares
+    assert fitness.measure("worse again", worse, 1) > best and fitness.basis > best
+    assert (fitness.kept.best is not None and fitness.kept.best[0] == fitness.basis) == (kept_share is None)
     session.restore()
     for change, message in [(dict(metric="magnitude"), "reads no inputs"),
                             (dict(last_stage="masked"), "last-stage sequential")]:
@@ -381,6 +386,46 @@ def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
     start = np.asarray(result.start_ratios)
     assert np.allclose(start, search.allocate(session.stats("wanda"), refine["start"], 0.7).ratios, atol=0.006)
     assert len(result.best.ratios) == len(start) == 4
+
+
+def test_a_hybrid_refinement_that_stops_improving_restarts_from_a_distant_start(session):
+    """With --refine-patience, a refinement that measured that many candidates in a row without a better one gives the
+    rest of the budget to a new refinement, in a study of its own, from the best allocation measured (a function
+    or ATP's) that lies a few levels from every start refined so far and where it ended; the result is the best of
+    every phase; run again, the search resumes where it stopped, with the same phases."""
+    cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=40, seed=3, study="restarts",
+                              refine_patience=3).validate()
+    study = search.create_study(cfg)
+    log = EventLog()
+    result = search.run_search(session, cfg, study, log)
+    spaces = [p["space"] for p in result.phases]
+    assert spaces[0] == "function" and set(spaces[1:]) == {"allocation"} and len(spaces) >= 3  # it restarted
+    refinements = result.phases[1:]
+    assert all(p["converged"] for p in refinements[:-1])
+    assert sum(p["evaluated"] for p in result.phases) == result.evaluated == 40 == log.done  # one budget for all
+    stats = session.stats("wanda")
+    names = [search.refine_name("restarts", k) for k in range(len(refinements))]
+    assert names[:2] == ["restarts:refine", "restarts:refine2"]
+    explored = []
+    for name, p in zip(names, refinements):
+        best = optuna.load_study(study_name=name, storage=study._storage).best_trial
+        assert (best.user_attrs["text"], best.value) == (p["best"], p["best_fitness"])
+        start = allocate(stats, p["start"], 0.7).ratios
+        assert all(np.mean(np.abs(start - e)) >= restarts.RESTART_LEVELS * cfg.level_step for e in explored)
+        explored += [start, np.asarray(best.user_attrs["ratios"])]
+    assert len({p["start"] for p in refinements}) == len(refinements)
+    assert result.best.fitness == min(p["best_fitness"] for p in result.phases)
+    assert search.refined_from(result) == min(refinements, key=lambda p: p["best_fitness"])["start"]
+    winner = allocate(stats, search.refined_from(result), 0.7).ratios
+    assert np.allclose(result.start_ratios, winner, atol=0.006)  # the chart's "moved" is from the winner's start
+    assert {e.start for e in log.events if e.phase == "allocation"} == {p["start"] for p in refinements}
+    # Live, the best so far never gets worse, though each restart begins worse than the best before it.
+    assert search_results(log.events)["best_fitness"] == pytest.approx(result.best.fitness)
+    saved = study_events(study)  # what History reads back: the candidates of every refinement too
+    assert [(e.text, e.start) for e in saved] == [(e.text, e.start) for e in log.events]
+    again = search.run_search(session, cfg, study, EventLog())  # the same budget, spent already
+    assert again.evaluated == 0 and [p["start"] for p in again.phases[1:]] == [p["start"] for p in refinements]
+    assert again.best.fitness == result.best.fitness
 
 
 def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_allocation(session):

@@ -19,8 +19,8 @@ import gradio as gr
 
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.fitness import FITNESS_NAMES
-from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study
-from dsa_core.search_record import search_protocol, search_results
+from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study, refined_from
+from dsa_core.search_record import leader, search_protocol, search_results
 from dsa_core.settings import help_of
 from ui import escape, experiments, figures
 from ui.context import (
@@ -41,7 +41,8 @@ from ui.tab_evaluate import parse_tags, saved_markdown
 # from the loaded model, the sampler, population and budgets have controls of their own, and the app ranks by the
 # fitness (re-ranking and the faithful table are the command line's final steps).
 MAIN = ("space", "granularity", "fitness", "fidelity", "promote")
-DETAILS = ("last_stage", "sequential_windows", "rescore", "level_step", "parents", "start", "hybrid_split")
+DETAILS = ("last_stage", "sequential_windows", "rescore", "level_step", "parents", "start", "hybrid_split",
+           "refine_patience")
 DECLARED: tuple[Field, ...] = tuple(f for f in fields(SearchConfig) if f.name in MAIN + DETAILS)  # the API's order
 NOT_A_FUNCTION = ("ⓘ The best candidate is a direct allocation (one sparsity per block or linear layer), not a "
                   "function: only functions load into the builder. Its profile is shown above, and the History "
@@ -81,8 +82,10 @@ def declared_value(f: Field, value):
 def finished_text(result: SearchResult, fitness: str) -> str:
     """The status line of a search that ended: what it evaluated, how fast each fidelity stage measured, the best."""
     noun = {"function": "functions", "allocation": "allocations"}.get(result.space, "candidates")
-    split = (f" ({result.phases[0]['evaluated']} functions, then {result.phases[1]['evaluated']} allocations)"
-             if len(result.phases) > 1 else "")
+    refinements = result.phases[1:]
+    starts = f" from {len(refinements)} starts" if len(refinements) > 1 else ""
+    split = (f" ({result.phases[0]['evaluated']} functions, then {sum(p['evaluated'] for p in refinements)} "
+             f"allocations{starts})" if refinements else "")
     rates = "; ".join(f"{t['tokens']} tokens: {t['evaluated']} measured at {t['per_second']:.2f}/s"
                       for t in result.throughput)
     stages = f" — {'per stage, ' if len(result.throughput) > 1 else ''}{rates}" if rates else ""
@@ -154,15 +157,15 @@ def build(ctx: AppContext) -> None:
         if not events:
             return figures.empty_figure("Waiting for the first candidate…"), gr.skip(), gr.skip(), gr.skip()
         results = search_results(events, model=ws.description)
-        last = events[-1]
+        last, best = events[-1], leader(events)
         first = "" if last.phase == "function" else next(
             (e.best_text for e in reversed(events) if e.phase == "function"), "")
-        kind = "allocation" if experiments.is_allocation(last.best_text) else "function"
-        ratios = results.get("best_block_ratios") or last.best_ratios
+        kind = "allocation" if experiments.is_allocation(best.best_text) else "function"
+        ratios = results.get("best_block_ratios") or best.best_ratios
         profiles = {f"best {kind}": ratios, **ws.references(cfg.sparsity)} if ratios else ws.references(cfg.sparsity)
-        text = experiments.candidate_summary(last.best_text, last.best_ratios, ws.stats.layer_shapes,
-                                             last.start or first)
-        loadable = first or ("" if experiments.is_allocation(last.best_text) else last.best_text)
+        text = experiments.candidate_summary(best.best_text, best.best_ratios, ws.stats.layer_shapes,
+                                             best.start or (first if best.phase == "allocation" else ""))
+        loadable = first or ("" if experiments.is_allocation(best.best_text) else best.best_text)
         return (experiments.search_figure(results, protocol, cfg.fitness),
                 figures.profile_figure(profiles, cfg.sparsity), text, loadable)
 
@@ -239,7 +242,7 @@ def build(ctx: AppContext) -> None:
             final = results(result)
             run.done(final)
             loadable = loadable_function(result)
-            start = result.phases[1].get("start", "") if len(result.phases) > 1 else ""
+            start = refined_from(result)
             text = experiments.candidate_summary(result.best.text, result.best.ratios, ws.stats.layer_shapes,
                                                  start or (loadable if loadable != result.best.text else ""))
             refinement = experiments.refinement_figure(final, cfg.sparsity)
