@@ -85,13 +85,13 @@ def _fitness(value: float) -> float | None:
 
 
 def _timeline(events: Sequence[SearchEvent]) -> list[int]:
-    """Each event's generation on one axis: a hybrid's refinement is a second study, whose generations count from 0
-    again, so they are numbered on after the function phase's."""
-    out, offset, phase, last = [], 0, None, -1
+    """Each event's generation on one axis: a hybrid's refinement (each, from its own start) is a study of its own,
+    whose generations count from 0 again, so they are numbered on after those before."""
+    out, offset, study, last = [], 0, None, -1
     for e in events:
-        if phase is not None and e.phase != phase:
+        if study is not None and (e.phase, e.start) != study:
             offset = last + 1
-        phase = e.phase
+        study = (e.phase, e.start)
         out.append(offset + e.generation)
         last = max(last, out[-1])
     return out

@@ -423,6 +423,8 @@ def test_a_hybrid_refinement_that_stops_improving_restarts_from_a_distant_start(
     assert search_results(log.events)["best_fitness"] == pytest.approx(result.best.fitness)
     saved = study_events(study)  # what History reads back: the candidates of every refinement too
     assert [(e.text, e.start) for e in saved] == [(e.text, e.start) for e in log.events]
+    axis = [c["generation"] for c in search_results(saved)["candidates"]]
+    assert axis == sorted(axis)  # each refinement's generations follow the one before's on the chart
     again = search.run_search(session, cfg, study, EventLog())  # the same budget, spent already
     assert again.evaluated == 0 and [p["start"] for p in again.phases[1:]] == [p["start"] for p in refinements]
     assert again.best.fitness == result.best.fitness
