@@ -425,6 +425,11 @@ def test_a_hybrid_refinement_that_stops_improving_restarts_from_a_distant_start(
     assert [(e.text, e.start) for e in saved] == [(e.text, e.start) for e in log.events]
     axis = [c["generation"] for c in search_results(saved)["candidates"]]
     assert axis == sorted(axis)  # each refinement's generations follow the one before's on the chart
+    from ui.tab_search import finished_text  # the Search tab's status line counts the starts
+
+    n = len(refinements)
+    assert f"({result.phases[0]['evaluated']} functions, then {40 - result.phases[0]['evaluated']} allocations " \
+           f"from {n} starts)" in finished_text(result, "ppl")
     again = search.run_search(session, cfg, study, EventLog())  # the same budget, spent already
     assert again.evaluated == 0 and [p["start"] for p in again.phases[1:]] == [p["start"] for p in refinements]
     assert again.best.fitness == result.best.fitness
