@@ -585,7 +585,6 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, 
     def units(ratios) -> np.ndarray:
         return expand_to_units(ratios, stats.layer_shapes, cfg.granularity)
 
-    explored: list[np.ndarray] = []
     refinements: list[tuple[SearchResult, np.ndarray]] = []  # each refinement and the allocation it started from
     pool: list[Start] | None = None  # made at the first restart
     done = 0  # candidates of the refinements' studies, this run's and earlier runs' (a budget counts them all)
@@ -613,12 +612,12 @@ def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, 
                          (cfg.budget_seconds is not None and spent + refined.elapsed >= cfg.budget_seconds))
         if refined.stopped or not refined.converged or out_of_budget:
             break
-        explored += [start_ratios, np.asarray(refined.best.ratios, dtype=np.float64)]
         if pool is None:  # what the search measured at its last stage: its functions, and ATP
             pool = [Start(t.user_attrs["text"], t.value, units(t.user_attrs["ratios"]))
                     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.value < FAILED_FITNESS and t.user_attrs.get("ratios")]
             pool.append(Start(atp, atp_fitness, units(allocate(stats, atp, cfg.sparsity).ratios)))
+        explored = [a for r, s in refinements for a in (s, r.best.ratios)]  # every start, and where it ended
         following = next_start(pool, explored, RESTART_LEVELS * cfg.level_step)
         if following is None:
             break
