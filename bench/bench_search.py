@@ -101,17 +101,23 @@ def write(path: Path, record: dict) -> None:
 # Run settings a variant may change from the defaults, and what its file name and report call each.
 VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
             ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"), ("rescore", "rescore"),
-            ("refine_patience", "patience"))
+            ("refine_patience", "patience"), ("refiner", "refiner"))
 
 
-def _changed(a: dict) -> list[tuple[str, float]]:
+def _changed(a: dict) -> list[tuple[str, float | str]]:
     default = search.SearchConfig
     return [(name, a[key]) for key, name in VARIANTS if a.get(key, getattr(default, key)) != getattr(default, key)]
 
 
+def _value(v) -> str:
+    """A setting as a file name and the report show it: numbers short (0.3, 32), words as they are (cma)."""
+    return v if isinstance(v, str) else f"{v:g}"
+
+
 def _variant(a: dict) -> str:
     """How a run's settings differ from the defaults the equal-budget comparison uses ("" when they do not)."""
-    return ("/proj" if a.get("granularity") == "projection" else "") + "".join(f"/{n} {v:g}" for n, v in _changed(a))
+    return ("/proj" if a.get("granularity") == "projection" else "") + "".join(f"/{n} {_value(v)}"
+                                                                               for n, v in _changed(a))
 
 
 def cmd_refs(args) -> None:
@@ -162,7 +168,7 @@ def cmd_refs(args) -> None:
                    "references": spearmanr([r["fitness"][k] for r in rows], [r["ppl"] for r in rows]).statistic}
         print(f"Spearman({k} fitness, test ppl): {len(randoms)} random candidates {corr[k]['random']:.3f}; "
               f"{len(rows)} references {corr[k]['references']:.3f}", flush=True)
-    variant = "".join(f"{name}{value:g}_" for name, value in _changed(vars(args)))  # e.g. "seqwin32_"
+    variant = "".join(f"{name}{_value(value)}_" for name, value in _changed(vars(args)))  # e.g. "seqwin32_"
     write(job_path(args, variant + "refs"), {"args": vars(args), "dense_ppl": dense_ppl, "rows": rows,
                                              "random": randoms, "spearman": corr, "atp_seconds": atp_s,
                                              "timings": session.timings, "environment": environment(session.lm)})
@@ -175,7 +181,7 @@ def cmd_run(args) -> None:
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
                         sequential_windows=args.sequential_windows, rescore=args.rescore,
-                        refine_patience=args.refine_patience)
+                        refine_patience=args.refine_patience, refiner=args.refiner)
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
@@ -196,7 +202,7 @@ def cmd_run(args) -> None:
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  search fitness {c.fitness:.4g}  {c.text[:90]}", flush=True)
     measure_other(session, args, cfg.fitness, cfg.stage_windows()[-1], rows)
     kind = args.space + ("_proj" if args.granularity == "projection" else "")
-    kind += "".join(f"_{name}{value:g}" for name, value in _changed(vars(args)))
+    kind += "".join(f"_{name}{_value(value)}" for name, value in _changed(vars(args)))
     write(job_path(args, kind, f"_s{args.seed}"), {
         "args": vars(args), "config": cfg.to_dict(), "dense_ppl": dense_ppl, "rows": rows,
         "evaluated": result.evaluated,
@@ -329,6 +335,8 @@ def main() -> None:
     run.add_argument("--refine-patience", type=int, default=search.SearchConfig.refine_patience,
                      help="hybrid: restart the refinement from a distant start after this many candidates at the "
                           "last stage without a better one (0: never)")
+    run.add_argument("--refiner", default=search.SearchConfig.refiner, choices=tuple(search.REFINERS),
+                     help="allocation and hybrid spaces: " + "; ".join(f"{k}: {v}" for k, v in search.REFINERS.items()))
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
     sub.add_parser("report").add_argument("folder")

@@ -16,7 +16,7 @@
 set -euo pipefail
 # What the GPU image lacks of requirements.txt for the benchmarks (its transformers is older than the pin).
 WHEELS="transformers==5.23.0 regex==2026.11.19 gguf==0.19.0 optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1
-colorlog==6.12.0 mako==1.4.3"
+colorlog==6.12.0 mako==1.4.3 cmaes==0.13.1"
 GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}  # there: the image's, which has torch; here: the venv's

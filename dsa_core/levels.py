@@ -79,6 +79,16 @@ class LevelGrid:
             levels[order] += sign
         return levels
 
+    def offset(self, start: np.ndarray, steps) -> np.ndarray:
+        """The levels `steps` away from `start`: one real number per unit, in units of its own step. The moves'
+        weighted mean is taken out first, so that they add up to no change in the total; the result is snapped."""
+        z = np.asarray(steps, dtype=np.float64)
+        if z.shape != self.sizes.shape:
+            raise ConfigError(f"{z.size} steps cannot move an allocation of {len(self)} units.")
+        step = self.unit_step.astype(np.float64)
+        z = z - float((z * step).sum() / step.sum())
+        return self.snap((np.asarray(start, dtype=np.float64) + step * z) * self.quantum / self.sizes)
+
     def switch(self, levels: np.ndarray, rng: np.random.RandomState) -> np.ndarray | None:
         """One level switch: `up` gains q quanta and `down` loses q, q the smaller of their steps; None when the
         two drawn units cannot move (a bound)."""

@@ -61,6 +61,9 @@ SPACES = {"function": "DSA allocation functions (GA)",
 GRANULARITIES = ("block", "projection")
 WAIT_S = 1.0  # how often a worker with nothing left to claim looks at the study again
 REFINE_SUFFIX = ":refine"  # a hybrid search's second study is named after its first
+REFINERS = {"switch": "level switches of the best allocation so far (EvoPress), each through the staged selection",
+            "cma": "CMA-ES, whose mean follows the fitness's trend rather than its best point, every candidate "
+                   "measured at the last stage"}
 
 
 @dataclass
@@ -99,6 +102,8 @@ class SearchConfig:
                            "does")
     promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
     level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
+    refiner: str = option("switch", "allocation and hybrid spaces: how allocations are drawn: "
+                          + "; ".join(f"{k}: {v}" for k, v in REFINERS.items()), choices=tuple(REFINERS))
     parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
     start: str = option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
                          "text, ...)")
@@ -181,6 +186,9 @@ class SearchConfig:
                               "fitness after the final pruning (--rerank-final).")
         if self.space == "allocation":
             describe(self.start)  # read before the model loads
+        if self.refiner != "switch" and self.space == "function":
+            raise ConfigError(f"--refiner {self.refiner} draws allocations; give it with --space allocation or "
+                              "hybrid.")
         if self.space == "allocation" and self.sampler != "ga":
             raise ConfigError("The allocation space mutates levels; --sampler applies to functions only.")
         return self
@@ -220,7 +228,7 @@ class Candidate:
 def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
     if cfg.space == "function":
         return FunctionSpace(stats, cfg.sparsity, cfg.lam_range)
-    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step, cfg.start)
+    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step, cfg.start, cfg.refiner)
 
 
 def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
@@ -237,7 +245,15 @@ def _comparable(cfg: SearchConfig, **overrides) -> dict:
     return {k: v for k, v in {**cfg.to_dict(), **overrides}.items() if k not in skip}
 
 
+def _last_stage_only(cfg: SearchConfig) -> bool:
+    """Whether every candidate is measured at the last stage alone: CMA-ES's update weighs a whole generation, which
+    a staged selection would leave to the cheap stages (those rank an allocation's near neighbours poorly)."""
+    return cfg.space == "allocation" and cfg.refiner == "cma"
+
+
 def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    if cfg.space == "allocation" and cfg.refiner == "cma":  # its start is the first trial, enqueued (see spaces)
+        return optuna.samplers.CmaEsSampler(seed=cfg.seed, n_startup_trials=1, warn_independent_sampling=False)
     if cfg.space == "allocation":  # a hybrid's first study searches functions
         return LevelSwitchSampler(parents=cfg.parents, seed=cfg.seed)
     if cfg.sampler == "ga":
@@ -254,7 +270,7 @@ def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
 def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     """Staged selection: a candidate measured at stage s reports at step promote**s, and goes on when it is among
     the best 1/promote of the latest candidates measured at that stage (dsa_core.selection)."""
-    if len(cfg.stage_windows()) == 1:
+    if len(cfg.stage_windows()) == 1 or _last_stage_only(cfg):
         return optuna.pruners.NopPruner()
     return RecentHalvingPruner(cfg.promote)
 
@@ -351,10 +367,12 @@ def _generations(study: optuna.Study, population: int) -> list[dict]:
     return out
 
 
-def _staged(fitness: Fitness, trial: optuna.Trial, key: str, ratios, promote: int) -> tuple[float, int, bool]:
-    """Measure stage after stage while the pruner promotes: (value at the last stage reached, that stage, pruned)."""
+def _staged(fitness: Fitness, trial: optuna.Trial, key: str, ratios, promote: int,
+            first: int = 0) -> tuple[float, int, bool]:
+    """Measure stage after stage from `first` while the pruner promotes: (value at the last stage reached, that
+    stage, pruned)."""
     last = len(fitness.stages) - 1
-    for stage in range(last):
+    for stage in range(first, last):
         value = fitness.measure(key, ratios, stage)
         trial.report(value, step=promote**stage)
         if trial.should_prune():
@@ -418,8 +436,9 @@ def run_search(
     name = FITNESS_NAMES.get(cfg.fitness, "fitness")
     budget = None if cfg.budget_candidates is None else share.before + cfg.budget_candidates + share.candidates_after
     space = make_space(cfg, fitness.stats)
-    space.bind(study.sampler)
+    space.bind(study)
     distributions = space.distributions()
+    first_stage = len(fitness.stages) - 1 if _last_stage_only(cfg) else 0
     memo: dict[str, Candidate] = {}
     start, evaluated, trials, stopped, reason = time.perf_counter(), 0, 0, False, ""
     tracker, stagnation, converged = W.ProgressTracker(), Stagnation(), False
@@ -473,7 +492,8 @@ def run_search(
                             cand = Candidate(text, FAILED_FITNESS, [], [str(e)])
                         else:
                             try:
-                                value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote)
+                                value, stage, pruned = _staged(fitness, trial, text, alloc.ratios, cfg.promote,
+                                                               first_stage)
                             except torch.OutOfMemoryError as e:  # e.g. other jobs took the GPU: keep what was found
                                 reason = (f"The GPU ran out of memory measuring a candidate ({str(e).splitlines()[0]}"
                                           "); the search stopped and kept what it had found. Free GPU memory, or "
@@ -551,8 +571,8 @@ def atp_start(fitness: Fitness, sparsity: float, until: float | None) -> float:
 
 def run_hybrid(session: PruningSession, cfg: SearchConfig, study: optuna.Study, reporter: Reporter | None = None,
                fitness: Fitness | None = None) -> SearchResult:
-    """Functions first (`study`, `hybrid_split` of the budget), then the best allocation so far refined by level
-    switches for the rest, in a study beside the first (its name + ':refine'). The refinement starts from the
+    """Functions first (`study`, `hybrid_split` of the budget), then the best allocation so far refined directly (by
+    `refiner`) for the rest, in a study beside the first (its name + ':refine'). The refinement starts from the
     best function's allocation, or from ATP's (its β searched on the same fitness) when that scores better: ATP was
     the strongest reference on both benchmark models. With `refine_patience`, a refinement that stops improving
     gives the rest of the budget to a new one (':refine2', ...) from a distant start (dsa_core.restarts). The result

@@ -4,7 +4,8 @@ trial, the key that identifies what a trial's params encode, and the allocation 
 - `FunctionSpace`: DSA's allocation functions (pre-process → reduction → transform → mapping with λ), from the
   operation registry; bred by dsa_core.evolution's GA (or NSGA-II, or drawn at random).
 - `AllocationSpace`: per-unit sparsity levels searched directly (EvoPress), per block or per linear layer, on
-  dsa_core.levels' grid; mutated by level switches from a start allocation (uniform, a baseline, a function).
+  dsa_core.levels' grid, from a start allocation (uniform, a baseline, a function): mutated by level switches, or,
+  with the `cma` refiner, drawn by CMA-ES as real moves from the start, in steps, snapped to the grid.
 A hybrid search (dsa_core.search) runs the first, then the second from the best function's allocation.
 """
 
@@ -19,6 +20,13 @@ from dsa_core.errors import DSAError
 from dsa_core.evolution import EvolutionSampler
 from dsa_core.levels import LevelGrid, LevelSwitchSampler, expand_to_units, unit_sizes
 from dsa_core.stats import BlockStats
+
+# CMA-ES's range for each unit's move from the start, in the unit's level steps. Optuna's CmaEsSampler starts its
+# mean at the range's centre (no move) with a standard deviation of a sixth of it (its x0 and sigma0 arguments are
+# deprecated), so this sets the first moves too: 4 steps, the scale over which the fitness on Gemma 3 270M fell
+# from a refinement's start to a better refined allocation while it was rough at the scale of one step
+# (bench/bench_landscape.py, bench/results/h200_round13.log).
+CMA_RADIUS = 12.0
 
 
 def function_distributions(lam_range: tuple[float, float]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -56,9 +64,9 @@ class FunctionSpace:
         """The function's allocation; DSAError when the function cannot allocate."""
         return allocate(self.stats, function_from_params(params), self.target)
 
-    def bind(self, sampler: optuna.samplers.BaseSampler) -> None:
-        if isinstance(sampler, EvolutionSampler):
-            sampler.phenotype = self.phenotype
+    def bind(self, study: optuna.Study) -> None:
+        if isinstance(study.sampler, EvolutionSampler):
+            study.sampler.phenotype = self.phenotype
 
     def phenotype(self, params: dict) -> np.ndarray | None:
         """The allocation a trial's params give, without evaluating it (None when the function fails)."""
@@ -71,24 +79,38 @@ class FunctionSpace:
 class AllocationSpace:
     kind = "allocation"
 
-    def __init__(self, stats: BlockStats, target: float, granularity: str, step: float, start):
-        """`start`: any spec `allocate` accepts, or ratios (per block or per layer)."""
-        self.stats, self.target, self.granularity = stats, target, granularity
+    def __init__(self, stats: BlockStats, target: float, granularity: str, step: float, start,
+                 refiner: str = "switch"):
+        """`start`: any spec `allocate` accepts, or ratios (per block or per layer). `refiner`: `switch` (a trial's
+        params are the levels) or `cma` (a trial's params are each unit's move from the start, in its steps)."""
+        self.stats, self.target, self.granularity, self.refiner = stats, target, granularity, refiner
         self.grid = LevelGrid(unit_sizes(stats.layer_shapes, granularity), target, step)
         ratios = allocate(stats, start, target).ratios if isinstance(start, str) else start
         self.start_ratios = expand_to_units(ratios, stats.layer_shapes, granularity)
         self.start = self.grid.snap(self.start_ratios)
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        if self.refiner == "cma":
+            return {f"z{i}": optuna.distributions.FloatDistribution(-CMA_RADIUS, CMA_RADIUS)
+                    for i in range(len(self.grid))}
         return self.grid.distributions()
 
+    def levels(self, params: dict) -> np.ndarray:
+        if self.refiner == "cma":
+            return self.grid.offset(self.start, [params[f"z{i}"] for i in range(len(self.grid))])
+        return self.grid.levels(params)
+
     def key(self, params: dict) -> str:
-        return self.grid.key(self.grid.levels(params))
+        return self.grid.key(self.levels(params))
 
     def allocation(self, params: dict) -> Allocation:
-        key = self.key(params)
-        return Allocation(ratios=self.grid.ratios(self.grid.levels(params)), name=key)
+        levels = self.levels(params)
+        return Allocation(ratios=self.grid.ratios(levels), name=self.grid.key(levels))
 
-    def bind(self, sampler: optuna.samplers.BaseSampler) -> None:
-        if isinstance(sampler, LevelSwitchSampler):
-            sampler.bind(self.grid, self.start)
+    def bind(self, study: optuna.Study) -> None:
+        """Give the study's sampler its start: the level-switch sampler proposes it first; CMA-ES, whose mean starts
+        at the centre of its range (no move), has it measured first as an enqueued trial."""
+        if isinstance(study.sampler, LevelSwitchSampler):
+            study.sampler.bind(self.grid, self.start)
+        elif self.refiner == "cma":
+            study.enqueue_trial({f"z{i}": 0.0 for i in range(len(self.grid))}, skip_if_exists=True)

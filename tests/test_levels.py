@@ -41,6 +41,27 @@ def test_any_allocation_snaps_to_the_nearest_levels_with_the_exact_total(sizes, 
     assert levels.sum() == grid.total and (levels >= 0).all() and (levels <= grid.max_level).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(sizes_st, target_st, st.lists(st.floats(-12, 12), min_size=12, max_size=12))
+def test_any_move_from_a_start_lands_on_the_grid_with_the_exact_total(sizes, target, moves):
+    grid = LevelGrid(sizes, target)
+    start = grid.snap(np.full(len(grid), target))
+    levels = grid.offset(start, moves[: len(sizes)])
+    assert levels.sum() == grid.total and (levels >= 0).all() and (levels <= grid.max_level).all()
+
+
+def test_a_move_is_in_each_units_own_steps_and_an_even_move_is_none():
+    grid = LevelGrid([1000, 1000, 4000], 0.5)  # steps of 1, 1 and 4 quanta
+    start = grid.snap(np.full(3, 0.5))
+    assert (grid.offset(start, [0, 0, 0]) == start).all()
+    assert (grid.offset(start, [2.5, 2.5, 2.5]) == start).all()  # every unit up alike: no change in the total
+    # Unit 2 up three of its steps (12 quanta); the mean move, two steps (12 quanta over 6 quanta of steps), is taken
+    # out of every unit: unit 2 ends one step (4 quanta) up, the others two steps (2 quanta) down.
+    assert (grid.offset(start, [0, 0, 3]) - start).tolist() == [-2, -2, 4]
+    with pytest.raises(ConfigError, match="2 steps cannot move"):
+        grid.offset(start, [1, -1])
+
+
 def test_a_switch_moves_the_smaller_units_step_between_two_units():
     grid = LevelGrid([1000, 4000], 0.5, step=0.01)  # quantum 10 weights: steps of 1 and 4 quanta
     assert grid.unit_step.tolist() == [1, 4]

@@ -19,6 +19,7 @@ from dsa_core import comparison, functions, restarts, search
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, parse_fidelity
+from dsa_core.levels import LevelGrid, unit_sizes
 from dsa_core.models import load_model
 from dsa_core.reporter import EventLog, Reporter
 from dsa_core.search_record import search_results, study_events, study_reader
@@ -59,6 +60,8 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
     (dict(hybrid_split=1.0), "hybrid split"),
     (dict(refine_patience=-1), "refine-patience"),
     (dict(refine_patience=5), "--space hybrid"),
+    (dict(refiner="cma"), "--space allocation or hybrid"),
+    (dict(space="allocation", refiner="anneal"), "refiner"),
     (dict(fidelity="32,64"), "round to"),  # both one window of 64 tokens
 ])
 def test_bad_configuration_is_refused(change, message):
@@ -433,6 +436,47 @@ def test_a_hybrid_refinement_that_stops_improving_restarts_from_a_distant_start(
     again = search.run_search(session, cfg, study, EventLog())  # the same budget, spent already
     assert again.evaluated == 0 and [p["start"] for p in again.phases[1:]] == [p["start"] for p in refinements]
     assert again.best.fitness == result.best.fitness
+
+
+def test_a_cma_refinement_measures_its_start_first_then_generations_at_the_last_stage_and_resumes(session, tmp_path):
+    """--refiner cma: CMA-ES draws each unit's move from the start. The start is measured first; every candidate
+    meets the target and is measured at the last stage alone (a staged selection would leave CMA-ES's generation to
+    the cheap stages); the optimizer is told each generation; a saved study resumes where its optimizer stood."""
+    url = f"sqlite:///{tmp_path / 'cma.db'}"
+    cfg = search.SearchConfig(**QUICK, space="allocation", refiner="cma", fitness="kl", fidelity="64,128", promote=2,
+                              budget_candidates=12, seed=5, sparsity=0.6, study="cma").validate()
+    study = search.create_study(cfg, url)
+    log = EventLog()
+    result = search.run_search(session, cfg, study, log)
+    stats = session.stats("wanda")
+    grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), 0.6)
+    assert log.events[0].text == grid.key(grid.snap(np.full(4, 0.6)))  # the start: uniform
+    assert result.evaluated == 12 and len({e.text for e in log.events}) == 12
+    assert {e.stage for e in log.events} == {1} and [t["evaluated"] for t in result.throughput] == [0, 12]
+    for e in log.events:
+        assert np.average(e.best_ratios, weights=stats.params) == pytest.approx(0.6, abs=1e-9)
+    generation = [t.system_attrs.get("cma:generation") for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert generation[0] is None and generation[1:] == sorted(generation[1:]) and generation[-1] >= 1  # told once
+    resumed, saved = search.load_study("cma", url)
+    saved.budget_candidates = 20
+    again = search.run_search(session, saved, resumed)
+    later = [t.system_attrs.get("cma:generation") for t in resumed.get_trials(states=(TrialState.COMPLETE,))][12:]
+    assert again.evaluated == 8 and min(later) >= generation[-1]  # the saved optimizer went on
+
+
+def test_a_hybrid_with_the_cma_refiner_refines_the_best_function_at_the_last_stage(session):
+    cfg = search.SearchConfig(**QUICK, space="hybrid", refiner="cma", fitness="kl", fidelity="64,128", promote=2,
+                              budget_candidates=14, seed=2, study="hycma").validate()
+    log = EventLog()
+    result = search.run_search(session, cfg, search.create_study(cfg), log)
+    assert [p["space"] for p in result.phases] == ["function", "allocation"] and result.evaluated == 14
+    function_stages = {e.stage for e in log.events if e.phase == "function"}
+    assert function_stages == {0, 1}  # the functions go through the staged selection
+    assert {e.stage for e in log.events if e.phase == "allocation"} == {1}
+    start = result.phases[1]["start"]
+    first = next(e for e in log.events if e.phase == "allocation")
+    grid = LevelGrid(unit_sizes(session.stats("wanda").layer_shapes, "block"), 0.7)
+    assert first.text == grid.key(grid.snap(allocate(session.stats("wanda"), start, 0.7).ratios))
 
 
 def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_allocation(session):
