@@ -189,6 +189,9 @@ class SearchConfig:
         if self.refiner != "switch" and self.space == "function":
             raise ConfigError(f"--refiner {self.refiner} draws allocations; give it with --space allocation or "
                               "hybrid.")
+        if self.refiner == "cma" and self.parents != 1:
+            raise ConfigError("--parents picks which allocation a level switch mutates; CMA-ES (--refiner cma) "
+                              "moves its mean from a whole generation. Leave --parents at 1.")
         if self.space == "allocation" and self.sampler != "ga":
             raise ConfigError("The allocation space mutates levels; --sampler applies to functions only.")
         return self

@@ -62,6 +62,7 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
     (dict(refine_patience=5), "--space hybrid"),
     (dict(refiner="cma"), "--space allocation or hybrid"),
     (dict(space="allocation", refiner="anneal"), "refiner"),
+    (dict(space="allocation", refiner="cma", parents=3), "Leave --parents at 1"),
     (dict(fidelity="32,64"), "round to"),  # both one window of 64 tokens
 ])
 def test_bad_configuration_is_refused(change, message):
