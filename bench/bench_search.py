@@ -101,7 +101,7 @@ def write(path: Path, record: dict) -> None:
 # Run settings a variant may change from the defaults, and what its file name and report call each.
 VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "promote"),
             ("sequential_windows", "seqwin"), ("rerank_final", "rerankfinal"), ("rescore", "rescore"),
-            ("refine_patience", "patience"), ("refiner", "refiner"))
+            ("refine_patience", "patience"), ("refiner", "refiner"), ("cma_sigma", "sigma"))
 
 
 def _changed(a: dict) -> list[tuple[str, float | str]]:
@@ -181,7 +181,7 @@ def cmd_run(args) -> None:
                         budget_seconds=args.seconds, budget_candidates=None, rerank_tokens=args.rerank_tokens,
                         hybrid_split=args.hybrid_split, level_step=args.level_step, promote=args.promote,
                         sequential_windows=args.sequential_windows, rescore=args.rescore,
-                        refine_patience=args.refine_patience, refiner=args.refiner)
+                        refine_patience=args.refine_patience, refiner=args.refiner, cma_sigma=args.cma_sigma)
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
@@ -337,6 +337,8 @@ def main() -> None:
                           "last stage without a better one (0: never)")
     run.add_argument("--refiner", default=search.SearchConfig.refiner, choices=tuple(search.REFINERS),
                      help="allocation and hybrid spaces: " + "; ".join(f"{k}: {v}" for k, v in search.REFINERS.items()))
+    run.add_argument("--cma-sigma", type=float, default=search.SearchConfig.cma_sigma,
+                     help="--refiner cma: the first standard deviation of each unit's move, in level steps")
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")
     sub.add_parser("report").add_argument("folder")

@@ -104,6 +104,8 @@ class SearchConfig:
     level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
     refiner: str = option("switch", "allocation and hybrid spaces: how allocations are drawn: "
                           + "; ".join(f"{k}: {v}" for k, v in REFINERS.items()), choices=tuple(REFINERS))
+    cma_sigma: float = option(4.0, "--refiner cma: the first standard deviation of each unit's move from the start, "
+                              "in its level steps; moves range over three times this either way")
     parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
     start: str = option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
                          "text, ...)")
@@ -189,6 +191,10 @@ class SearchConfig:
         if self.refiner != "switch" and self.space == "function":
             raise ConfigError(f"--refiner {self.refiner} draws allocations; give it with --space allocation or "
                               "hybrid.")
+        if self.cma_sigma <= 0:
+            raise ConfigError("--cma-sigma must be a positive number of level steps.")
+        if self.cma_sigma != SearchConfig.cma_sigma and self.refiner != "cma":
+            raise ConfigError("--cma-sigma sets CMA-ES's first moves; give it with --refiner cma.")
         if self.refiner == "cma" and self.parents != 1:
             raise ConfigError("--parents picks which allocation a level switch mutates; CMA-ES (--refiner cma) "
                               "moves its mean from a whole generation. Leave --parents at 1.")
@@ -231,7 +237,8 @@ class Candidate:
 def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
     if cfg.space == "function":
         return FunctionSpace(stats, cfg.sparsity, cfg.lam_range)
-    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step, cfg.start, cfg.refiner)
+    return AllocationSpace(stats, cfg.sparsity, cfg.granularity, cfg.level_step, cfg.start, cfg.refiner,
+                           cfg.cma_sigma)
 
 
 def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:

@@ -21,12 +21,10 @@ from dsa_core.evolution import EvolutionSampler
 from dsa_core.levels import LevelGrid, LevelSwitchSampler, expand_to_units, unit_sizes
 from dsa_core.stats import BlockStats
 
-# CMA-ES's range for each unit's move from the start, in the unit's level steps. Optuna's CmaEsSampler starts its
-# mean at the range's centre (no move) with a standard deviation of a sixth of it (its x0 and sigma0 arguments are
-# deprecated), so this sets the first moves too: 4 steps, the scale over which the fitness on Gemma 3 270M fell
-# from a refinement's start to a better refined allocation while it was rough at the scale of one step
-# (bench/bench_landscape.py, bench/results/h200_round13.log).
-CMA_RADIUS = 12.0
+# Optuna's CmaEsSampler starts its mean at the centre of each param's range (here: no move) with a standard deviation
+# of a sixth of the range (its x0 and sigma0 arguments are deprecated), so a unit's moves range over ±3 first
+# standard deviations.
+CMA_RANGE_SDS = 3.0
 
 
 def function_distributions(lam_range: tuple[float, float]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -80,10 +78,12 @@ class AllocationSpace:
     kind = "allocation"
 
     def __init__(self, stats: BlockStats, target: float, granularity: str, step: float, start,
-                 refiner: str = "switch"):
+                 refiner: str = "switch", cma_sigma: float = 4.0):
         """`start`: any spec `allocate` accepts, or ratios (per block or per layer). `refiner`: `switch` (a trial's
-        params are the levels) or `cma` (a trial's params are each unit's move from the start, in its steps)."""
+        params are the levels) or `cma` (a trial's params are each unit's move from the start, in its steps, first
+        drawn with a standard deviation of `cma_sigma` steps)."""
         self.stats, self.target, self.granularity, self.refiner = stats, target, granularity, refiner
+        self.cma_range = CMA_RANGE_SDS * cma_sigma
         self.grid = LevelGrid(unit_sizes(stats.layer_shapes, granularity), target, step)
         ratios = allocate(stats, start, target).ratios if isinstance(start, str) else start
         self.start_ratios = expand_to_units(ratios, stats.layer_shapes, granularity)
@@ -91,7 +91,7 @@ class AllocationSpace:
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         if self.refiner == "cma":
-            return {f"z{i}": optuna.distributions.FloatDistribution(-CMA_RADIUS, CMA_RADIUS)
+            return {f"z{i}": optuna.distributions.FloatDistribution(-self.cma_range, self.cma_range)
                     for i in range(len(self.grid))}
         return self.grid.distributions()
 

@@ -63,6 +63,8 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
     (dict(refiner="cma"), "--space allocation or hybrid"),
     (dict(space="allocation", refiner="anneal"), "refiner"),
     (dict(space="allocation", refiner="cma", parents=3), "Leave --parents at 1"),
+    (dict(space="allocation", refiner="cma", cma_sigma=0), "positive"),
+    (dict(space="allocation", cma_sigma=2.0), "give it with --refiner cma"),
     (dict(fidelity="32,64"), "round to"),  # both one window of 64 tokens
 ])
 def test_bad_configuration_is_refused(change, message):
@@ -466,10 +468,14 @@ def test_a_cma_refinement_measures_its_start_first_then_generations_at_the_last_
 
 
 def test_a_hybrid_with_the_cma_refiner_refines_the_best_function_at_the_last_stage(session):
-    cfg = search.SearchConfig(**QUICK, space="hybrid", refiner="cma", fitness="kl", fidelity="64,128", promote=2,
-                              budget_candidates=14, seed=2, study="hycma").validate()
+    cfg = search.SearchConfig(**QUICK, space="hybrid", refiner="cma", cma_sigma=2.0, fitness="kl", fidelity="64,128",
+                              promote=2, budget_candidates=14, seed=2, study="hycma").validate()
     log = EventLog()
-    result = search.run_search(session, cfg, search.create_study(cfg), log)
+    study = search.create_study(cfg)
+    result = search.run_search(session, cfg, study, log)
+    refined = optuna.load_study(study_name=search.refine_name("hycma"), storage=study._storage)
+    moves = refined.trials[-1].distributions["z0"]
+    assert (moves.low, moves.high) == (-6.0, 6.0)  # three first standard deviations of --cma-sigma either way
     assert [p["space"] for p in result.phases] == ["function", "allocation"] and result.evaluated == 14
     function_stages = {e.stage for e in log.events if e.phase == "function"}
     assert function_stages == {0, 1}  # the functions go through the staged selection

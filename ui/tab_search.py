@@ -41,7 +41,7 @@ from ui.tab_evaluate import parse_tags, saved_markdown
 # from the loaded model, the sampler, population and budgets have controls of their own, and the app ranks by the
 # fitness (re-ranking and the faithful table are the command line's final steps).
 MAIN = ("space", "granularity", "fitness", "fidelity", "promote")
-DETAILS = ("last_stage", "sequential_windows", "rescore", "refiner", "level_step", "parents", "start",
+DETAILS = ("last_stage", "sequential_windows", "rescore", "refiner", "cma_sigma", "level_step", "parents", "start",
            "hybrid_split", "refine_patience")
 DECLARED: tuple[Field, ...] = tuple(f for f in fields(SearchConfig) if f.name in MAIN + DETAILS)  # the API's order
 NOT_A_FUNCTION = ("ⓘ The best candidate is a direct allocation (one sparsity per block or linear layer), not a "
