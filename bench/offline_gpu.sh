@@ -6,13 +6,17 @@
 # in ~/repo (jobs run from there, so the checkout may change under them), `chunk` keeps one chunk, `join` checks the
 # joined file's sha256, converts it once and prints the dense perplexity: a model misread by another transformers
 # (5.17 read Gemma 3 into a model of perplexity ~350) is caught before any search runs. `env` prints the exports
-# the jobs need.
+# the jobs need. `job` starts one benchmark in the background from ~/repo (setsid: it outlives the call, so one
+# search runs while later calls carry files or poll) with its log in ~/res; `poll` prints each log's last lines and
+# packs ~/res into $OUT, so that every poll brings the results so far back.
 #
 #   bench/offline_gpu.sh prepare .carry 9             # here: .carry/base (wheels, data), .carry/chunk0 ... chunk8
 #   bench/offline_gpu.sh install .carry               # there, carrying .carry/base (22 MB) and .carry/chunk0
 #   bench/offline_gpu.sh chunk .carry 0               # there; then two 28 MB chunks a call (a call carries 64 MiB)
 #   bench/offline_gpu.sh join                         # there, once every chunk is in
 #   eval "$(bench/offline_gpu.sh env)"; cd ~/repo; python3 bench/bench_search.py ...
+#   bench/offline_gpu.sh job w60 bench_search.py run --out ~/res ...   # there: log in ~/res/log_w60.txt
+#   sleep 240; bench/offline_gpu.sh poll 6                            # there: within 30 s of the last call's end
 set -euo pipefail
 # What the GPU image lacks of requirements.txt for the benchmarks (its transformers is older than the pin).
 WHEELS="transformers==5.23.0 regex==2026.11.19 gguf==0.19.0 optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1
@@ -67,7 +71,21 @@ print(f'dense Gemma 3 270M, 2 test windows: perplexity {ppl:.2f}')
 raise SystemExit(0 if ppl < 50 else 'misread: expected ~16 (transformers 5.23)')" ;;
 env)
     exports ;;
+job)
+    name=$1 script=$2
+    shift 2
+    eval "$(exports)"
+    mkdir -p ~/res
+    cd ~/repo && (setsid nohup "$PY" "bench/$script" "$@" > ~/res/log_"$name".txt 2>&1 &)
+    echo "started $name" ;;
+poll)
+    for f in ~/res/log_*.txt; do  # progress bars end their lines with carriage returns
+        echo "== $f" && tr '\r' '\n' < "$f" | grep -v '^$' | tail -n "${1:-6}"
+    done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
+    if pgrep -f 'bench/bench_' > /dev/null; then echo RUNNING; else echo IDLE; fi
+    tar czf "${OUT:?the device tool sets OUT}/res.tgz" -C ~ res ;;
 *)
-    echo "unknown verb $verb: prepare, install, chunk, join or env" >&2
+    echo "unknown verb $verb: prepare, install, chunk, join, env, job or poll" >&2
     exit 1 ;;
 esac
