@@ -36,18 +36,20 @@ from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.fitness import Fitness  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
 from dsa_core.reporter import EventLog  # noqa: E402
+from dsa_core.search_config import SearchConfig  # noqa: E402
+from dsa_core.studies import create_study  # noqa: E402
 
 
 def search_once(session, base: dict, target: float, sampler: str, seed: int, seconds: float | None,
                 candidates: int | None, owl_proxy: float):
-    cfg = search.SearchConfig(**base, sparsity=target, sampler=sampler, seed=seed, budget_seconds=seconds,
-                              budget_candidates=candidates).validate()
+    cfg = SearchConfig(**base, sparsity=target, sampler=sampler, seed=seed, budget_seconds=seconds,
+                       budget_candidates=candidates).validate()
     beat_owl: list[float] = []
     evaluated_at: list[float] = []  # seconds into the search at which each new candidate's fitness came
 
     log = EventLog()
     start = time.perf_counter()
-    result = search.run_search(session, cfg, search.create_study(cfg), log)
+    result = search.run_search(session, cfg, create_study(cfg), log)
     for e in log.events:
         if not e.cached:
             evaluated_at.append(e.elapsed)
@@ -61,7 +63,7 @@ def search_once(session, base: dict, target: float, sampler: str, seed: int, sec
     return cfg, result, seconds, (beat_owl[0] if beat_owl else math.nan), quarters
 
 
-def proxy_of(session, cfg: search.SearchConfig, spec: str) -> float:
+def proxy_of(session, cfg: SearchConfig, spec: str) -> float:
     """The search's fitness (fast proxy) of any allocation: a baseline name or a function's text form."""
     value = Fitness(session, cfg.metric, cfg.sparsity, "ppl", cfg.stage_windows())(spec)
     session.restore()
@@ -105,7 +107,7 @@ def main() -> None:
 
     targets = [float(t) for t in args.targets.split(",") if t]
     for target in targets if not args.no_search else []:
-        probe = search.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
+        probe = SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
         owl_proxy = proxy_of(session, probe, "owl")
         cfg, result, seconds, beat, quarters = search_once(session, base, target, "ga", args.seed, args.seconds, None,
                                                            owl_proxy)
@@ -148,7 +150,7 @@ def parse_variants(spec: str) -> list[tuple[str, dict]]:
 
 def compare(session, base: dict, target: float, seeds: list[int], candidates: int, variants: str) -> None:
     """Best proxy after the same number of distinct candidates: each sampler variant against random search."""
-    probe = search.SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
+    probe = SearchConfig(**base, sparsity=target, budget_candidates=1).validate()
     owl_proxy = proxy_of(session, probe, "owl")
     specs = parse_variants(variants) + [("random", {"sampler": "random"})]
     width = max(12, *(len(label) + 2 for label, _ in specs))

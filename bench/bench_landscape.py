@@ -26,11 +26,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.setup_options import add_setup_options, setup_config  # noqa: E402
-from dsa_core import comparison, search  # noqa: E402
+from dsa_core import comparison  # noqa: E402
 from dsa_core.allocation import allocate  # noqa: E402
 from dsa_core.fitness import Fitness  # noqa: E402
 from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
 from dsa_core.pipeline import environment, open_session  # noqa: E402
+from dsa_core.search_config import SearchConfig  # noqa: E402
+from dsa_core.search_result import Candidate  # noqa: E402
 
 LEVELS = "levels:"
 
@@ -64,10 +66,10 @@ def main() -> None:
     if args.points < 2:
         raise SystemExit("--points must be at least 2: the two ends.")
     session = open_session(setup_config(args))
-    cfg = search.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
-                              seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype,
-                              device=args.device, fitness="kl", fidelity=args.fidelity, last_stage=args.last_stage,
-                              final_eval_windows=args.eval_windows, budget_candidates=1).validate()
+    cfg = SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
+                       seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype,
+                       device=args.device, fitness="kl", fidelity=args.fidelity, last_stage=args.last_stage,
+                       final_eval_windows=args.eval_windows, budget_candidates=1).validate()
     stats = session.stats(args.metric)
     grid = LevelGrid(unit_sizes(stats.layer_shapes, "block"), args.target)
     a, b = (levels_of(grid, stats, text, args.target) for text in (args.a, args.b))
@@ -78,7 +80,7 @@ def main() -> None:
         kl = fit.measure(grid.key(levels), grid.ratios(levels), 0)
         measured.append((t, levels, kl, time.perf_counter() - started))
     del fit  # its dense logits: 17 GB for Gemma 3 270M at 32k tokens
-    candidates = [search.Candidate(grid.key(levels), kl, list(grid.ratios(levels)), [])
+    candidates = [Candidate(grid.key(levels), kl, list(grid.ratios(levels)), [])
                   for _, levels, kl, _ in measured]
     rows = comparison.faithful_table(session, cfg, candidates, refs=[])
     env = environment(session.lm)

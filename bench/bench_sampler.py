@@ -21,23 +21,24 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa_core import search  # noqa: E402
 from dsa_core.config import EvalConfig  # noqa: E402
 from dsa_core.evolution import EvolutionSampler  # noqa: E402
 from dsa_core.fitness import FAILED_FITNESS  # noqa: E402
 from dsa_core.pipeline import open_session  # noqa: E402
+from dsa_core.search_config import SearchConfig  # noqa: E402
 from dsa_core.spaces import FunctionSpace, function_text  # noqa: E402
+from dsa_core.studies import search_space  # noqa: E402
 
 
-def time_sampler(session, cfg: search.SearchConfig, trials: int, threads: int) -> float:
+def time_sampler(session, cfg: SearchConfig, trials: int, threads: int) -> float:
     """Mean seconds of `study.ask` per trial."""
     stats = session.stats(cfg.metric)
     stats.reductions.clear()
     space = FunctionSpace(stats, cfg.sparsity, cfg.lam_range)
     study = optuna.create_study(sampler=EvolutionSampler(
-        search.search_space(cfg), population=cfg.population, preselect=cfg.preselect, seed=cfg.seed, threads=threads,
+        search_space(cfg), population=cfg.population, preselect=cfg.preselect, seed=cfg.seed, threads=threads,
         key=function_text, phenotype=space.phenotype))
-    distributions = search.search_space(cfg)
+    distributions = search_space(cfg)
     profile = np.linspace(cfg.sparsity - 0.1, cfg.sparsity + 0.1, stats.num_blocks)
     asking = 0.0
     for _ in range(trials):
@@ -60,8 +61,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     session = open_session(EvalConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen,
                                       data_source="local", device="cpu"))
-    cfg = search.SearchConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
-                              budget_candidates=args.trials, fitness_windows=1).validate()
+    cfg = SearchConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
+                       budget_candidates=args.trials, fitness_windows=1).validate()
     cores = os.cpu_count() or 1
     single = time_sampler(session, cfg, args.trials, threads=1)
     threaded = time_sampler(session, cfg, args.trials, threads=cores)

@@ -45,8 +45,11 @@ from dsa_core.fitness import LAST_STAGES, Fitness  # noqa: E402
 from dsa_core.levels import LevelGrid, unit_sizes  # noqa: E402
 from dsa_core.pipeline import environment, open_session  # noqa: E402
 from dsa_core.reporter import EventLog  # noqa: E402
+from dsa_core.search_config import GRANULARITIES, REFINERS, SPACES, SearchConfig  # noqa: E402
+from dsa_core.search_result import Candidate  # noqa: E402
 from dsa_core.session import PruningSession  # noqa: E402
 from dsa_core.spaces import function_text  # noqa: E402
+from dsa_core.studies import create_study, search_space  # noqa: E402
 
 FITNESS_KINDS = ("ppl", "kl")
 
@@ -73,12 +76,12 @@ def open_job(args) -> tuple[PruningSession, float]:
     return session, dense_ppl
 
 
-def search_config(args, **kw) -> search.SearchConfig:
-    return search.SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
-                               seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
-                               fitness=args.fitness, fidelity=args.fidelity, last_stage=args.last_stage,
-                               final_eval_windows=args.eval_windows, top_k=args.top_k,
-                               rerank_final=args.rerank_final, **kw).validate()
+def search_config(args, **kw) -> SearchConfig:
+    return SearchConfig(model=args.model, metric=args.metric, sparsity=args.target, nsamples=args.nsamples,
+                        seqlen=args.seqlen, data_source=args.data_source, dtype=args.dtype, device=args.device,
+                        fitness=args.fitness, fidelity=args.fidelity, last_stage=args.last_stage,
+                        final_eval_windows=args.eval_windows, top_k=args.top_k,
+                        rerank_final=args.rerank_final, **kw).validate()
 
 
 def measure_other(session, args, kind: str, windows: int, candidates: list[dict]) -> None:
@@ -105,7 +108,7 @@ VARIANTS = (("hybrid_split", "split"), ("level_step", "step"), ("promote", "prom
 
 
 def _changed(a: dict) -> list[tuple[str, float | str]]:
-    default = search.SearchConfig
+    default = SearchConfig
     return [(name, a[key]) for key, name in VARIANTS if a.get(key, getattr(default, key)) != getattr(default, key)]
 
 
@@ -143,7 +146,7 @@ def cmd_refs(args) -> None:
             ratios, label = grid.ratios(levels), grid.key(levels)
         else:  # a random function
             params = {k: (d.choices[rng.randint(len(d.choices))] if hasattr(d, "choices") else
-                          float(rng.uniform(d.low, d.high))) for k, d in search.search_space(cfg).items()}
+                          float(rng.uniform(d.low, d.high))) for k, d in search_space(cfg).items()}
             try:
                 label = function_text(params)
                 ratios = allocate(stats, label, args.target).ratios
@@ -157,7 +160,7 @@ def cmd_refs(args) -> None:
     for r in rows:
         print(f"{r['label']:<12}{r['ppl']:>10.3f}  ppl-fit {r['fitness']['ppl']:.4g}  kl {r['fitness']['kl']:.4g}  "
               f"{r['allocation']}", flush=True)
-    candidates = [search.Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms]
+    candidates = [Candidate(r["label"], 0.0, r["ratios"], []) for r in randoms]
     test = comparison.faithful_table(session, cfg, candidates, refs=[])
     for r, t in zip(randoms, test):
         r["ppl"] = t["ppl"]
@@ -185,7 +188,7 @@ def cmd_run(args) -> None:
     fit = search.search_fitness(session, cfg)
     log = EventLog()
     started = time.perf_counter()
-    found = search.run_search(session, cfg, search.create_study(cfg), log, fit)
+    found = search.run_search(session, cfg, create_study(cfg), log, fit)
     curve: list[tuple[float, float]] = []  # (seconds, best fitness) each time the best improved
     for e in log.events:
         if not curve or e.best_fitness < curve[-1][1]:
@@ -315,29 +318,29 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True)
         p.add_argument("--random", type=int, default=8, help="refs: random candidates for the correlation")
-        p.add_argument("--sequential-windows", type=int, default=search.SearchConfig.sequential_windows,
+        p.add_argument("--sequential-windows", type=int, default=SearchConfig.sequential_windows,
                        help="a sequential last stage calibrates on the first this many windows (0: all)")
         p.add_argument("--rerank-final", action="store_true",
                        help="re-rank the top-k (and ATP's best k values of β) by the fitness after the final pruning")
     run = sub.choices["run"]
-    run.add_argument("--space", default="hybrid", choices=tuple(search.SPACES))
-    run.add_argument("--granularity", default="block", choices=search.GRANULARITIES)
+    run.add_argument("--space", default="hybrid", choices=tuple(SPACES))
+    run.add_argument("--granularity", default="block", choices=GRANULARITIES)
     run.add_argument("--seconds", type=float, default=120.0)
     run.add_argument("--rerank-tokens", type=int, default=0)
-    run.add_argument("--hybrid-split", type=float, default=search.SearchConfig.hybrid_split,
+    run.add_argument("--hybrid-split", type=float, default=SearchConfig.hybrid_split,
                      help="hybrid: share of the time spent on functions")
-    run.add_argument("--level-step", type=float, default=search.SearchConfig.level_step,
+    run.add_argument("--level-step", type=float, default=SearchConfig.level_step,
                      help="allocation and hybrid: a level switch moves this fraction of the smallest unit's weights")
-    run.add_argument("--promote", type=int, default=search.SearchConfig.promote,
+    run.add_argument("--promote", type=int, default=SearchConfig.promote,
                      help="staged selection: 1 in this many candidates goes on to the next fidelity")
     run.add_argument("--rescore", action="store_true",
                      help="the re-masked stages score on the best sequentially pruned candidate's inputs")
-    run.add_argument("--refine-patience", type=int, default=search.SearchConfig.refine_patience,
+    run.add_argument("--refine-patience", type=int, default=SearchConfig.refine_patience,
                      help="hybrid: restart the refinement from a distant start after this many candidates at the "
                           "last stage without a better one (0: never)")
-    run.add_argument("--refiner", default=search.SearchConfig.refiner, choices=tuple(search.REFINERS),
-                     help="allocation and hybrid spaces: " + "; ".join(f"{k}: {v}" for k, v in search.REFINERS.items()))
-    run.add_argument("--cma-sigma", type=float, default=search.SearchConfig.cma_sigma,
+    run.add_argument("--refiner", default=SearchConfig.refiner, choices=tuple(REFINERS),
+                     help="allocation and hybrid spaces: " + "; ".join(f"{k}: {v}" for k, v in REFINERS.items()))
+    run.add_argument("--cma-sigma", type=float, default=SearchConfig.cma_sigma,
                      help="--refiner cma: the first standard deviation of each unit's move, in level steps")
     sub.choices["transfer"].add_argument("--from", dest="sources", nargs="+", required=True)
     sub.choices["transfer"].add_argument("--targets", default="0.6,0.8")

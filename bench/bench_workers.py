@@ -23,13 +23,14 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsa_core import search  # noqa: E402
+from dsa_core.search_config import SearchConfig  # noqa: E402
+from dsa_core.studies import create_study  # noqa: E402
 from dsa_core.workers import run_workers  # noqa: E402
 
 
-def one_run(cfg: search.SearchConfig, gpus: int, folder: Path) -> dict:
+def one_run(cfg: SearchConfig, gpus: int, folder: Path) -> dict:
     storage = f"sqlite:///{folder / f'workers{gpus}.db'}"
-    study = search.create_study(cfg, storage)
+    study = create_study(cfg, storage)
     started = time.perf_counter()
     reports = run_workers(study.study_name, storage, str(gpus))
     wall = time.perf_counter() - started
@@ -66,9 +67,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for gpus, budget in zip(counts, budgets):
-            cfg = search.SearchConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
-                                      sparsity=args.sparsity, sampler=args.sampler, budget_candidates=budget,
-                                      fitness_windows=args.fitness_windows, seed=0).validate()
+            cfg = SearchConfig(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, data_source="local",
+                               sparsity=args.sparsity, sampler=args.sampler, budget_candidates=budget,
+                               fitness_windows=args.fitness_windows, seed=0).validate()
             rows.append(one_run(cfg, gpus, Path(tmp)))
             print(f"  {gpus} GPU(s): {rows[-1]}", file=sys.stderr, flush=True)
     print(f"\nmodel {args.model or 'smollm2'}; proxy = {args.fitness_windows} WikiText-2 validation windows of "

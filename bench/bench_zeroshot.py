@@ -106,7 +106,9 @@ def searched_specs(args, session, cfg: EvalConfig, target: float) -> list[tuple[
 def run_short_search(args, session, cfg: EvalConfig, target: float, fitness: str) -> list[float]:
     import optuna
 
-    from dsa_core.search import SearchConfig, create_study, run_search
+    from dsa_core.search import run_search
+    from dsa_core.search_config import SearchConfig
+    from dsa_core.studies import create_study
 
     scfg = SearchConfig(model=cfg.model, metric=cfg.metric, sparsity=target, nsamples=cfg.nsamples,
                         seqlen=cfg.seqlen, seed=cfg.seed, data_source=cfg.data_source, device=cfg.device,

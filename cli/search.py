@@ -19,7 +19,7 @@ from cli.options import add_options, values
 from cli.output import print_result
 from cli.progress import TerminalReporter
 from dsa_core.errors import ConfigError
-from dsa_core.search import SearchConfig
+from dsa_core.search_config import SearchConfig
 from storage.recorder import add_history_options, recorder_from_args
 
 
@@ -112,8 +112,9 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
     from dsa_core.errors import Cancelled
     from dsa_core.fitness import check_kind
     from dsa_core.pipeline import environment, oom_as_error
-    from dsa_core.search import create_study, run_search, search_fitness, summarize
+    from dsa_core.search import run_search, search_fitness, summarize
     from dsa_core.search_record import search_protocol, search_results, study_events
+    from dsa_core.studies import create_study
     from dsa_core.zeroshot.tasks import check_sources
     from storage.db import open_study_storage
 
@@ -204,7 +205,8 @@ def _search(args: argparse.Namespace, recording: ExitStack) -> int:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from dsa_core.search import load_study, run_search
+    from dsa_core.search import run_search
+    from dsa_core.studies import load_study
     from storage.db import open_study_storage
 
     storage = args.storage or default_storage()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from dsa_core import functions
 from dsa_core.allocation import allocate, describe
@@ -25,12 +25,11 @@ from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness, stage_windows
 from dsa_core.pipeline import Spec, oom_as_error, protocol, prune_with, spec_text, zeroshot
 from dsa_core.reporter import Reporter, reporter_or_silent
+from dsa_core.search_config import SearchConfig
+from dsa_core.search_result import Candidate, SearchResult
 from dsa_core.session import PruningSession
 from dsa_core.settings import setup_of
 from dsa_core.zeroshot.tasks import check_sources
-
-if TYPE_CHECKING:  # dsa_core.search imports this module
-    from dsa_core.search import Candidate, SearchConfig, SearchResult
 
 
 @dataclass

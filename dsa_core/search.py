@@ -7,8 +7,10 @@ re-masking from the cached score order: validation perplexity or the KL divergen
 the test split. With several fidelities, every candidate is measured on few tokens and only the best are promoted
 to more (EvoPress's multi-step selection, as a successive-halving pruner: dsa_core.selection). Functions are bred
 by dsa_core.evolution's GA (or Optuna's NSGA-II, or drawn at random), allocations by dsa_core.levels' level
-switches. A hybrid search runs a function search, then refines the best function's allocation directly. The study
-lives in a SQLAlchemy database, so several workers (`python -m dsa_core worker`) can share one search. No UI code here.
+switches. A hybrid search runs a function search, then refines the best function's allocation directly. What a
+search is, its study and its result live beside this loop: dsa_core.search_config, dsa_core.studies (a SQLAlchemy
+database, so several workers, `python -m dsa_core worker`, can share one search) and dsa_core.search_result. No UI
+code here.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import ClassVar
+from dataclasses import dataclass, replace
 
 import numpy as np
 import optuna
@@ -27,211 +27,23 @@ import torch
 from optuna.trial import TrialState
 
 from dsa_core import workers as W
-from dsa_core.allocation import allocate, describe
+from dsa_core.allocation import allocate
 from dsa_core.comparison import atp_beta, atp_betas, atp_spec
-from dsa_core.errors import ConfigError, DSAError
+from dsa_core.errors import DSAError
 from dsa_core.evolution import EvolutionSampler
-from dsa_core.fitness import (
-    FAILED_FITNESS,
-    FITNESS_NAMES,
-    FITNESSES,
-    LAST_STAGES,
-    ZEROSHOT_ONE_STAGE,
-    Fitness,
-    check_kind,
-    check_rescore,
-    check_sequential_windows,
-    parse_fidelity,
-    stage_windows,
-)
-from dsa_core.levels import LevelSwitchSampler, expand_to_units
+from dsa_core.fitness import FAILED_FITNESS, FITNESS_NAMES, Fitness
+from dsa_core.levels import expand_to_units
 from dsa_core.reporter import Reporter, reporter_or_silent
 from dsa_core.restarts import RESTART_LEVELS, Start, next_start
-from dsa_core.selection import RecentHalvingPruner
+from dsa_core.search_config import SearchConfig
+from dsa_core.search_result import Candidate, SearchEvent, SearchResult
 from dsa_core.session import PruningSession
-from dsa_core.settings import option, shared, validate_declared
-from dsa_core.spaces import AllocationSpace, FunctionSpace, function_distributions, function_text
+from dsa_core.spaces import AllocationSpace, FunctionSpace
+from dsa_core.studies import create_study, last_stage_only, refine_name
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ga", "nsga2", "random")
-SPACES = {"function": "DSA allocation functions (GA)",
-          "allocation": "per-block or per-layer sparsity levels, searched directly (EvoPress level switches)",
-          "hybrid": "functions first, then the best function's allocation refined directly"}
-GRANULARITIES = ("block", "projection")
 WAIT_S = 1.0  # how often a worker with nothing left to claim looks at the study again
-REFINE_SUFFIX = ":refine"  # a hybrid search's second study is named after its first
-REFINERS = {"switch": "level switches of the best allocation so far (EvoPress), each through the staged selection",
-            "cma": "CMA-ES, whose mean follows the fitness's trend rather than its best point, every candidate "
-                   "measured at the last stage"}
-
-
-@dataclass
-class SearchConfig:
-    """A search: the pruning set-up it optimises for, its space, sampler and budget, and its fitness proxy."""
-
-    model: str | None = shared("model")
-    metric: str = shared("metric")
-    sparsity: float = shared("sparsity", default=0.7)
-    calib: str = shared("calib")
-    nsamples: int = shared("nsamples")
-    seqlen: int = shared("seqlen")
-    seed: int = shared("seed")
-    data_source: str = shared("data_source")
-    device: str | None = shared("device")
-    dtype: str | None = shared("dtype")
-    batch_size: int | None = shared("batch_size")
-    space: str = option("function", "what to search: " + "; ".join(f"{k}: {v}" for k, v in SPACES.items()),
-                         choices=tuple(SPACES))
-    granularity: str = option("block", "allocation and hybrid spaces: one level per block, or per linear layer "
-                               "(q, k, v, o, gate, up, down)", choices=GRANULARITIES)
-    # Its choices are what a form offers; the command line also takes zeroshot:TASKS (`open`: validate() checks).
-    fitness: str = option("ppl", "; ".join(f"{k}: {v}" for k, v in FITNESSES.items()), choices=("ppl", "kl"),
-                           open=True)
-    fidelity: str = option("", "token counts of the staged selection, few first, e.g. 2k,16k,64k: every candidate "
-                            "is measured on the first, the best 1/--promote on the next (default: one stage of "
-                            "--fitness-windows windows)")
-    last_stage: str = option("masked", "how the last fidelity stage measures a candidate: "
-                              + "; ".join(f"{k}: {v}" for k, v in LAST_STAGES.items()), choices=tuple(LAST_STAGES))
-    sequential_windows: int = option(0, "a sequential last stage calibrates on only the first this many "
-                                      "calibration windows, whole batches (0: all --nsamples), so more candidates "
-                                      "reach it; the result is still pruned with all")
-    rescore: bool = option(False, "with --last-stage sequential (Wanda or SparseGPT): the re-masked stages score "
-                           "each block on the inputs it was pruned on by the best candidate measured sequentially so "
-                           "far, not on the dense model's, so that they rank its neighbours more as the last stage "
-                           "does")
-    promote: int = option(4, "staged selection: 1 in this many candidates goes on to the next fidelity")
-    level_step: float = option(0.01, "allocation space: a level is this fraction of the smallest unit's weights")
-    refiner: str = option("switch", "allocation and hybrid spaces: how allocations are drawn: "
-                          + "; ".join(f"{k}: {v}" for k, v in REFINERS.items()), choices=tuple(REFINERS))
-    cma_sigma: float = option(4.0, "--refiner cma: the first standard deviation of each unit's move from the start, "
-                              "in its level steps; moves range over three times this either way")
-    parents: int = option(1, "allocation space: mutate one of the best this many allocations (EvoPress: 1)")
-    start: str = option("uniform", "allocation space: the allocation it starts from (uniform, owl, a function's "
-                         "text, ...)")
-    hybrid_split: float = option(0.5, "hybrid: the share of the budget spent on functions before refining")
-    refine_patience: int = option(0, "hybrid: once this many candidates in a row measured at the last stage are no "
-                                  "better than the refinement's best, it starts again from the best allocation "
-                                  "measured that lies a few levels away from every one refined so far (0: refine one "
-                                  "start until the budget ends)")
-    rerank_tokens: int = option(0, "re-rank the top-k by validation perplexity on this many tokens (0: rank by "
-                                 "the fitness)")
-    rerank_final: bool = option(False, "re-rank the top-k by the fitness's last stage after pruning each as the "
-                                "result is pruned (sequentially, on every calibration window): the measure nearest "
-                                "what the result will be, for k sequential prunes after the budget")
-    sampler: str = option("ga", "how functions are drawn: the GA, NSGA-II or at random", choices=SAMPLERS)
-    population: int = option(24, "GA: how many of the best functions breed")
-    mutation: float | None = option(None, "GA: per-gene mutation probability (default: 1 / number of genes)",
-                                    type=float)
-    initial: int | None = option(None, "GA: random functions before evolving (default: one population)", type=int)
-    preselect: int = option(16, "GA: children bred per trial, the most promising evaluated (1: no pre-selection)")
-    # The command line has no default budget (it asks for one); a form or a script starts from 200 candidates.
-    budget_candidates: int | None = option(200, "stop after this many candidates", type=int)
-    budget_seconds: float | None = option(None, "stop after this long", type=float)
-    fitness_windows: int = option(8, "WikiText-2 validation windows of the proxy")
-    zeroshot_rows: int = option(200, "--fitness zeroshot:TASKS: rows per task, a fixed seeded subset held out of "
-                                "what final tables report (evaluate them with exclude=this)")
-    lam_range: tuple[float, float] = (0.02, 0.3)
-    top_k: int = option(3, "candidates re-evaluated faithfully at the end")
-    final_eval_windows: int | None = option(None, "cap on test windows (quick runs)", type=int)
-    study: str | None = option(None, "name; an existing study of that name is resumed", type=str)
-
-    def validate(self) -> SearchConfig:
-        validate_declared(self)
-        if self.sparsity == 0:
-            raise ConfigError("A search at sparsity 0 has nothing to allocate; give a target above 0.")
-        if check_kind(self.fitness) is not None:
-            if self.fidelity:
-                raise ConfigError(ZEROSHOT_ONE_STAGE)
-            if self.zeroshot_rows < 1:
-                raise ConfigError("The zero-shot fitness needs at least one row per task (--zeroshot-rows).")
-        if self.budget_candidates is None and self.budget_seconds is None:
-            raise ConfigError("A search needs a budget: --budget-candidates, --budget-seconds, or both.")
-        if (self.budget_candidates is not None and self.budget_candidates < 1) or (
-            self.budget_seconds is not None and self.budget_seconds <= 0
-        ):
-            raise ConfigError("Search budgets must be positive.")
-        if self.mutation is not None and not 0 < self.mutation <= 1:
-            raise ConfigError(f"Mutation probability {self.mutation} must lie in (0, 1].")
-        if self.preselect < 1:
-            raise ConfigError("The GA breeds at least one child per trial (preselect ≥ 1).")
-        if self.initial is not None and self.initial < 2:
-            raise ConfigError("The GA needs at least 2 random functions to start from.")
-        if self.population < 2 or self.fitness_windows < 1 or self.top_k < 1:
-            raise ConfigError("Population must be ≥ 2, fitness windows ≥ 1 and top-k ≥ 1.")
-        lo, hi = self.lam_range
-        if not 0 < lo <= hi < 0.5:
-            raise ConfigError(f"λ range {self.lam_range} must lie within (0, 0.5).")
-        windows = self.stage_windows()
-        if any(b <= a for a, b in zip(windows, windows[1:])):
-            raise ConfigError(f"Fidelities {self.fidelity} round to {windows} windows of {self.seqlen} tokens: each "
-                              "stage must measure more windows than the one before.")
-        check_sequential_windows(self.sequential_windows, self.nsamples)
-        if self.rescore:
-            check_rescore(self.metric, self.last_stage)
-        if self.promote < 2:
-            raise ConfigError("--promote must be at least 2: one in that many candidates goes on to more tokens.")
-        if not 0 < self.level_step <= 0.1:
-            raise ConfigError(f"The level step {self.level_step} must lie in (0, 0.1].")
-        if self.parents < 1:
-            raise ConfigError("The allocation search needs at least one parent.")
-        if not 0 < self.hybrid_split < 1:
-            raise ConfigError(f"The hybrid split {self.hybrid_split} must lie strictly between 0 and 1.")
-        if self.refine_patience < 0:
-            raise ConfigError("--refine-patience must be 0 (off) or a number of candidates.")
-        if self.refine_patience and self.space != "hybrid":
-            raise ConfigError("--refine-patience restarts a hybrid search's refinement; give it with --space hybrid.")
-        if self.rerank_tokens < 0:
-            raise ConfigError("--rerank-tokens must be 0 (off) or a number of tokens.")
-        if self.rerank_tokens and self.rerank_final:
-            raise ConfigError("Re-rank the top-k one way: by validation perplexity (--rerank-tokens) or by the "
-                              "fitness after the final pruning (--rerank-final).")
-        if self.space == "allocation":
-            describe(self.start)  # read before the model loads
-        if self.refiner != "switch" and self.space == "function":
-            raise ConfigError(f"--refiner {self.refiner} draws allocations; give it with --space allocation or "
-                              "hybrid.")
-        if self.cma_sigma <= 0:
-            raise ConfigError("--cma-sigma must be a positive number of level steps.")
-        if self.cma_sigma != SearchConfig.cma_sigma and self.refiner != "cma":
-            raise ConfigError("--cma-sigma sets CMA-ES's first moves; give it with --refiner cma.")
-        if self.refiner == "cma" and self.parents != 1:
-            raise ConfigError("--parents picks which allocation a level switch mutates; CMA-ES (--refiner cma) "
-                              "moves its mean from a whole generation. Leave --parents at 1.")
-        if self.space == "allocation" and self.sampler != "ga":
-            raise ConfigError("The allocation space mutates levels; --sampler applies to functions only.")
-        return self
-
-    def stage_windows(self) -> list[int]:
-        """Windows of `seqlen` tokens measured at each stage of the fitness."""
-        return stage_windows(parse_fidelity(self.fidelity), self.seqlen, self.fitness_windows)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lam_range"] = list(self.lam_range)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SearchConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        if "lam_range" in kw:
-            kw["lam_range"] = tuple(kw["lam_range"])
-        return cls(**kw).validate()
-
-
-def search_space(cfg: SearchConfig) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The function space's distributions (the allocation space's depend on the model: see dsa_core.spaces)."""
-    return function_distributions(cfg.lam_range)
-
-
-@dataclass
-class Candidate:
-    text: str
-    fitness: float
-    ratios: list[float]
-    warnings: list[str]
-    rerank: float | None = None  # the re-ranking's measure (--rerank-tokens or --rerank-final), when there was one
 
 
 def make_space(cfg: SearchConfig, stats) -> FunctionSpace | AllocationSpace:
@@ -245,124 +57,6 @@ def search_fitness(session: PruningSession, cfg: SearchConfig) -> Fitness:
     """The fitness a search's configuration asks for, at every fidelity stage."""
     return Fitness(session, cfg.metric, cfg.sparsity, cfg.fitness, cfg.stage_windows(), cfg.last_stage,
                    cfg.zeroshot_rows, cfg.sequential_windows, cfg.rescore)
-
-
-def _comparable(cfg: SearchConfig, **overrides) -> dict:
-    """A configuration as resuming compares it: budgets may change between runs, and so may the device (a worker's
-    GPU, the web app's), a hybrid's refinement starts from whatever function is best by then, and settings added
-    since a study was saved take their defaults (through SearchConfig.from_dict)."""
-    skip = ("budget_candidates", "budget_seconds", "start", "device")
-    return {k: v for k, v in {**cfg.to_dict(), **overrides}.items() if k not in skip}
-
-
-def _last_stage_only(cfg: SearchConfig) -> bool:
-    """Whether every candidate is measured at the last stage alone: CMA-ES's update weighs a whole generation, which
-    a staged selection would leave to the cheap stages (those rank an allocation's near neighbours poorly)."""
-    return cfg.space == "allocation" and cfg.refiner == "cma"
-
-
-def _sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-    if cfg.space == "allocation" and cfg.refiner == "cma":  # its start is the first trial, enqueued (see spaces)
-        return optuna.samplers.CmaEsSampler(seed=cfg.seed, n_startup_trials=1, warn_independent_sampling=False)
-    if cfg.space == "allocation":  # a hybrid's first study searches functions
-        return LevelSwitchSampler(parents=cfg.parents, seed=cfg.seed)
-    if cfg.sampler == "ga":
-        return EvolutionSampler(search_space(cfg), population=cfg.population, mutation=cfg.mutation,
-                                initial=cfg.initial, preselect=cfg.preselect, seed=cfg.seed, key=function_text)
-    if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            population_size=cfg.population, crossover=optuna.samplers.nsgaii.UniformCrossover(), seed=cfg.seed,
-            mutation_prob=cfg.mutation,
-        )
-    return optuna.samplers.RandomSampler(seed=cfg.seed)
-
-
-def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
-    """Staged selection: a candidate measured at stage s reports at step promote**s, and goes on when it is among
-    the best 1/promote of the latest candidates measured at that stage (dsa_core.selection)."""
-    if len(cfg.stage_windows()) == 1 or _last_stage_only(cfg):
-        return optuna.pruners.NopPruner()
-    return RecentHalvingPruner(cfg.promote)
-
-
-def create_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """A new or existing study (resume by name). Its configuration is kept in the study itself, so that
-    workers and resumed runs need only the name and the storage URL."""
-    name = cfg.study or f"dsa-{uuid.uuid4().hex[:8]}"
-    if isinstance(storage, str) or storage is None:
-        storage = W.open_storage(storage)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(cfg), pruner=_pruner(cfg),
-                                direction="minimize", load_if_exists=True)
-    saved = study.user_attrs.get("config")
-    if saved is None:
-        cfg.study = name
-        study.set_user_attr("config", cfg.to_dict())
-    elif _comparable(SearchConfig.from_dict(saved)) != _comparable(cfg, study=name):
-        raise ConfigError(f"Study '{name}' exists with another configuration; resume it with the same settings.")
-    return study
-
-
-def load_study(name: str, storage: str | optuna.storages.BaseStorage) -> tuple[optuna.Study, SearchConfig]:
-    # A URL handed to Optuna itself would open it without the workers' heartbeats.
-    opened = W.open_storage(storage) if isinstance(storage, str) else storage
-    try:
-        summary = optuna.load_study(study_name=name, storage=opened)
-    except KeyError as e:
-        where = storage if isinstance(storage, str) else "the study storage"
-        raise ConfigError(f"No study named '{name}' in {where}.") from e
-    cfg = SearchConfig.from_dict(summary.user_attrs["config"])
-    return create_study(cfg, opened), cfg
-
-
-@dataclass
-class SearchEvent:
-    """What a running search reports after each candidate (the web app streams these). `stage` is the last
-    fidelity it was measured at (of `stages`); `fitness` is its value there, comparable only within a stage."""
-
-    candidate: int
-    generation: int
-    text: str
-    fitness: float
-    best_text: str
-    best_fitness: float
-    best_ratios: list[float]
-    elapsed: float
-    cached: bool
-    stage: int = 0
-    stages: int = 1
-    phase: str = "function"
-    start: str = ""  # the allocation phase's start: a function's text or a baseline such as "atp:beta=0.01"
-
-
-@dataclass
-class SearchResult:
-    study: str
-    best: Candidate
-    evaluated: int
-    trials: int
-    elapsed: float
-    stopped: bool
-    generations: list[dict] = field(default_factory=list)
-    top: list[Candidate] = field(default_factory=list)
-    space: str = "function"
-    throughput: list[dict] = field(default_factory=list)  # per fidelity stage: tokens, evaluated, per_second
-    phases: list[dict] = field(default_factory=list)  # a hybrid's two searches: space, evaluated, seconds, best
-    start_ratios: list[float] = field(default_factory=list)  # hybrid: the best function's allocation, refined since
-    stop_reason: str = ""  # why a search stopped before its budget when no one asked it to (the GPU's memory ran out)
-    converged: bool = False  # it ended before its budget, its patience spent (run_search's `patience`)
-    kind: ClassVar[str] = "search"
-
-    def to_dict(self) -> dict:
-        """The stable serialised form: every field (candidates as dicts) and the kind."""
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SearchResult:
-        if d.get("kind", cls.kind) != cls.kind:
-            raise ConfigError(f"Not a search result: its kind is {d.get('kind')!r}.")
-        known = {f.name for f in fields(cls)}
-        body = {k: v for k, v in d.items() if k in known}
-        return cls(**{**body, "best": Candidate(**d["best"]), "top": [Candidate(**c) for c in d.get("top", [])]})
 
 
 def _generations(study: optuna.Study, population: int) -> list[dict]:
@@ -448,7 +142,7 @@ def run_search(
     space = make_space(cfg, fitness.stats)
     space.bind(study)
     distributions = space.distributions()
-    first_stage = len(fitness.stages) - 1 if _last_stage_only(cfg) else 0
+    first_stage = len(fitness.stages) - 1 if last_stage_only(cfg) else 0
     memo: dict[str, Candidate] = {}
     start, evaluated, trials, stopped, reason = time.perf_counter(), 0, 0, False, ""
     tracker, stagnation, converged = W.ProgressTracker(), Stagnation(), False
@@ -552,11 +246,6 @@ def run_search(
     result = summarize(study, cfg, evaluated, trials, time.perf_counter() - start, stopped)
     result.throughput, result.stop_reason, result.converged = fitness.throughput(), reason, converged
     return result
-
-
-def refine_name(study: str, restart: int = 0) -> str:
-    """The study of a hybrid's refinement from its `restart`-th start (0: the first), named after the hybrid's."""
-    return study + REFINE_SUFFIX + (str(restart + 1) if restart else "")
 
 
 def refine_config(cfg: SearchConfig, start: str, candidates: int | None, seconds: float | None,

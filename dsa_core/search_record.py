@@ -17,7 +17,9 @@ from optuna.trial import TrialState
 from dsa_core.errors import DSAError
 from dsa_core.fitness import FAILED_FITNESS, FITNESSES, check_kind
 from dsa_core.levels import expand_to_units
-from dsa_core.search import SearchConfig, SearchEvent, SearchResult, refine_name
+from dsa_core.search_config import SearchConfig
+from dsa_core.search_result import SearchEvent, SearchResult
+from dsa_core.studies import refine_name
 
 
 def search_protocol(cfg: SearchConfig) -> dict:

@@ -4,8 +4,8 @@ A declared setting is a dataclass field made by `option` (a section's own) or `s
 model, device, dtype, data source, calibration, seed, batch size; and the metric and target sparsity pruning runs
 share). Its metadata carries what a command line and a form need (help, choices, type) and the rule its value obeys
 (choices, minimum, a check function). The configurations (dsa_core.config.EvalConfig,
-dsa_core.search.SearchConfig, dsa_core.structural.training.StructuralConfig) are made of such fields and check them
-all with `validate_declared`, so one setting gives one message from every configuration; cli.options turns the same
+dsa_core.search_config.SearchConfig, dsa_core.structural.training.StructuralConfig) are made of such fields and check
+them all with `validate_declared`, so one setting gives one message from every configuration; cli.options turns the same
 fields into argparse options and the web app reads their defaults and choices. No argparse and no UI here.
 """
 

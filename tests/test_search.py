@@ -22,8 +22,11 @@ from dsa_core.fitness import Fitness, parse_fidelity
 from dsa_core.levels import LevelGrid, unit_sizes
 from dsa_core.models import load_model
 from dsa_core.reporter import EventLog, Reporter
+from dsa_core.search_config import SAMPLERS, SearchConfig
 from dsa_core.search_record import search_results, study_events, study_reader
+from dsa_core.search_result import Candidate, SearchResult
 from dsa_core.session import PruningSession
+from dsa_core.studies import create_study, load_study, refine_name, search_space
 from storage import History, open_database
 from ui import experiments
 
@@ -41,7 +44,7 @@ def texts(study: optuna.Study) -> list[str]:
 
 
 def test_search_space_has_one_categorical_per_slot_and_lambda():
-    space = search.search_space(search.SearchConfig(lam_range=(0.05, 0.2)))
+    space = search_space(SearchConfig(lam_range=(0.05, 0.2)))
     assert set(space) == set(functions.slot_choices()) | {"lam"}
     assert (space["lam"].low, space["lam"].high) == (0.05, 0.2)
 
@@ -69,12 +72,12 @@ def test_search_space_has_one_categorical_per_slot_and_lambda():
 ])
 def test_bad_configuration_is_refused(change, message):
     with pytest.raises(ConfigError, match=message):
-        search.SearchConfig(**{**QUICK, **change}).validate()
+        SearchConfig(**{**QUICK, **change}).validate()
 
 
 def test_budget_counts_distinct_functions_and_events_track_the_best(session):
-    cfg = search.SearchConfig(**QUICK, budget_candidates=10, seed=1).validate()
-    log, study = EventLog(), search.create_study(cfg)
+    cfg = SearchConfig(**QUICK, budget_candidates=10, seed=1).validate()
+    log, study = EventLog(), create_study(cfg)
     result = search.run_search(session, cfg, study, log)
     events = log.events
     assert len(set(texts(study))) == 10 == result.evaluated
@@ -85,12 +88,12 @@ def test_budget_counts_distinct_functions_and_events_track_the_best(session):
     assert result.generations and result.generations[0]["best"] >= result.best.fitness
     assert (log.done, log.total) == (10, 10) and "candidates" in log.phase  # the reporter's count of the budget
     stored = json.loads(json.dumps(result.to_dict()))
-    assert stored["kind"] == "search" and search.SearchResult.from_dict(stored) == result
+    assert stored["kind"] == "search" and SearchResult.from_dict(stored) == result
     assert session.achieved_sparsity()[0] < 0.01  # the session is dense again afterwards
 
 
 def test_a_budget_in_seconds_reports_the_time_left(session):
-    cfg = search.SearchConfig(**QUICK, budget_candidates=None, budget_seconds=30.0, seed=1).validate()
+    cfg = SearchConfig(**QUICK, budget_candidates=None, budget_seconds=30.0, seed=1).validate()
 
     class Stop(Reporter):
         def on_event(self, e):
@@ -98,7 +101,7 @@ def test_a_budget_in_seconds_reports_the_time_left(session):
                 self.cancel()
 
     reporter = Stop()
-    search.run_search(session, cfg, search.create_study(cfg), reporter)
+    search.run_search(session, cfg, create_study(cfg), reporter)
     assert 0 < reporter.eta() < 30
 
 
@@ -111,8 +114,8 @@ def test_memo_scores_a_repeated_function_once(session):
 
 
 def test_stop_keeps_what_was_found(session):
-    cfg = search.SearchConfig(**QUICK, budget_candidates=50).validate()
-    study = search.create_study(cfg)
+    cfg = SearchConfig(**QUICK, budget_candidates=50).validate()
+    study = create_study(cfg)
 
     class StopAfterTwo(Reporter):
         def on_event(self, e):
@@ -138,10 +141,10 @@ def _runs_out_of_memory_after(fitness: Fitness, measures: int) -> None:
 
 
 def test_a_gpu_out_of_memory_stops_the_search_with_a_sentence_and_keeps_what_it_found(session):
-    cfg = search.SearchConfig(**QUICK, budget_candidates=20, seed=1).validate()
+    cfg = SearchConfig(**QUICK, budget_candidates=20, seed=1).validate()
     fitness = search.search_fitness(session, cfg)
     _runs_out_of_memory_after(fitness, 3)
-    study = search.create_study(cfg)
+    study = create_study(cfg)
     result = search.run_search(session, cfg, study, fitness=fitness)
     assert result.stopped and result.evaluated == 3 and "ran out of memory" in result.stop_reason
     assert [t.state for t in study.trials][-1] == TrialState.FAIL  # resuming measures that candidate again
@@ -151,14 +154,14 @@ def test_a_gpu_out_of_memory_stops_the_search_with_a_sentence_and_keeps_what_it_
     nothing = search.search_fitness(session, cfg)
     _runs_out_of_memory_after(nothing, 0)
     with pytest.raises(search.DSAError, match="ran out of memory"):
-        search.run_search(session, cfg, search.create_study(cfg), fitness=nothing)
+        search.run_search(session, cfg, create_study(cfg), fitness=nothing)
 
 
 def test_resume_continues_a_saved_study(session, tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    cfg = search.SearchConfig(**QUICK, budget_candidates=5, study="resume-me", seed=3).validate()
-    search.run_search(session, cfg, search.create_study(cfg, url))
-    study, saved = search.load_study("resume-me", url)
+    cfg = SearchConfig(**QUICK, budget_candidates=5, study="resume-me", seed=3).validate()
+    search.run_search(session, cfg, create_study(cfg, url))
+    study, saved = load_study("resume-me", url)
     assert saved.population == 4 and saved.seed == 3
     saved.budget_candidates = 9
     result = search.run_search(session, saved, study)
@@ -168,40 +171,40 @@ def test_resume_continues_a_saved_study(session, tmp_path):
 
 def test_a_study_saved_before_newer_settings_existed_resumes(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    cfg = search.SearchConfig(**QUICK, budget_candidates=5, study="old").validate()
-    study = search.create_study(cfg, url)
+    cfg = SearchConfig(**QUICK, budget_candidates=5, study="old").validate()
+    study = create_study(cfg, url)
     older = {k: v for k, v in study.user_attrs["config"].items() if k not in ("initial", "preselect")}
     study.set_user_attr("config", older)  # as a version without these settings saved it
-    resumed, saved = search.load_study("old", url)
-    assert saved.preselect == search.SearchConfig().preselect and resumed.study_name == "old"
+    resumed, saved = load_study("old", url)
+    assert saved.preselect == SearchConfig().preselect and resumed.study_name == "old"
 
 
 def test_resume_with_another_configuration_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    search.create_study(search.SearchConfig(**QUICK, study="s", budget_candidates=3), url)
+    create_study(SearchConfig(**QUICK, study="s", budget_candidates=3), url)
     with pytest.raises(ConfigError, match="another configuration"):
-        search.create_study(search.SearchConfig(**{**QUICK, "sparsity": 0.5}, study="s", budget_candidates=3), url)
+        create_study(SearchConfig(**{**QUICK, "sparsity": 0.5}, study="s", budget_candidates=3), url)
 
 
 def test_missing_study_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="No study named"):
-        search.load_study("nope", f"sqlite:///{tmp_path / 'x.db'}")
+        load_study("nope", f"sqlite:///{tmp_path / 'x.db'}")
 
 
-@pytest.mark.parametrize("sampler", search.SAMPLERS)
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_same_seed_same_search(session, sampler):
     runs = []
     for _ in range(2):
-        cfg = search.SearchConfig(**QUICK, sampler=sampler, budget_candidates=8, seed=7).validate()
-        study = search.create_study(cfg)
+        cfg = SearchConfig(**QUICK, sampler=sampler, budget_candidates=8, seed=7).validate()
+        study = create_study(cfg)
         search.run_search(session, cfg, study)
         runs.append([(t.user_attrs["text"], t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))])
     assert runs[0] == runs[1]
 
 
 def test_faithful_table_reports_references_and_candidates_in_one_run(session):
-    cfg = search.SearchConfig(**QUICK, budget_candidates=2).validate()
-    per_layer = search.Candidate("levels:...", 1.0, [0.3] * 14 + [0.7] * 14, [])
+    cfg = SearchConfig(**QUICK, budget_candidates=2).validate()
+    per_layer = Candidate("levels:...", 1.0, [0.3] * 14 + [0.7] * 14, [])
     rows = comparison.faithful_table(session, cfg, ["W:(NO_OP)-(MEAN)-(NEG)", per_layer])
     assert [r["label"] for r in rows] == ["uniform", "owl", "alpha", "atp", "dsa preset", "searched #1",
                                           "searched #2"]
@@ -216,7 +219,7 @@ def test_atp_searches_its_one_parameter_on_the_fitness(session):
     assert len(tried) >= 5  # β = 0.002, 0.004, … while the progression stays legal
     assert beta == 0 and fitness("uniform") <= min(tried.values()) or fitness(f"atp:beta={beta:g}") == min(
         [fitness("uniform"), *tried.values()])
-    refs = dict(comparison.references(session, search.SearchConfig(**QUICK, sparsity=0.5), fitness))
+    refs = dict(comparison.references(session, SearchConfig(**QUICK, sparsity=0.5), fitness))
     assert refs["atp"] == f"atp:beta={beta:g}" and set(refs) == {"uniform", "owl", "alpha", "atp", "dsa preset"}
     session.restore()
 
@@ -301,18 +304,18 @@ def test_rescored_stages_re_mask_on_the_best_sequential_run_so_far(session, monk
     for change, message in [(dict(metric="magnitude"), "reads no inputs"),
                             (dict(last_stage="masked"), "last-stage sequential")]:
         with pytest.raises(ConfigError, match=message):
-            search.SearchConfig(**{**QUICK, "last_stage": "sequential", **change}, rescore=True).validate()
+            SearchConfig(**{**QUICK, "last_stage": "sequential", **change}, rescore=True).validate()
 
 
 def test_a_sequential_last_stage_is_a_search_setting_and_its_result_is_the_sequential_measure(session):
-    cfg = search.SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
-                              budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()
-    result = search.run_search(session, cfg, search.create_study(cfg))
+    cfg = SearchConfig(**QUICK, space="allocation", fitness="kl", fidelity="64,128", promote=2,
+                       budget_candidates=6, sparsity=0.6, last_stage="sequential").validate()
+    result = search.run_search(session, cfg, create_study(cfg))
     check = search.search_fitness(session, cfg)  # its dense logits first
     session.prune_sequential(np.asarray(result.best.ratios), "wanda")
     assert result.best.fitness == check.stages[1]()
     with pytest.raises(ConfigError, match="Unknown last stage"):
-        search.SearchConfig(**QUICK, last_stage="faithful").validate()
+        SearchConfig(**QUICK, last_stage="faithful").validate()
     session.restore()
 
 
@@ -334,7 +337,7 @@ def test_a_sequential_last_stage_on_fewer_windows_prunes_on_the_first_ones():
     with pytest.raises(ConfigError, match="1 to 4 windows"):
         Fitness(four, "wanda", 0.6, "kl", [1], last_stage="sequential", sequential_windows=5)
     with pytest.raises(ConfigError, match="1 to 2 windows"):
-        search.SearchConfig(**QUICK, last_stage="sequential", sequential_windows=3).validate()
+        SearchConfig(**QUICK, last_stage="sequential", sequential_windows=3).validate()
 
 
 def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
@@ -345,16 +348,16 @@ def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
 def test_fidelities_read_as_tokens():
     assert parse_fidelity("2k,16k,64k") == (2048, 16384, 65536)
     assert parse_fidelity("64, 256") == (64, 256) and parse_fidelity("") == ()
-    cfg = search.SearchConfig(**{**QUICK, "fidelity": "32,64,200"})
+    cfg = SearchConfig(**{**QUICK, "fidelity": "32,64,200"})
     assert cfg.stage_windows() == [1, 1, 4]  # windows of 64 tokens, at least one
 
 
 @pytest.mark.parametrize("space,granularity,units", [("function", "block", 4), ("allocation", "block", 4),
                                                      ("allocation", "projection", 28), ("hybrid", "block", 4)])
 def test_every_space_meets_the_target_and_counts_its_budget(session, space, granularity, units):
-    cfg = search.SearchConfig(**{**QUICK, "nsamples": 2}, space=space, granularity=granularity, fitness="kl",
-                              fidelity="64,128", promote=2, budget_candidates=12, seed=4, sparsity=0.6).validate()
-    log, study = EventLog(), search.create_study(cfg)
+    cfg = SearchConfig(**{**QUICK, "nsamples": 2}, space=space, granularity=granularity, fitness="kl",
+                       fidelity="64,128", promote=2, budget_candidates=12, seed=4, sparsity=0.6).validate()
+    log, study = EventLog(), create_study(cfg)
     result = search.run_search(session, cfg, study, log)
     events = log.events
     assert result.evaluated == 12 and len({e.text for e in events}) == 12
@@ -374,8 +377,8 @@ def _layer_sizes(session) -> list[int]:
 
 
 def test_hybrid_refines_the_best_function_and_says_how_far_it_moved(session):
-    cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=10, seed=2, study="hy").validate()
-    study = search.create_study(cfg)
+    cfg = SearchConfig(**QUICK, space="hybrid", budget_candidates=10, seed=2, study="hy").validate()
+    study = create_study(cfg)
     log = EventLog()
     result = search.run_search(session, cfg, study, log)
     events = log.events
@@ -399,9 +402,9 @@ def test_a_hybrid_refinement_that_stops_improving_restarts_from_a_distant_start(
     rest of the budget to a new refinement, in a study of its own, from the best allocation measured (a function
     or ATP's) that lies a few levels from every start refined so far and where it ended; the result is the best of
     every phase; run again, the search resumes where it stopped, with the same phases."""
-    cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=40, seed=3, study="restarts",
-                              refine_patience=3).validate()
-    study = search.create_study(cfg)
+    cfg = SearchConfig(**QUICK, space="hybrid", budget_candidates=40, seed=3, study="restarts",
+                       refine_patience=3).validate()
+    study = create_study(cfg)
     log = EventLog()
     result = search.run_search(session, cfg, study, log)
     spaces = [p["space"] for p in result.phases]
@@ -410,7 +413,7 @@ def test_a_hybrid_refinement_that_stops_improving_restarts_from_a_distant_start(
     assert all(p["converged"] for p in refinements[:-1])
     assert sum(p["evaluated"] for p in result.phases) == result.evaluated == 40 == log.done  # one budget for all
     stats = session.stats("wanda")
-    names = [search.refine_name("restarts", k) for k in range(len(refinements))]
+    names = [refine_name("restarts", k) for k in range(len(refinements))]
     assert names[:2] == ["restarts:refine", "restarts:refine2"]
     explored = []
     for name, p in zip(names, refinements):
@@ -446,9 +449,9 @@ def test_a_cma_refinement_measures_its_start_first_then_generations_at_the_last_
     meets the target and is measured at the last stage alone (a staged selection would leave CMA-ES's generation to
     the cheap stages); the optimizer is told each generation; a saved study resumes where its optimizer stood."""
     url = f"sqlite:///{tmp_path / 'cma.db'}"
-    cfg = search.SearchConfig(**QUICK, space="allocation", refiner="cma", fitness="kl", fidelity="64,128", promote=2,
-                              budget_candidates=12, seed=5, sparsity=0.6, study="cma").validate()
-    study = search.create_study(cfg, url)
+    cfg = SearchConfig(**QUICK, space="allocation", refiner="cma", fitness="kl", fidelity="64,128", promote=2,
+                       budget_candidates=12, seed=5, sparsity=0.6, study="cma").validate()
+    study = create_study(cfg, url)
     log = EventLog()
     result = search.run_search(session, cfg, study, log)
     stats = session.stats("wanda")
@@ -460,7 +463,7 @@ def test_a_cma_refinement_measures_its_start_first_then_generations_at_the_last_
         assert np.average(e.best_ratios, weights=stats.params) == pytest.approx(0.6, abs=1e-9)
     generation = [t.system_attrs.get("cma:generation") for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert generation[0] is None and generation[1:] == sorted(generation[1:]) and generation[-1] >= 1  # told once
-    resumed, saved = search.load_study("cma", url)
+    resumed, saved = load_study("cma", url)
     saved.budget_candidates = 20
     again = search.run_search(session, saved, resumed)
     later = [t.system_attrs.get("cma:generation") for t in resumed.get_trials(states=(TrialState.COMPLETE,))][12:]
@@ -468,12 +471,12 @@ def test_a_cma_refinement_measures_its_start_first_then_generations_at_the_last_
 
 
 def test_a_hybrid_with_the_cma_refiner_refines_the_best_function_at_the_last_stage(session):
-    cfg = search.SearchConfig(**QUICK, space="hybrid", refiner="cma", cma_sigma=2.0, fitness="kl", fidelity="64,128",
-                              promote=2, budget_candidates=14, seed=2, study="hycma").validate()
+    cfg = SearchConfig(**QUICK, space="hybrid", refiner="cma", cma_sigma=2.0, fitness="kl", fidelity="64,128",
+                       promote=2, budget_candidates=14, seed=2, study="hycma").validate()
     log = EventLog()
-    study = search.create_study(cfg)
+    study = create_study(cfg)
     result = search.run_search(session, cfg, study, log)
-    refined = optuna.load_study(study_name=search.refine_name("hycma"), storage=study._storage)
+    refined = optuna.load_study(study_name=refine_name("hycma"), storage=study._storage)
     moves = refined.trials[-1].distributions["z0"]
     assert (moves.low, moves.high) == (-6.0, 6.0)  # three first standard deviations of --cma-sigma either way
     assert [p["space"] for p in result.phases] == ["function", "allocation"] and result.evaluated == 14
@@ -487,20 +490,20 @@ def test_a_hybrid_with_the_cma_refiner_refines_the_best_function_at_the_last_sta
 
 
 def test_a_hybrid_whose_functions_took_the_whole_budget_still_measures_their_allocation(session):
-    cfg = search.SearchConfig(**QUICK, space="hybrid", budget_candidates=None, budget_seconds=0.2, seed=1).validate()
+    cfg = SearchConfig(**QUICK, space="hybrid", budget_candidates=None, budget_seconds=0.2, seed=1).validate()
 
     class Slow(Reporter):
         def on_event(self, e):  # the first function outlasts the whole budget: no time is left to refine it
             time.sleep(0.3)
 
-    result = search.run_search(session, cfg, search.create_study(cfg), Slow())
+    result = search.run_search(session, cfg, create_study(cfg), Slow())
     assert [(p["space"], p["evaluated"]) for p in result.phases] == [("function", 1), ("allocation", 1)]
     assert result.best.fitness <= result.phases[0]["best_fitness"]  # the best of both phases
 
 
 def test_rerank_orders_the_top_by_a_larger_validation_check(session):
-    cfg = search.SearchConfig(**{**QUICK, "top_k": 3}, budget_candidates=6, rerank_tokens=192).validate()
-    result = comparison.rerank(session, cfg, search.run_search(session, cfg, search.create_study(cfg)))
+    cfg = SearchConfig(**{**QUICK, "top_k": 3}, budget_candidates=6, rerank_tokens=192).validate()
+    result = comparison.rerank(session, cfg, search.run_search(session, cfg, create_study(cfg)))
     checks = [c.rerank for c in result.top]
     assert checks == sorted(checks) and result.best is result.top[0] and checks[0] > 1
 
@@ -508,10 +511,10 @@ def test_rerank_orders_the_top_by_a_larger_validation_check(session):
 def test_rerank_final_orders_the_top_by_the_fitness_after_pruning_as_the_result_is(session):
     """The search's own last stage (KL on 128 tokens, re-masked from the dense scores), re-measured on each of the
     top-k pruned sequentially on every calibration window: the values a user's result would have, in order."""
-    cfg = search.SearchConfig(**{**QUICK, "top_k": 3}, space="allocation", fitness="kl", fidelity="64,128",
-                              promote=2, budget_candidates=12, rerank_final=True).validate()
+    cfg = SearchConfig(**{**QUICK, "top_k": 3}, space="allocation", fitness="kl", fidelity="64,128",
+                       promote=2, budget_candidates=12, rerank_final=True).validate()
     fitness = search.search_fitness(session, cfg)
-    result = comparison.rerank(session, cfg, search.run_search(session, cfg, search.create_study(cfg), None, fitness),
+    result = comparison.rerank(session, cfg, search.run_search(session, cfg, create_study(cfg), None, fitness),
                                fitness)
     assert len(result.top) == 3 and result.best is result.top[0]
     checks = [c.rerank for c in result.top]
@@ -526,8 +529,8 @@ def test_rerank_final_orders_the_top_by_the_fitness_after_pruning_as_the_result_
 def test_rerank_final_reranks_atps_best_betas_alike(session, monkeypatch):
     """ATP's k best values of β by the fitness (its one-parameter scan, stubbed here) go through the same re-ranking
     as the search's top-k: the reference is the best of them after the final pruning."""
-    cfg = search.SearchConfig(**{**QUICK, "top_k": 3}, sparsity=0.7, fitness="kl", fidelity="64",
-                              rerank_final=True).validate()
+    cfg = SearchConfig(**{**QUICK, "top_k": 3}, sparsity=0.7, fitness="kl", fidelity="64",
+                       rerank_final=True).validate()
     fitness = search.search_fitness(session, cfg)
     scanned = [0.01, 0.0, 0.02, 0.004]  # best first; the fourth is beyond the top 3
     monkeypatch.setattr(comparison, "atp_betas", lambda f, target: scanned)
@@ -540,7 +543,7 @@ def test_rerank_final_reranks_atps_best_betas_alike(session, monkeypatch):
 
 def test_one_reranking_at_a_time():
     with pytest.raises(ConfigError, match="one way"):
-        search.SearchConfig(**QUICK, rerank_tokens=256, rerank_final=True).validate()
+        SearchConfig(**QUICK, rerank_tokens=256, rerank_final=True).validate()
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -598,8 +601,8 @@ def test_two_workers_share_one_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     # A budget of seconds, which each worker counts from its own start: with one of candidates, the worker that
     # loaded first could evaluate them all before the other had loaded (both must take part).
-    cfg = search.SearchConfig(**QUICK, budget_candidates=None, budget_seconds=8, study="shared", seed=5)
-    search.create_study(cfg, url)
+    cfg = SearchConfig(**QUICK, budget_candidates=None, budget_seconds=8, study="shared", seed=5)
+    create_study(cfg, url)
     workers = [subprocess.Popen([sys.executable, "-m", "dsa_core", "worker", "--study", "shared", "--storage", url],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]

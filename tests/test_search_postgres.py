@@ -17,7 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dsa_core import search
+from dsa_core.search_config import SearchConfig
+from dsa_core.studies import create_study
 from dsa_core.workers import HEARTBEAT_ENV
 
 PG_URL = os.environ.get("DSA_TEST_POSTGRES_URL")
@@ -65,8 +66,8 @@ def first_claim(study: optuna.Study, pids: list[int], timeout: float) -> tuple[i
 
 def test_a_killed_worker_loses_no_trial_and_no_function_is_evaluated_twice(study_name, monkeypatch):
     monkeypatch.setenv(HEARTBEAT_ENV, "1")
-    cfg = search.SearchConfig(**SLOW, budget_candidates=BUDGET, study=study_name, seed=11).validate()
-    search.create_study(cfg, PG_URL)
+    cfg = SearchConfig(**SLOW, budget_candidates=BUDGET, study=study_name, seed=11).validate()
+    create_study(cfg, PG_URL)
     procs = [start_worker(study_name), start_worker(study_name)]
     study = optuna.load_study(study_name=study_name, storage=PG_URL)
     try:

@@ -13,9 +13,10 @@ from dsa_core.data import SOURCES
 from dsa_core.errors import ConfigError
 from dsa_core.export import SparsityProfile
 from dsa_core.models import DTYPES
-from dsa_core.search import SearchConfig, create_study
+from dsa_core.search_config import SearchConfig
 from dsa_core.settings import SETUP, setting, setup_of
 from dsa_core.structural.training import StructuralConfig
+from dsa_core.studies import create_study
 
 CONFIGS = (EvalConfig, SearchConfig, StructuralConfig)
 

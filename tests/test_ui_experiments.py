@@ -13,7 +13,9 @@ from jsonschema import Draft202012Validator
 from markdown_it import MarkdownIt
 
 from dsa_core import search_record
-from dsa_core.search import FAILED_FITNESS, Candidate, SearchConfig, SearchEvent, SearchResult
+from dsa_core.fitness import FAILED_FITNESS
+from dsa_core.search_config import SearchConfig
+from dsa_core.search_result import Candidate, SearchEvent, SearchResult
 from storage import (
     FORMAT,
     KINDS,

@@ -16,7 +16,7 @@ import torch
 from dsa_core import functions
 from dsa_core.config import EvalConfig
 from dsa_core.errors import Cancelled, ConfigError
-from dsa_core.search import SearchConfig
+from dsa_core.search_config import SearchConfig
 from dsa_core.search_record import search_results, study_reader
 from dsa_core.structural.training import StructuralConfig
 from storage import History, Recorder, open_database

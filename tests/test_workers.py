@@ -9,9 +9,10 @@ import pytest
 from optuna.trial import TrialState
 
 from cli.main import main
-from dsa_core import search
 from dsa_core import workers as W
 from dsa_core.errors import ConfigError
+from dsa_core.search_config import SearchConfig
+from dsa_core.studies import search_space
 from storage import StorageError
 from storage.db import open_study_storage
 
@@ -73,7 +74,7 @@ def test_bad_heartbeat_setting_is_refused(monkeypatch):
 
 def test_a_function_complete_or_in_flight_is_not_claimed_again():
     study = optuna.create_study()
-    space = search.search_space(search.SearchConfig())
+    space = search_space(SearchConfig())
     a, b, c = (W.ask(study, space) for _ in range(3))
     assert W.claim(study, a, "W:(NO_OP)-(MEAN)-(NO_OP)", budget=2) is None
     assert W.claim(study, b, "W:(NO_OP)-(MEAN)-(NO_OP)", budget=2) == "repeat"  # a has it in flight
@@ -93,7 +94,7 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_reenqueued(tmp_path,
     monkeypatch.setenv(W.HEARTBEAT_ENV, "1")
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=W.open_storage(url))
-    space = search.search_space(search.SearchConfig())
+    space = search_space(SearchConfig())
     dead = W.ask(study, space)
     with W.heartbeat(study, dead):  # beats once, then its "worker" stops beating without telling
         W.claim(study, dead, "W:(NO_OP)-(MEAN)-(NO_OP)", budget=None)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsa_core import search
 from dsa_core.errors import ConfigError
 from dsa_core.fitness import Fitness
+from dsa_core.search_config import SearchConfig
 from dsa_core.session import PruningSession
 from dsa_core.zeroshot.fitness import ZeroShotFitness
 from dsa_core.zeroshot.harness import evaluate_tasks
@@ -71,13 +71,13 @@ def _pairs(fitness: ZeroShotFitness, name: str) -> set[tuple[str, str]]:
 
 
 def test_config_accepts_zeroshot_and_refuses_bad_names_and_fidelity():
-    assert search.SearchConfig(**QUICK, fitness="zeroshot:piqa,boolq", budget_candidates=2).validate()
+    assert SearchConfig(**QUICK, fitness="zeroshot:piqa,boolq", budget_candidates=2).validate()
     with pytest.raises(ConfigError, match="Unknown zero-shot task 'mmlu'"):
-        search.SearchConfig(**QUICK, fitness="zeroshot:piqa,mmlu", budget_candidates=2).validate()
+        SearchConfig(**QUICK, fitness="zeroshot:piqa,mmlu", budget_candidates=2).validate()
     with pytest.raises(ConfigError, match="Unknown fitness 'acc'"):
-        search.SearchConfig(**QUICK, fitness="acc", budget_candidates=2).validate()
+        SearchConfig(**QUICK, fitness="acc", budget_candidates=2).validate()
     with pytest.raises(ConfigError, match="drop --fidelity"):
-        search.SearchConfig(**QUICK, fitness="zeroshot:piqa", fidelity="64,128", budget_candidates=2).validate()
+        SearchConfig(**QUICK, fitness="zeroshot:piqa", fidelity="64,128", budget_candidates=2).validate()
 
 
 CLI = ["--model", "random:tiny", "--nsamples", "2", "--seqlen", "64", "--device", "cpu", "--data-source", "local",

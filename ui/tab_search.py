@@ -19,9 +19,12 @@ import gradio as gr
 
 from dsa_core.errors import ConfigError, DSAError
 from dsa_core.fitness import FITNESS_NAMES
-from dsa_core.search import SAMPLERS, SearchConfig, SearchResult, create_study, refined_from
+from dsa_core.search import refined_from
+from dsa_core.search_config import SAMPLERS, SearchConfig
 from dsa_core.search_record import leader, search_protocol, search_results
+from dsa_core.search_result import SearchResult
 from dsa_core.settings import help_of
+from dsa_core.studies import create_study
 from ui import escape, experiments, figures
 from ui.context import (
     AppContext,

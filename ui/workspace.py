@@ -23,11 +23,14 @@ from dsa_core.errors import ConfigError
 from dsa_core.models import DEFAULT_MODEL, pick_device
 from dsa_core.pipeline import environment, open_session
 from dsa_core.scores import parse_pattern
-from dsa_core.search import SearchConfig, SearchResult, create_study, run_search, search_fitness
+from dsa_core.search import run_search, search_fitness
+from dsa_core.search_config import SearchConfig
 from dsa_core.search_record import study_events
+from dsa_core.search_result import SearchResult
 from dsa_core.session import PruningSession
 from dsa_core.settings import SETUP
 from dsa_core.stats import BlockStats
+from dsa_core.studies import create_study
 from ui.jobs import Busy, DeviceQueue, Job, Ticket, duration
 from ui.limits import Limits
 
