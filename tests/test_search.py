@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from dsa_core import comparison, functions, restarts, search
 from dsa_core.allocation import allocate
 from dsa_core.errors import ConfigError
-from dsa_core.fitness import Fitness, parse_fidelity
+from dsa_core.fitness import Fitness
 from dsa_core.levels import LevelGrid, unit_sizes
 from dsa_core.models import load_model
 from dsa_core.reporter import EventLog, Reporter
@@ -26,7 +26,7 @@ from dsa_core.search_config import SAMPLERS, SearchConfig
 from dsa_core.search_record import search_results, study_events, study_reader
 from dsa_core.search_result import Candidate, SearchResult
 from dsa_core.session import PruningSession
-from dsa_core.studies import create_study, load_study, refine_name, search_space
+from dsa_core.studies import create_study, load_study, refine_name
 from storage import History, open_database
 from ui import experiments
 
@@ -41,38 +41,6 @@ def session():
 
 def texts(study: optuna.Study) -> list[str]:
     return [t.user_attrs["text"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
-
-
-def test_search_space_has_one_categorical_per_slot_and_lambda():
-    space = search_space(SearchConfig(lam_range=(0.05, 0.2)))
-    assert set(space) == set(functions.slot_choices()) | {"lam"}
-    assert (space["lam"].low, space["lam"].high) == (0.05, 0.2)
-
-
-@pytest.mark.parametrize("change,message", [
-    (dict(sampler="annealing"), "Unknown sampler"),
-    (dict(budget_candidates=None, budget_seconds=None), "needs a budget"),
-    (dict(sparsity=1.0), "outside"),
-    (dict(lam_range=(0.3, 0.6)), "λ range"),
-    (dict(space="anneal"), "Unknown space"),
-    (dict(fitness="bleu"), "Unknown fitness"),
-    (dict(fidelity="16k,2k"), "increasing"),
-    (dict(fidelity="2 k"), "Cannot read"),
-    (dict(promote=1), "promote"),
-    (dict(space="allocation", sampler="random"), "applies to functions"),
-    (dict(hybrid_split=1.0), "hybrid split"),
-    (dict(refine_patience=-1), "refine-patience"),
-    (dict(refine_patience=5), "--space hybrid"),
-    (dict(refiner="cma"), "--space allocation or hybrid"),
-    (dict(space="allocation", refiner="anneal"), "refiner"),
-    (dict(space="allocation", refiner="cma", parents=3), "Leave --parents at 1"),
-    (dict(space="allocation", refiner="cma", cma_sigma=0), "positive"),
-    (dict(space="allocation", cma_sigma=2.0), "give it with --refiner cma"),
-    (dict(fidelity="32,64"), "round to"),  # both one window of 64 tokens
-])
-def test_bad_configuration_is_refused(change, message):
-    with pytest.raises(ConfigError, match=message):
-        SearchConfig(**{**QUICK, **change}).validate()
 
 
 def test_budget_counts_distinct_functions_and_events_track_the_best(session):
@@ -155,40 +123,6 @@ def test_a_gpu_out_of_memory_stops_the_search_with_a_sentence_and_keeps_what_it_
     _runs_out_of_memory_after(nothing, 0)
     with pytest.raises(search.DSAError, match="ran out of memory"):
         search.run_search(session, cfg, create_study(cfg), fitness=nothing)
-
-
-def test_resume_continues_a_saved_study(session, tmp_path):
-    url = f"sqlite:///{tmp_path / 'search.db'}"
-    cfg = SearchConfig(**QUICK, budget_candidates=5, study="resume-me", seed=3).validate()
-    search.run_search(session, cfg, create_study(cfg, url))
-    study, saved = load_study("resume-me", url)
-    assert saved.population == 4 and saved.seed == 3
-    saved.budget_candidates = 9
-    result = search.run_search(session, saved, study)
-    assert len(set(texts(study))) == 9
-    assert result.evaluated == 4  # the first five came from the saved study, not re-evaluated
-
-
-def test_a_study_saved_before_newer_settings_existed_resumes(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    cfg = SearchConfig(**QUICK, budget_candidates=5, study="old").validate()
-    study = create_study(cfg, url)
-    older = {k: v for k, v in study.user_attrs["config"].items() if k not in ("initial", "preselect")}
-    study.set_user_attr("config", older)  # as a version without these settings saved it
-    resumed, saved = load_study("old", url)
-    assert saved.preselect == SearchConfig().preselect and resumed.study_name == "old"
-
-
-def test_resume_with_another_configuration_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'search.db'}"
-    create_study(SearchConfig(**QUICK, study="s", budget_candidates=3), url)
-    with pytest.raises(ConfigError, match="another configuration"):
-        create_study(SearchConfig(**{**QUICK, "sparsity": 0.5}, study="s", budget_candidates=3), url)
-
-
-def test_missing_study_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="No study named"):
-        load_study("nope", f"sqlite:///{tmp_path / 'x.db'}")
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -343,13 +277,6 @@ def test_a_sequential_last_stage_on_fewer_windows_prunes_on_the_first_ones():
 def test_kl_fidelity_beyond_the_calibration_windows_is_refused(session):
     with pytest.raises(ConfigError, match="calibration windows"):
         Fitness(session, "wanda", 0.5, "kl", [1, 3])  # the session has 2 calibration windows
-
-
-def test_fidelities_read_as_tokens():
-    assert parse_fidelity("2k,16k,64k") == (2048, 16384, 65536)
-    assert parse_fidelity("64, 256") == (64, 256) and parse_fidelity("") == ()
-    cfg = SearchConfig(**{**QUICK, "fidelity": "32,64,200"})
-    assert cfg.stage_windows() == [1, 1, 4]  # windows of 64 tokens, at least one
 
 
 @pytest.mark.parametrize("space,granularity,units", [("function", "block", 4), ("allocation", "block", 4),
@@ -539,11 +466,6 @@ def test_rerank_final_reranks_atps_best_betas_alike(session, monkeypatch):
     refs = dict(comparison.references(session, cfg, fitness))
     assert refs["atp"] == f"atp:beta={min(pruned, key=pruned.get):g}"
     assert session.achieved_sparsity()[0] < 0.01
-
-
-def test_one_reranking_at_a_time():
-    with pytest.raises(ConfigError, match="one way"):
-        SearchConfig(**QUICK, rerank_tokens=256, rerank_final=True).validate()
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
