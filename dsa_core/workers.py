@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,9 @@ HEARTBEAT_ENV = "DSA_HEARTBEAT_SECONDS"  # every worker of a study must use the 
 DEFAULT_HEARTBEAT_S = 10
 GRACE_HEARTBEATS = 5  # a trial is stale after this many missed heartbeats
 MAX_RETRIES = 3  # a trial whose worker keeps dying is given up after this many new attempts
+# Processes that open a new database at once each create Optuna's tables, and all but one lose the race ("table
+# studies already exists", optuna/optuna#1092); on another look the tables are there.
+CREATE_ATTEMPTS, CREATE_WAIT_S = 5, 0.2
 
 
 def heartbeat_seconds() -> int:
@@ -55,15 +59,26 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     if url is None:
         return None
     interval = heartbeat_seconds()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=interval, grace_period=GRACE_HEARTBEATS * interval,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            )
-        except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:  # not a URL, not a database
-            raise ConfigError(f"Cannot open the study storage {url!r}: {str(e).splitlines()[0]}") from e
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=interval, grace_period=GRACE_HEARTBEATS * interval,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRIES),
+                )
+            except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:  # not a URL, not a database
+                if attempt < CREATE_ATTEMPTS and _lost_creation_race(e):
+                    time.sleep(CREATE_WAIT_S * attempt)
+                    continue
+                raise ConfigError(f"Cannot open the study storage {url!r}: {str(e).splitlines()[0]}") from e
+
+
+def _lost_creation_race(error: Exception) -> bool:
+    text = str(error).lower()
+    races = ("already exists", "duplicate", "unique constraint")  # SQLite, PostgreSQL and MySQL say it so
+    return isinstance(error, sqlalchemy.exc.SQLAlchemyError) and any(r in text for r in races)
 
 
 def worker_id() -> str:

@@ -1,6 +1,7 @@
 """dsa_core/workers.py without a server: devices per worker, claims, and a stale trial failed and re-enqueued
 by the heartbeat (SQLite). tests/test_search_postgres.py runs real workers against PostgreSQL."""
 
+import multiprocessing
 import sqlite3
 import time
 
@@ -64,6 +65,31 @@ def test_search_and_worker_leave_another_programs_database_untouched(tmp_path, c
     err = capsys.readouterr().err
     assert "holds another program's tables (customers)" in err and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["app.db"] and path.read_bytes() == before  # no Optuna tables
+
+
+def _open_at_once(url: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        W.open_storage(url)
+        results.put("ok")
+    except ConfigError as e:
+        results.put(str(e))
+
+
+def test_processes_that_open_a_new_study_database_at_once_all_get_it(tmp_path):
+    """Workers started together on a database not yet made each create Optuna's tables; the ones that lose that race
+    look again instead of stopping (before this, 2 rounds in 3 had a worker stop with "table ... already exists")."""
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(2):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        processes = [ctx.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(4)]
+        for p in processes:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for p in processes:
+            p.join()
+        assert outcomes == ["ok"] * 4
 
 
 def test_bad_heartbeat_setting_is_refused(monkeypatch):
