@@ -40,13 +40,16 @@ running() {  # whether a job started by `job` still runs (by its pid: a pattern 
     done
     return 1
 }
+pack() {  # ~/res into $OUT, which the device tool brings back
+    tar czf "${OUT:?the device tool sets OUT}/res.tgz" -C ~ res
+}
 poll() {  # each log's last $1 lines, whether a job runs, and ~/res packed into $OUT
     for f in ~/res/log_*.txt; do  # progress bars end their lines with carriage returns
         echo "== $f" && tr '\r' '\n' < "$f" | grep -v '^$' | tail -n "$1"
     done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
     if running; then echo RUNNING; else echo IDLE; fi
-    tar czf "${OUT:?the device tool sets OUT}/res.tgz" -C ~ res
+    pack
 }
 verb=$1
 shift
@@ -110,7 +113,7 @@ poll)
     poll "${1:-6}" ;;
 wait)
     while running; do
-        tar czf "${OUT:?the device tool sets OUT}/res.tgz" -C ~ res
+        pack
         sleep 15
     done
     poll "${1:-6}" ;;
