@@ -27,6 +27,7 @@ weights, activations and cache, not other models resident at the time.
                                                                                           # beside channels alone
     python bench/bench_structural_speed.py --model random:llama-2-7b --breakdown          # GPU: where a step's
                                                                                           # time goes, by kernel
+    python bench/bench_structural_speed.py --model random:llama-2-7b --attention flex_attention   # GPU
     python bench/bench_structural_speed.py --model random:tiny --device cpu --prompt-len 32 --new-tokens 4 \\
         --repeats 1                                                                          # CPU smoke run
 """
@@ -150,6 +151,9 @@ KERNEL_KINDS = (("matmul", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitk"
                 ("attention", ("fmha", "flash", "attention", "attn")), ("fused (triton)", ("triton",)))
 
 
+TOP_KERNELS = 12  # the kernels of most time per step that the breakdown names
+
+
 @torch.no_grad()
 def kernel_breakdown(decoder: Decoder, prompts: torch.Tensor, steps: int = 4) -> dict:
     """GPU time of one decode step by kind of kernel, from the profiler (the step launched as the graph records
@@ -164,6 +168,7 @@ def kernel_breakdown(decoder: Decoder, prompts: torch.Tensor, steps: int = 4) ->
             decoder._step(decoder.forward)
         sync(prompts.device)
     out = {"kernels": 0, "total_ms": 0.0, **{kind: 0.0 for kind, _ in KERNEL_KINDS}, "other": 0.0}
+    by_name: dict[str, list[float]] = {}  # kernel name -> [ms, launches] per step
     for event in prof.events():
         if event.device_type != DeviceType.CUDA or "memcpy" in event.name.lower():
             continue
@@ -173,6 +178,10 @@ def kernel_breakdown(decoder: Decoder, prompts: torch.Tensor, steps: int = 4) ->
         out[kind] += ms
         out["total_ms"] += ms
         out["kernels"] += 1 / steps
+        totals = by_name.setdefault(event.name, [0.0, 0.0])
+        totals[0] += ms
+        totals[1] += 1 / steps
+    out["top"] = sorted(([name, ms, n] for name, (ms, n) in by_name.items()), key=lambda t: -t[1])[:TOP_KERNELS]
     return out
 
 
@@ -225,6 +234,9 @@ def main() -> None:
     ap.add_argument("--decode", default="graph", choices=("graph", "compile", "eager"),
                     help="decode steps replayed from a CUDA graph (GPU only), from one of the step compiled by "
                          "torch.compile (GPU only), or run eagerly")
+    ap.add_argument("--attention", default="sdpa", choices=("sdpa", "flex_attention"),
+                    help="every model's attention: PyTorch's SDPA, or FlexAttention (under --decode compile, a "
+                         "decode kernel that splits the cache across the GPU's SMs, however few heads a block keeps)")
     ap.add_argument("--align", type=int, default=8)
     ap.add_argument("--breakdown", action="store_true",
                     help="GPU: also profile one decode step at the largest batch by kind of kernel")
@@ -237,6 +249,7 @@ def main() -> None:
     ratios = [float(r) for r in args.ratios.split(",")]
 
     lm = load_model(args.model, args.device, args.dtype)
+    lm.model.set_attn_implementation(args.attention)  # the compressed models take the dense model's
     device, vocab = lm.device, lm.model.config.vocab_size
     shape = BlockShape.from_config(lm.model.config)
     selections = {"DISP class, full widths": Selection.full(shape)}
@@ -270,8 +283,8 @@ def main() -> None:
     graphed = "compiled by torch.compile, from a CUDA graph" if "compiled cuda graph" in modes else "from a CUDA graph"
     decoded = ("eager" if modes == {"eager"} else
                f"{graphed}, eagerly where its check failed: see the JSON's 'decode'" if "eager" in modes else graphed)
-    print(f"\n{args.model} ({lm.arch}), {title}, {lm.dtype}; prompt {args.prompt_len}, {args.new_tokens} decode steps "
-          f"({decoded}), median of {args.repeats}; widths multiples of {args.align}")
+    print(f"\n{args.model} ({lm.arch}), {title}, {lm.dtype}, {args.attention}; prompt {args.prompt_len}, "
+          f"{args.new_tokens} decode steps ({decoded}), median of {args.repeats}; widths multiples of {args.align}")
     cols = [(f"prefill b={b}", "prefill_tokens_per_s", b) for b in batches]
     cols += [(f"decode b={b}", "decode_tokens_per_s", b) for b in batches]
     cols += [(f"peak GB b={b}", "peak_gb", b) for b in batches]
@@ -301,6 +314,10 @@ def main() -> None:
         for name, k in broken.items():
             print(f"{name:<26}{k['step_ms']:>8.2f}{k['kernels']:>9.0f}{k['total_ms']:>8.2f}"
                   + "".join(f"{k[kind]:>16.2f}" for kind in kinds))
+        for name, k in broken.items():
+            print(f"\n{name}: the kernels of most time per step (ms, launches)")
+            for kernel, ms, n in k["top"]:
+                print(f"  {ms:7.3f} {n:5.0f}  {kernel[:110]}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
