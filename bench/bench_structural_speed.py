@@ -236,7 +236,8 @@ def main() -> None:
                          "torch.compile (GPU only), or run eagerly")
     ap.add_argument("--attention", default="sdpa", choices=("sdpa", "flex_attention"),
                     help="every model's attention: PyTorch's SDPA, or FlexAttention (under --decode compile, a "
-                         "decode kernel that splits the cache across the GPU's SMs, however few heads a block keeps)")
+                         "decode kernel that splits the cache across the GPU's SMs, however few heads a block keeps; "
+                         "on the H200 no faster than SDPA's cuDNN kernel, bench/results/h200_round16.log)")
     ap.add_argument("--align", type=int, default=8)
     ap.add_argument("--breakdown", action="store_true",
                     help="GPU: also profile one decode step at the largest batch by kind of kernel")
